@@ -1,0 +1,89 @@
+// Package testutil holds what baton's tests share: embedded etcd servers
+// bound to a test's lifetime, clients, and goleak settings.
+package testutil
+
+import (
+	"os"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/goleak"
+	"go.uber.org/zap"
+
+	"github.com/batonhq/baton/embedded"
+)
+
+// LeakOptions are the goleak options for packages whose tests run embedded
+// etcd servers. etcd's raft transport keeps HTTP/1 keep-alive connections
+// between members that its Close does not wait for; they end by themselves
+// moments later. baton's own packages use no net/http, so ignoring those
+// goroutines hides nothing of ours.
+func LeakOptions() []goleak.Option {
+	return []goleak.Option{
+		goleak.IgnoreAnyFunction("net/http.(*conn).serve"),
+		goleak.IgnoreAnyFunction("net/http.(*connReader).backgroundRead"),
+		goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
+		goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"),
+	}
+}
+
+// VerifyMain runs the tests of a package and fails them if goroutines leak.
+func VerifyMain(m *testing.M) {
+	goleak.VerifyTestMain(m, LeakOptions()...)
+}
+
+// Server starts a single-node embedded etcd (fsync on) that lives as long as
+// the test.
+func Server(tb testing.TB) *embedded.Server {
+	tb.Helper()
+	s, err := embedded.Start(embedded.Config{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { s.Close() })
+	return s
+}
+
+// Cluster starts a 3-member embedded cluster that lives as long as the test.
+func Cluster(tb testing.TB) *embedded.Cluster {
+	tb.Helper()
+	c, err := embedded.StartCluster(3, embedded.Config{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+// Client dials eps and closes the client when the test ends.
+func Client(tb testing.TB, eps []string) *clientv3.Client {
+	tb.Helper()
+	c, err := clientv3.New(clientv3.Config{
+		Endpoints:   eps,
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+// RequireBinary returns the path of a server binary on PATH. When it is
+// missing the test fails if the CI environment variable is set and skips
+// otherwise, saying how to install it.
+func RequireBinary(tb testing.TB, name, debPackage string) string {
+	tb.Helper()
+	p, err := lookPath(name)
+	if err == nil {
+		return p
+	}
+	msg := name + " not found on PATH; install it with: apt-get install -y " + debPackage
+	if os.Getenv("CI") != "" {
+		tb.Fatal(msg + " (CI is set, so a missing server is a failure)")
+	}
+	tb.Skip(msg)
+	return ""
+}
