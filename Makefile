@@ -1,0 +1,33 @@
+# baton's build and test entry points. `make test` is what CI runs.
+GO ?= go
+TESTFLAGS ?= -race -timeout 40m
+
+.PHONY: test deps vet unit bench build
+
+# test installs the servers the tests need when they are missing, then vets
+# and runs every test with the race detector.
+test: deps vet unit
+
+deps:
+	@if ! command -v memcached >/dev/null 2>&1 || ! command -v redis-server >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing memcached and redis-server"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq memcached redis-server >/dev/null; \
+		else \
+			echo "memcached/redis-server missing: run 'apt-get install -y memcached redis-server' as root" >&2; \
+		fi; \
+	fi
+
+vet:
+	$(GO) vet ./...
+
+unit:
+	$(GO) test $(TESTFLAGS) ./...
+
+build:
+	$(GO) build -o baton ./cmd/baton
+
+# bench runs the side-by-side benchmark (baton against etcd's package) on an
+# embedded etcd started for the run.
+bench:
+	$(GO) run ./cmd/baton bench

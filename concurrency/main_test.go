@@ -1,0 +1,9 @@
+package concurrency_test
+
+import (
+	"testing"
+
+	"github.com/batonhq/baton/internal/testutil"
+)
+
+func TestMain(m *testing.M) { testutil.VerifyMain(m) }
