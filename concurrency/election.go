@@ -1,0 +1,425 @@
+package concurrency
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Errors of Election. The first two have the same text as etcd's package.
+var (
+	// ErrElectionNotLeader is returned by Proclaim and Guard when this
+	// Election does not lead.
+	ErrElectionNotLeader = errors.New("election: not leader")
+	// ErrElectionNoLeader is returned by Leader when nobody leads.
+	ErrElectionNoLeader = errors.New("election: no leader")
+	// ErrLeadershipLost is the cause of the context WithLeadership passes to
+	// its function when leadership ends under it.
+	ErrLeadershipLost = errors.New("election: leadership lost")
+)
+
+// Election is a leader election: candidates queue under pfx + "/" by create
+// revision and the oldest leads, as with etcd's Election and etcdctl elect,
+// which it interoperates with. The leader's key holds its proclaimed value.
+//
+// An Election is safe for use by several goroutines.
+type Election struct {
+	s   *Session
+	pfx string // prefix + "/"
+	err error
+
+	mu        sync.Mutex // guards the fields below
+	leaderKey string
+	leaderRev int64
+	leading   bool
+	claimed   bool // leaderKey came from the session's claimName
+	hdr       *pb.ResponseHeader
+}
+
+// NewElection makes an Election on prefix pfx. A nil session or an empty
+// prefix is reported by the first call.
+func NewElection(s *Session, pfx string) *Election {
+	e := &Election{s: s, pfx: pfx + "/"}
+	switch {
+	case s == nil:
+		e.err = ErrNilSession
+	case pfx == "":
+		e.err = ErrEmptyPrefix
+	}
+	return e
+}
+
+// ResumeElection makes an Election that already leads with leaderKey,
+// created at leaderRev, for example after a restart with WithLease. It uses
+// the same prefix as NewElection (etcd's used pfx without the "/", #13469).
+func ResumeElection(s *Session, pfx string, leaderKey string, leaderRev int64) *Election {
+	e := NewElection(s, pfx)
+	e.leaderKey, e.leaderRev, e.leading = leaderKey, leaderRev, true
+	return e
+}
+
+// Campaign puts this candidate in the election with value val and waits
+// until it leads, ctx ends, or the session ends.
+//
+// It reports leadership only after reading its own key at the head of the
+// queue (etcd could report it after the lease expired, #11007, #22387). On
+// every error the candidate's key is deleted before Campaign returns
+// (etcd #21128 left it on non-cancel errors).
+func (e *Election) Campaign(ctx context.Context, val string) error {
+	if e.err != nil {
+		return e.err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	if e.leading {
+		// Already leading (or resumed): like etcd, campaigning again only
+		// updates the value.
+		e.mu.Unlock()
+		return e.Proclaim(ctx, val)
+	}
+	e.mu.Unlock()
+	c := e.s.Client()
+	key := e.s.claimName(e.pfx)
+	j, err := join(ctx, e.s, e.pfx, key, val)
+	if err != nil {
+		e.s.releaseName(key)
+		return err
+	}
+	at := j.hdr.Revision
+	if j.existed && string(j.value) != val {
+		// Our key was there from before (a resumed lease): proclaim val.
+		var r *clientv3.TxnResponse
+		if r, err = guard(ctx, c, key, j.rev, ErrSessionExpired, []clientv3.Op{clientv3.OpPut(key, val, clientv3.WithIgnoreLease())}); err == nil {
+			at = r.Header.Revision
+			var q *clientv3.GetResponse
+			if q, err = readQueue(ctx, c, e.pfx, j.rev, at); err == nil {
+				j.queue = q.Kvs
+			}
+		}
+	}
+	if err == nil {
+		at, err = waitTurn(ctx, e.s, e.pfx, key, j.rev, j.queue, at)
+	}
+	if err != nil {
+		leave(ctx, c, key, j.rev)
+		e.s.releaseName(key)
+		return err
+	}
+	hdr := headerAt(j.hdr, at)
+	e.mu.Lock()
+	e.leaderKey, e.leaderRev, e.leading, e.claimed, e.hdr = key, j.rev, true, true, hdr
+	e.mu.Unlock()
+	return nil
+}
+
+// Proclaim sets the leader's value without another election. It returns
+// ErrElectionNotLeader, and forgets the leadership, when this candidate no
+// longer leads.
+func (e *Election) Proclaim(ctx context.Context, val string) error {
+	if e.err != nil {
+		return e.err
+	}
+	e.mu.Lock()
+	key, rev, leading := e.leaderKey, e.leaderRev, e.leading
+	e.mu.Unlock()
+	if !leading {
+		return ErrElectionNotLeader
+	}
+	resp, err := guard(ctx, e.s.Client(), key, rev, ErrElectionNotLeader,
+		[]clientv3.Op{clientv3.OpPut(key, val, clientv3.WithIgnoreLease())})
+	if errors.Is(err, ErrElectionNotLeader) {
+		e.forget(key, rev)
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	e.hdr = resp.Header
+	e.mu.Unlock()
+	return nil
+}
+
+// Resign gives up leadership, deleting the leader key only if it is still
+// this leadership's (etcd #22082). When the request fails, the Election
+// keeps leading and Resign can be retried (etcd forgot the key, #22123).
+// Resigning when not leading is a no-op.
+func (e *Election) Resign(ctx context.Context) error {
+	if e.err != nil {
+		return e.err
+	}
+	e.mu.Lock()
+	key, rev, leading := e.leaderKey, e.leaderRev, e.leading
+	e.mu.Unlock()
+	if !leading {
+		return nil
+	}
+	resp, err := e.s.Client().Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
+		Then(clientv3.OpDelete(key)).
+		Commit()
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	e.hdr = resp.Header
+	e.mu.Unlock()
+	e.forget(key, rev)
+	return nil
+}
+
+// forget drops the leadership of key created at rev, if it is still the
+// current one.
+func (e *Election) forget(key string, rev int64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.leaderKey != key || e.leaderRev != rev || !e.leading {
+		return
+	}
+	if e.claimed {
+		e.s.releaseName(key)
+	}
+	e.leaderKey, e.leaderRev, e.leading, e.claimed = "", 0, false, false
+}
+
+// Leader returns the current leader's key and value, or
+// ErrElectionNoLeader.
+func (e *Election) Leader(ctx context.Context) (*clientv3.GetResponse, error) {
+	if e.err != nil {
+		return nil, e.err
+	}
+	resp, err := e.s.Client().Get(ctx, e.pfx, clientv3.WithFirstCreate()...)
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, ErrElectionNoLeader
+	}
+	return resp, nil
+}
+
+// Key is this candidate's key while it leads, else "".
+func (e *Election) Key() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.leaderKey
+}
+
+// Rev is the fencing token of this leadership: the create revision of the
+// leader key, strictly greater than that of every earlier leader. It is 0
+// when not leading.
+func (e *Election) Rev() int64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.leaderRev
+}
+
+// Header is the response header of the last request that changed this
+// candidate's leadership; after Campaign its revision is the one at which
+// it became leader.
+func (e *Election) Header() *pb.ResponseHeader {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.hdr
+}
+
+// Guard commits ops in one transaction only while this candidate leads. It
+// returns ErrElectionNotLeader, and commits nothing, when it does not.
+func (e *Election) Guard(ctx context.Context, ops ...clientv3.Op) (*clientv3.TxnResponse, error) {
+	if e.err != nil {
+		return nil, e.err
+	}
+	e.mu.Lock()
+	key, rev, leading := e.leaderKey, e.leaderRev, e.leading
+	e.mu.Unlock()
+	if !leading {
+		return nil, ErrElectionNotLeader
+	}
+	return guard(ctx, e.s.Client(), key, rev, ErrElectionNotLeader, ops)
+}
+
+// WithLeadership campaigns with val, runs f while leading, and resigns. The
+// context f gets is cancelled as soon as leadership ends under it, with
+// context.Cause(ctx) == ErrLeadershipLost, seen through a watch on the
+// leader key. It returns the error of Campaign, else f's error, else
+// ErrLeadershipLost when leadership was lost while f ran, else the error of
+// Resign, which runs even when ctx is over, with its own timeout.
+func WithLeadership(ctx context.Context, e *Election, val string, f func(ctx context.Context) error) error {
+	if err := e.Campaign(ctx, val); err != nil {
+		return err
+	}
+	fctx, stop := holdContext(ctx, e.s, e.Key(), e.Rev(), ErrLeadershipLost)
+	ferr := f(fctx)
+	lost := stop()
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	rerr := e.Resign(rctx)
+	switch {
+	case ferr != nil:
+		return ferr
+	case lost:
+		return ErrLeadershipLost
+	default:
+		return rerr
+	}
+}
+
+// LeaderEvent is a change of leadership seen by Events.
+type LeaderEvent struct {
+	// Leader is the leader's key and value, or nil when nobody leads.
+	Leader *mvccpb.KeyValue
+	// Rev is the revision at which this became the state of the election.
+	Rev int64
+}
+
+// Observe returns a channel that receives the leader each time it changes,
+// and each time the leader proclaims a new value, starting with the current
+// leader if there is one. It is etcd's Observe; Events also reports when
+// nobody leads.
+//
+// The channel is unbuffered. It closes only when ctx ends or the client
+// closes. Watch failures (a compacted revision after a reconnect, a member
+// without a leader) are repaired by reading the election again, not by
+// closing the channel.
+func (e *Election) Observe(ctx context.Context) <-chan *clientv3.GetResponse {
+	ch := make(chan *clientv3.GetResponse)
+	if e.err != nil {
+		close(ch)
+		return ch
+	}
+	go func() {
+		defer close(ch)
+		e.observe(ctx, func(ev LeaderEvent) bool {
+			if ev.Leader == nil {
+				return true
+			}
+			resp := &clientv3.GetResponse{
+				Header: &pb.ResponseHeader{Revision: ev.Rev},
+				Kvs:    []*mvccpb.KeyValue{ev.Leader},
+				Count:  1,
+			}
+			select {
+			case ch <- resp:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		})
+	}()
+	return ch
+}
+
+// Events returns a channel that receives the state of the election each
+// time it changes: a new leader, a new value proclaimed, or nobody leading
+// (Leader == nil), starting with the current state. It closes only when
+// ctx ends or the client closes.
+func (e *Election) Events(ctx context.Context) <-chan LeaderEvent {
+	ch := make(chan LeaderEvent)
+	if e.err != nil {
+		close(ch)
+		return ch
+	}
+	go func() {
+		defer close(ch)
+		e.observe(ctx, func(ev LeaderEvent) bool {
+			select {
+			case ch <- ev:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		})
+	}()
+	return ch
+}
+
+// observe follows the election and calls emit with each change of the
+// leader (key and mod revision) until ctx ends, the client closes, or emit
+// returns false.
+//
+// It watches the whole prefix from now, then reads the prefix at the
+// revision the watch starts after, and applies every event batch to that
+// copy. The leader is recomputed from the copy after each batch, so a batch
+// with several candidates, or a candidate that comes and goes within one
+// batch, still yields the true leader (etcd #18163 took the first PUT).
+func (e *Election) observe(ctx context.Context, emit func(LeaderEvent) bool) {
+	c := e.s.Client()
+	var last *mvccpb.KeyValue
+	first := true
+	report := func(kvs map[string]*mvccpb.KeyValue, rev int64) bool {
+		var lead *mvccpb.KeyValue
+		for _, kv := range kvs {
+			if lead == nil || kv.CreateRevision < lead.CreateRevision {
+				lead = kv
+			}
+		}
+		same := (lead == nil && last == nil) ||
+			(lead != nil && last != nil && string(lead.Key) == string(last.Key) && lead.ModRevision == last.ModRevision)
+		if same && !first {
+			return true
+		}
+		first, last = false, lead
+		return emit(LeaderEvent{Leader: lead, Rev: rev})
+	}
+	for ctx.Err() == nil && c.Ctx().Err() == nil {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		wch := c.Watch(wctx, e.pfx, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+		wr, ok := <-wch
+		if !ok || wr.Err() != nil {
+			cancel()
+			pause(ctx)
+			continue
+		}
+		r, err := c.Get(ctx, e.pfx, clientv3.WithPrefix(), clientv3.WithRev(wr.Header.Revision))
+		if err != nil {
+			cancel()
+			pause(ctx)
+			continue
+		}
+		kvs := make(map[string]*mvccpb.KeyValue, len(r.Kvs))
+		for _, kv := range r.Kvs {
+			kvs[string(kv.Key)] = kv
+		}
+		if !report(kvs, r.Header.Revision) {
+			cancel()
+			return
+		}
+		for wr = range wch {
+			if wr.Err() != nil {
+				break
+			}
+			if len(wr.Events) == 0 {
+				continue
+			}
+			for _, ev := range wr.Events {
+				if ev.Type == mvccpb.DELETE {
+					delete(kvs, string(ev.Kv.Key))
+				} else {
+					kvs[string(ev.Kv.Key)] = ev.Kv
+				}
+			}
+			if !report(kvs, wr.Events[len(wr.Events)-1].Kv.ModRevision) {
+				cancel()
+				return
+			}
+		}
+		cancel()
+	}
+}
+
+// pause waits a little before a retry, or until ctx ends.
+func pause(ctx context.Context) {
+	t := time.NewTimer(50 * time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}

@@ -1,0 +1,330 @@
+package concurrency
+
+// This file holds the queue logic that Mutex and Election share: joining
+// the queue under a prefix, waiting for one's turn, and leaving.
+//
+// The queue is every key under dir (= pfx + "/"), ordered by create
+// revision, the same order etcd's package and etcdctl use, so mixed fleets
+// exclude each other. The head of the queue holds the lock (or leads).
+//
+// Waiting, step by step:
+//  1. Read the keys of the queue that were created no later than ours, at a
+//     known revision R. If ours is missing, our session is gone. If none is
+//     older, we are the head at R. Otherwise the youngest older key is our
+//     predecessor P.
+//  2. Watch P (and, once, our own key) from "now". A watch that starts at
+//     the store's current revision is "synced" on the server and sees each
+//     event at once; one that starts at an older revision is caught up only
+//     by a loop that runs every 100 ms. etcd's package starts its watch at
+//     R, which costs a waiter up to 100 ms per step. The watch's creation
+//     tells the revision W it starts after.
+//  3. If W > R, repeat step 1 at W: P may have gone between R and W (the
+//     race of a predecessor that leaves just before the watch is made).
+//  4. When P's key is deleted at revision D, repeat step 1 at D.
+//
+// Step 1 is a keys-only, unsorted range with a create-revision filter, read
+// at a fixed revision from the member's in-memory index: no values, no sort
+// and no raft round trip. It is exact at R, so each step is correct on its
+// own; a predecessor that dies (its session expired, its waiter gave up) is
+// skipped over at the next step.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// cleanupTimeout bounds the delete of a waiter's key after Lock or Campaign
+// failed, when the caller's context may already be over.
+const cleanupTimeout = 5 * time.Second
+
+// errClientClosed is returned when the client closes under a waiter.
+var errClientClosed = errors.New("concurrency: client closed")
+
+// joined is the result of joining a queue.
+type joined struct {
+	hdr     *pb.ResponseHeader
+	rev     int64 // our key's create revision
+	existed bool  // our key was there already (a resumed session)
+	value   []byte
+	queue   []*mvccpb.KeyValue // keys of the queue at hdr.Revision, keys only
+}
+
+// join puts key (attached to the session's lease) unless it exists, and
+// reads the queue, in one transaction.
+func join(ctx context.Context, s *Session, dir, key, val string) (*joined, error) {
+	c := s.Client()
+	queue := clientv3.OpGet(dir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	resp, err := c.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, val, clientv3.WithLease(s.Lease())), queue).
+		Else(clientv3.OpGet(key), queue).
+		Commit()
+	if err != nil {
+		return nil, err
+	}
+	j := &joined{hdr: resp.Header, rev: resp.Header.Revision}
+	if resp.Succeeded {
+		j.value = []byte(val)
+	} else {
+		kvs := resp.Responses[0].GetResponseRange().Kvs
+		if len(kvs) == 0 {
+			return nil, fmt.Errorf("concurrency: key %q vanished inside a transaction", key)
+		}
+		j.existed, j.rev, j.value = true, kvs[0].CreateRevision, kvs[0].Value
+	}
+	j.queue = resp.Responses[1].GetResponseRange().Kvs
+	return j, nil
+}
+
+// place reports whether key (created at rev) is in queue, and the youngest
+// key older than it: the predecessor to wait for, nil at the head.
+func place(queue []*mvccpb.KeyValue, key string, rev int64) (present bool, pred *mvccpb.KeyValue) {
+	for _, kv := range queue {
+		switch {
+		case kv.CreateRevision == rev && string(kv.Key) == key:
+			present = true
+		case kv.CreateRevision < rev && (pred == nil || kv.CreateRevision > pred.CreateRevision):
+			pred = kv
+		}
+	}
+	return present, pred
+}
+
+// readQueue reads the keys under dir created no later than rev, as of
+// revision at (0 = now). It reads locally first; a member behind at falls
+// back to a linearizable read, and a compacted at to a read of now, which is
+// equally valid for deciding whose turn it is.
+func readQueue(ctx context.Context, c *clientv3.Client, dir string, rev, at int64) (*clientv3.GetResponse, error) {
+	opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithMaxCreateRev(rev)}
+	if at > 0 {
+		r, err := c.Get(ctx, dir, append(opts, clientv3.WithRev(at), clientv3.WithSerializable())...)
+		if err == nil {
+			return r, nil
+		}
+		switch {
+		case errors.Is(err, rpctypes.ErrFutureRev):
+			// The member that served us is behind the one that sent the
+			// event; a linearizable read waits for it.
+			r, err = c.Get(ctx, dir, append(opts, clientv3.WithRev(at))...)
+			if !errors.Is(err, rpctypes.ErrCompacted) {
+				return r, err
+			}
+		case !errors.Is(err, rpctypes.ErrCompacted):
+			return nil, err
+		}
+	}
+	return c.Get(ctx, dir, opts...)
+}
+
+// keyWatch is a watch on one key, started at the current revision.
+type keyWatch struct {
+	key     string
+	cancel  context.CancelFunc
+	ch      clientv3.WatchChan
+	created int64 // the watch reports every change after this revision
+}
+
+// watchKey watches key from now and waits for the watch to be created.
+// WithRequireLeader makes a watch on a member cut off from the cluster end
+// with an error instead of going silent.
+func watchKey(ctx context.Context, c *clientv3.Client, key string) (*keyWatch, error) {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	ch := c.Watch(wctx, key, clientv3.WithCreatedNotify())
+	select {
+	case wr, ok := <-ch:
+		if !ok {
+			cancel()
+			return nil, watchClosedErr(ctx, c)
+		}
+		if err := wr.Err(); err != nil {
+			cancel()
+			return nil, err
+		}
+		return &keyWatch{key: key, cancel: cancel, ch: ch, created: wr.Header.Revision}, nil
+	case <-ctx.Done():
+		cancel()
+		return nil, ctx.Err()
+	}
+}
+
+// watchClosedErr explains why a watch channel closed.
+func watchClosedErr(ctx context.Context, c *clientv3.Client) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if c.Ctx().Err() != nil {
+		return errClientClosed
+	}
+	return errors.New("concurrency: watch closed")
+}
+
+// deleted scans a watch response for the deletion (or replacement) of the
+// key created at rev, and returns the revision at which it happened.
+func deleted(wr clientv3.WatchResponse, rev int64) (int64, bool) {
+	for _, ev := range wr.Events {
+		if ev.Type == mvccpb.DELETE || ev.Kv.CreateRevision != rev {
+			return ev.Kv.ModRevision, true
+		}
+	}
+	return 0, false
+}
+
+// waitTurn blocks until key, created at rev, heads the queue under dir, and
+// returns the revision at which it did. queue is the queue as of at. It
+// returns ErrSessionExpired when the key disappears (the session's lease
+// ended, or someone deleted the key), ctx.Err() when ctx ends, and the
+// error of the server otherwise. It never deletes anything: the caller
+// cleans up.
+func waitTurn(ctx context.Context, s *Session, dir, key string, rev int64, queue []*mvccpb.KeyValue, at int64) (int64, error) {
+	c := s.Client()
+	var own, pred *keyWatch
+	defer func() {
+		if own != nil {
+			own.cancel()
+		}
+		if pred != nil {
+			pred.cancel()
+		}
+	}()
+	for {
+		present, p := place(queue, key, rev)
+		if !present {
+			return 0, ErrSessionExpired
+		}
+		if p == nil {
+			return at, nil
+		}
+		// Watch our own key once, so that the end of our session is seen
+		// at once (etcd #19597: etcd's waiter waits for its predecessors
+		// first).
+		var err error
+		if own == nil {
+			if own, err = watchKey(ctx, c, key); err != nil {
+				return 0, err
+			}
+		}
+		if pred == nil || pred.key != string(p.Key) {
+			if pred != nil {
+				pred.cancel()
+			}
+			if pred, err = watchKey(ctx, c, string(p.Key)); err != nil {
+				pred = nil
+				return 0, err
+			}
+		}
+		next := max(own.created, pred.created)
+		if next <= at {
+			// Both watches cover every change after at: wait for one.
+			next, err = waitEvent(ctx, s, own, pred, rev, p.CreateRevision)
+			if err != nil {
+				return 0, err
+			}
+		}
+		r, err := readQueue(ctx, c, dir, rev, next)
+		for err != nil && transient(err) && ctx.Err() == nil {
+			pause(ctx)
+			r, err = readQueue(ctx, c, dir, rev, 0)
+		}
+		if err != nil {
+			return 0, err
+		}
+		queue, at = r.Kvs, r.Header.Revision
+	}
+}
+
+// waitEvent waits until own's key or pred's key (created at ownRev and
+// predRev) goes away, and returns the revision to read the queue at. A
+// broken watch is remade and reported as "read again now".
+func waitEvent(ctx context.Context, s *Session, own, pred *keyWatch, ownRev, predRev int64) (int64, error) {
+	c := s.Client()
+	for {
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-s.Done():
+			return 0, ErrSessionExpired
+		case wr, ok := <-own.ch:
+			if !ok || wr.Err() != nil {
+				return 0, remake(ctx, c, own, wr, ok)
+			}
+			if _, gone := deleted(wr, ownRev); gone {
+				return 0, ErrSessionExpired
+			}
+		case wr, ok := <-pred.ch:
+			if !ok || wr.Err() != nil {
+				if err := remake(ctx, c, pred, wr, ok); err != nil {
+					return 0, err
+				}
+				return pred.created, nil
+			}
+			if d, gone := deleted(wr, predRev); gone {
+				return d, nil
+			}
+		}
+	}
+}
+
+// remake replaces a broken watch (compacted after a reconnect, cancelled by
+// a member that lost its leader) with a new one from now.
+func remake(ctx context.Context, c *clientv3.Client, w *keyWatch, wr clientv3.WatchResponse, ok bool) error {
+	w.cancel()
+	if !ok && (ctx.Err() != nil || c.Ctx().Err() != nil) {
+		return watchClosedErr(ctx, c)
+	}
+	for {
+		nw, err := watchKey(ctx, c, w.key)
+		if err == nil {
+			*w = *nw
+			return nil
+		}
+		if !transient(err) || ctx.Err() != nil || c.Ctx().Err() != nil {
+			return err
+		}
+		pause(ctx)
+	}
+}
+
+// transient reports whether err is worth retrying: the cluster is between
+// leaders, a member is down, or a request timed out inside the server.
+func transient(err error) bool {
+	switch {
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return false
+	case errors.Is(err, rpctypes.ErrNoLeader), errors.Is(err, rpctypes.ErrLeaderChanged),
+		errors.Is(err, rpctypes.ErrTimeout), errors.Is(err, rpctypes.ErrTimeoutDueToLeaderFail),
+		errors.Is(err, rpctypes.ErrTimeoutDueToConnectionLost), errors.Is(err, rpctypes.ErrStopped):
+		return true
+	}
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded:
+		return true
+	}
+	return false
+}
+
+// leave deletes key if it is still the one created at rev. It runs with its
+// own timeout, so that it also works after the caller's context ended.
+func leave(ctx context.Context, c *clientv3.Client, key string, rev int64) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	_, err := c.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
+		Then(clientv3.OpDelete(key)).
+		Commit()
+	return err
+}
+
+// headerAt is h with its revision set to rev: the revision at which a
+// waiter's turn came, which may be later than the request that joined.
+func headerAt(h *pb.ResponseHeader, rev int64) *pb.ResponseHeader {
+	return &pb.ResponseHeader{ClusterId: h.ClusterId, MemberId: h.MemberId, RaftTerm: h.RaftTerm, Revision: rev}
+}

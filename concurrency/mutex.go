@@ -1,0 +1,420 @@
+package concurrency
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Errors of Mutex. The first three have the same text as etcd's package.
+var (
+	// ErrLocked is returned by TryLock when another holder has the lock.
+	ErrLocked = errors.New("mutex: Locked by another session")
+	// ErrSessionExpired is returned when the session's lease ended while
+	// waiting, or the waiter's key was deleted.
+	ErrSessionExpired = errors.New("mutex: session is expired")
+	// ErrLockReleased is returned by Unlock on a Mutex that does not hold
+	// the lock.
+	ErrLockReleased = errors.New("mutex: lock has already been released")
+	// ErrLockLost is the cause of the context WithLock passes to its
+	// function when the lock ends under it, and the error of Unlock and
+	// Guard when the lock had already ended: the session expired or someone
+	// deleted the holder's key.
+	ErrLockLost = errors.New("mutex: lock lost")
+)
+
+// Mutex is a distributed lock: the holder is the key under pfx + "/" with
+// the lowest create revision, as with etcd's Mutex and etcdctl lock, which
+// it excludes and is excluded by.
+//
+// A Mutex is safe for use by several goroutines, and behaves like
+// sync.Mutex among them: Lock waits while the same Mutex is held. Two
+// Mutex values on one Session use different keys and exclude each other
+// (etcd's let both in, #11360).
+type Mutex struct {
+	s   *Session
+	pfx string // prefix + "/"
+	err error  // set by NewMutex on bad input; returned by every call
+
+	// local is a one-token semaphore held from the start of Lock until
+	// Unlock (or a failed Lock): one acquisition at a time per Mutex.
+	local chan struct{}
+
+	mu    sync.Mutex // guards the fields below
+	myKey string
+	myRev int64
+	hdr   *pb.ResponseHeader
+}
+
+// NewMutex makes a Mutex on prefix pfx. It talks to the server only when
+// locked. A nil session or an empty prefix is reported by the first call.
+func NewMutex(s *Session, pfx string) *Mutex {
+	m := &Mutex{s: s, pfx: pfx + "/", local: make(chan struct{}, 1), myRev: -1}
+	switch {
+	case s == nil:
+		m.err = ErrNilSession
+	case pfx == "":
+		m.err = ErrEmptyPrefix
+	}
+	return m
+}
+
+// Lock waits until it holds the lock, ctx ends, or the session ends.
+//
+// On failure nothing is left behind: the waiter's key is deleted (with its
+// own timeout if ctx is over) before Lock returns, whatever the error
+// (etcd #9715, #21128), and ErrSessionExpired is returned as soon as the
+// waiter's own key goes, without waiting for the waiters ahead (#19597).
+// A context that is over before the call returns its error at once and
+// writes nothing.
+func (m *Mutex) Lock(ctx context.Context) error {
+	if m.err != nil {
+		return m.err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	select {
+	case m.local <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if err := m.lock(ctx, true); err != nil {
+		<-m.local
+		return err
+	}
+	return nil
+}
+
+// TryLock takes the lock if nobody holds or waits for it, in one
+// transaction, and returns ErrLocked otherwise. It writes nothing when the
+// lock is taken (etcd's writes a key and deletes it again).
+func (m *Mutex) TryLock(ctx context.Context) error {
+	if m.err != nil {
+		return m.err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	select {
+	case m.local <- struct{}{}:
+	default:
+		return ErrLocked
+	}
+	if err := m.lock(ctx, false); err != nil {
+		<-m.local
+		return err
+	}
+	return nil
+}
+
+func (m *Mutex) lock(ctx context.Context, wait bool) error {
+	key := m.s.claimName(m.pfx)
+	var (
+		j   *joined
+		err error
+	)
+	if wait {
+		j, err = join(ctx, m.s, m.pfx, key, "")
+	} else {
+		j, err = tryJoin(ctx, m.s, m.pfx, key)
+	}
+	if err != nil {
+		m.s.releaseName(key)
+		return err
+	}
+	if j == nil { // TryLock found the lock taken and wrote nothing
+		m.s.releaseName(key)
+		return ErrLocked
+	}
+	at, err := j.hdr.Revision, error(nil)
+	if present, pred := place(j.queue, key, j.rev); !present {
+		err = ErrSessionExpired
+	} else if pred != nil {
+		if !wait {
+			// Our key predates this call (a resumed lease) but is not at
+			// the head: give it up, as etcd's TryLock does.
+			err = ErrLocked
+		} else {
+			at, err = waitTurn(ctx, m.s, m.pfx, key, j.rev, j.queue, at)
+		}
+	}
+	if err != nil {
+		if lerr := leave(ctx, m.s.Client(), key, j.rev); lerr != nil && !errors.Is(err, ErrSessionExpired) {
+			err = fmt.Errorf("%w (and deleting the waiter key %q failed: %v; it goes with the session)", err, key, lerr)
+		}
+		m.s.releaseName(key)
+		return err
+	}
+	hdr := headerAt(j.hdr, at)
+	m.mu.Lock()
+	m.myKey, m.myRev, m.hdr = key, j.rev, hdr
+	m.mu.Unlock()
+	return nil
+}
+
+// tryJoin puts key only when no key exists under dir, in one transaction.
+// It returns nil when the lock is taken, unless our key is already there
+// (a resumed lease), in which case it reports it like join.
+func tryJoin(ctx context.Context, s *Session, dir, key string) (*joined, error) {
+	c := s.Client()
+	queue := clientv3.OpGet(dir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	// A compare on a range holds when it holds for every key in it; for an
+	// empty range it compares a zero key, whose create revision is 0.
+	resp, err := c.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(dir).WithPrefix(), "=", 0)).
+		Then(clientv3.OpPut(key, "", clientv3.WithLease(s.Lease())), queue).
+		Else(clientv3.OpGet(key), queue).
+		Commit()
+	if err != nil {
+		return nil, err
+	}
+	j := &joined{hdr: resp.Header, rev: resp.Header.Revision, queue: resp.Responses[1].GetResponseRange().Kvs}
+	if resp.Succeeded {
+		return j, nil
+	}
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		return nil, nil
+	}
+	j.existed, j.rev, j.value = true, kvs[0].CreateRevision, kvs[0].Value
+	return j, nil
+}
+
+// Unlock releases the lock. It deletes the holder's key only if it is still
+// the key of this acquisition, so a late or retried Unlock never removes a
+// newer holder's key (etcd #22082).
+//
+// It returns ErrLockReleased when this Mutex does not hold the lock, and
+// ErrLockLost when the lock had already ended (the session expired or the
+// key was deleted); either way the Mutex is free for a new Lock. When the
+// request fails, the Mutex still holds the lock and Unlock can be retried.
+func (m *Mutex) Unlock(ctx context.Context) error {
+	if m.err != nil {
+		return m.err
+	}
+	m.mu.Lock()
+	key, rev := m.myKey, m.myRev
+	m.mu.Unlock()
+	if key == "" || rev <= 0 {
+		return ErrLockReleased
+	}
+	if !strings.HasPrefix(key, m.pfx) {
+		return fmt.Errorf("mutex: invalid key %q, it should have prefix %q", key, m.pfx)
+	}
+	resp, err := m.s.Client().Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
+		Then(clientv3.OpDelete(key)).
+		Commit()
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.myKey, m.myRev = "", -1
+	m.hdr = resp.Header
+	m.mu.Unlock()
+	m.s.releaseName(key)
+	<-m.local
+	if !resp.Succeeded {
+		return ErrLockLost
+	}
+	return nil
+}
+
+// IsOwner is a comparison that holds while this Mutex holds the lock, for
+// use in a transaction (see also Guard).
+func (m *Mutex) IsOwner() clientv3.Cmp {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return clientv3.Compare(clientv3.CreateRevision(m.myKey), "=", m.myRev)
+}
+
+// Key is the holder's key, or "" when the lock is not held.
+func (m *Mutex) Key() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.myKey
+}
+
+// Rev is the fencing token of the current acquisition: the create revision
+// of the holder's key. It is unique per acquisition and strictly greater
+// than the token of every earlier holder of the same lock. Pass it to the
+// resource the lock protects, which should reject requests with a token
+// lower than the highest it has seen. It is -1 when the lock is not held.
+func (m *Mutex) Rev() int64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.myRev
+}
+
+// Header is the response header of the request that acquired (or, after
+// Unlock, released) the lock; its revision is the one at which the lock was
+// taken.
+func (m *Mutex) Header() *pb.ResponseHeader {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.hdr
+}
+
+// Guard commits ops in one transaction only while this Mutex holds the lock.
+// It returns ErrLockLost, and commits nothing, when it does not.
+func (m *Mutex) Guard(ctx context.Context, ops ...clientv3.Op) (*clientv3.TxnResponse, error) {
+	if m.err != nil {
+		return nil, m.err
+	}
+	m.mu.Lock()
+	key, rev := m.myKey, m.myRev
+	m.mu.Unlock()
+	if key == "" {
+		return nil, ErrLockReleased
+	}
+	return guard(ctx, m.s.Client(), key, rev, ErrLockLost, ops)
+}
+
+func guard(ctx context.Context, c *clientv3.Client, key string, rev int64, lost error, ops []clientv3.Op) (*clientv3.TxnResponse, error) {
+	resp, err := c.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
+		Then(ops...).
+		Commit()
+	if err != nil {
+		return nil, err
+	}
+	if !resp.Succeeded {
+		return resp, lost
+	}
+	return resp, nil
+}
+
+// WithLock takes m, runs f, and releases m. The context f gets is cancelled
+// as soon as the lock ends under it (the session ends, or anyone deletes the
+// holder's key), with context.Cause(ctx) == ErrLockLost; the loss is seen
+// through a watch on the holder's key, not by polling.
+//
+// It returns the error of Lock, else f's error, else ErrLockLost when the
+// lock was lost while f ran, else the error of Unlock. Unlock runs even
+// when ctx is over, with its own timeout.
+func WithLock(ctx context.Context, m *Mutex, f func(ctx context.Context) error) error {
+	if err := m.Lock(ctx); err != nil {
+		return err
+	}
+	key, rev := m.Key(), m.Rev()
+	fctx, stop := holdContext(ctx, m.s, key, rev, ErrLockLost)
+	ferr := f(fctx)
+	lost := stop()
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	uerr := m.Unlock(uctx)
+	switch {
+	case ferr != nil:
+		return ferr
+	case lost || errors.Is(uerr, ErrLockLost):
+		return ErrLockLost
+	default:
+		return uerr
+	}
+}
+
+// holdContext returns a context that is cancelled with cause lost when key
+// (created at rev) goes away or the session ends, and a stop function that
+// ends the watch and reports whether the loss happened.
+func holdContext(ctx context.Context, s *Session, key string, rev int64, lost error) (context.Context, func() bool) {
+	hctx, cancel := context.WithCancelCause(ctx)
+	done := make(chan struct{})
+	var wasLost bool
+	go func() {
+		defer close(done)
+		if watchHold(hctx, s, key, rev) {
+			wasLost = true
+			cancel(lost)
+		}
+	}()
+	return hctx, func() bool {
+		cancel(context.Canceled)
+		<-done
+		return wasLost
+	}
+}
+
+// watchHold returns true when key (created at rev) goes away or the session
+// ends, and false when ctx ends first.
+func watchHold(ctx context.Context, s *Session, key string, rev int64) bool {
+	c := s.Client()
+	for ctx.Err() == nil {
+		w, err := watchKey(ctx, c, key)
+		if err != nil {
+			if ctx.Err() != nil {
+				return false
+			}
+			if c.Ctx().Err() != nil {
+				return true // the client closed: we cannot vouch for the lock
+			}
+			pause(ctx)
+			continue
+		}
+		// The watch covers changes after w.created; check the key then.
+		r, err := c.Get(ctx, key, clientv3.WithRev(w.created), clientv3.WithSerializable())
+		if err != nil {
+			r, err = c.Get(ctx, key)
+		}
+		if err == nil && (len(r.Kvs) == 0 || r.Kvs[0].CreateRevision != rev) {
+			w.cancel()
+			return true
+		}
+		for err == nil {
+			select {
+			case <-ctx.Done():
+				w.cancel()
+				return false
+			case <-s.Done():
+				w.cancel()
+				return true
+			case wr, ok := <-w.ch:
+				if !ok || wr.Err() != nil {
+					err = errors.New("watch broken") // remade by the outer loop
+					break
+				}
+				if _, gone := deleted(wr, rev); gone {
+					w.cancel()
+					return true
+				}
+			}
+		}
+		w.cancel()
+	}
+	return false
+}
+
+type lockerMutex struct{ *Mutex }
+
+// NewLocker returns a sync.Locker on a Mutex, for code that wants one.
+// sync.Locker has no way to report errors: Lock waits with the session's
+// context and panics if it fails (the session ended, the client closed);
+// Unlock panics if the release request fails, and ignores ErrLockLost,
+// since nothing is left to release then. Prefer Mutex where errors matter.
+func NewLocker(s *Session, pfx string) sync.Locker {
+	return &lockerMutex{NewMutex(s, pfx)}
+}
+
+func (lm *lockerMutex) Lock() {
+	if err := lm.Mutex.Lock(lm.ctx()); err != nil {
+		panic(err)
+	}
+}
+
+func (lm *lockerMutex) Unlock() {
+	if err := lm.Mutex.Unlock(lm.ctx()); err != nil && !errors.Is(err, ErrLockLost) {
+		panic(err)
+	}
+}
+
+func (lm *lockerMutex) ctx() context.Context {
+	if lm.s == nil {
+		return context.Background()
+	}
+	return lm.s.Ctx()
+}
