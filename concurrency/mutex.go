@@ -39,6 +39,7 @@ var (
 type Mutex struct {
 	s   *Session
 	pfx string // prefix + "/"
+	val string // value stored in the holder's key
 	err error  // set by NewMutex on bad input; returned by every call
 
 	// local is a one-token semaphore held from the start of Lock until
@@ -51,10 +52,24 @@ type Mutex struct {
 	hdr   *pb.ResponseHeader
 }
 
+// MutexOption configures a Mutex.
+type MutexOption func(*Mutex)
+
+// WithMutexValue sets the value written into the holder's (and waiter's)
+// key. Default "", as etcd's Mutex. etcd's Mutex ignores values, so the two
+// still interoperate; "baton status" uses the value to show who holds a
+// lock.
+func WithMutexValue(v string) MutexOption {
+	return func(m *Mutex) { m.val = v }
+}
+
 // NewMutex makes a Mutex on prefix pfx. It talks to the server only when
 // locked. A nil session or an empty prefix is reported by the first call.
-func NewMutex(s *Session, pfx string) *Mutex {
+func NewMutex(s *Session, pfx string, opts ...MutexOption) *Mutex {
 	m := &Mutex{s: s, pfx: pfx + "/", local: make(chan struct{}, 1), myRev: -1}
+	for _, o := range opts {
+		o(m)
+	}
 	switch {
 	case s == nil:
 		m.err = ErrNilSession
@@ -120,9 +135,9 @@ func (m *Mutex) lock(ctx context.Context, wait bool) error {
 		err error
 	)
 	if wait {
-		j, err = join(ctx, m.s, m.pfx, key, "")
+		j, err = join(ctx, m.s, m.pfx, key, m.val)
 	} else {
-		j, err = tryJoin(ctx, m.s, m.pfx, key)
+		j, err = tryJoin(ctx, m.s, m.pfx, key, m.val)
 	}
 	if err != nil {
 		m.s.releaseName(key)
@@ -161,14 +176,14 @@ func (m *Mutex) lock(ctx context.Context, wait bool) error {
 // tryJoin puts key only when no key exists under dir, in one transaction.
 // It returns nil when the lock is taken, unless our key is already there
 // (a resumed lease), in which case it reports it like join.
-func tryJoin(ctx context.Context, s *Session, dir, key string) (*joined, error) {
+func tryJoin(ctx context.Context, s *Session, dir, key, val string) (*joined, error) {
 	c := s.Client()
 	queue := clientv3.OpGet(dir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	// A compare on a range holds when it holds for every key in it; for an
 	// empty range it compares a zero key, whose create revision is 0.
 	resp, err := c.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(dir).WithPrefix(), "=", 0)).
-		Then(clientv3.OpPut(key, "", clientv3.WithLease(s.Lease())), queue).
+		Then(clientv3.OpPut(key, val, clientv3.WithLease(s.Lease())), queue).
 		Else(clientv3.OpGet(key), queue).
 		Commit()
 	if err != nil {
