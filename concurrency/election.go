@@ -354,12 +354,7 @@ func (e *Election) observe(ctx context.Context, emit func(LeaderEvent) bool) {
 	var last *mvccpb.KeyValue
 	first := true
 	report := func(kvs map[string]*mvccpb.KeyValue, rev int64) bool {
-		var lead *mvccpb.KeyValue
-		for _, kv := range kvs {
-			if lead == nil || kv.CreateRevision < lead.CreateRevision {
-				lead = kv
-			}
-		}
+		lead := leaderOf(kvs)
 		same := (lead == nil && last == nil) ||
 			(lead != nil && last != nil && string(lead.Key) == string(last.Key) && lead.ModRevision == last.ModRevision)
 		if same && !first {
@@ -398,13 +393,7 @@ func (e *Election) observe(ctx context.Context, emit func(LeaderEvent) bool) {
 			if len(wr.Events) == 0 {
 				continue
 			}
-			for _, ev := range wr.Events {
-				if ev.Type == mvccpb.DELETE {
-					delete(kvs, string(ev.Kv.Key))
-				} else {
-					kvs[string(ev.Kv.Key)] = ev.Kv
-				}
-			}
+			applyEvents(kvs, wr.Events)
 			if !report(kvs, wr.Events[len(wr.Events)-1].Kv.ModRevision) {
 				cancel()
 				return
@@ -412,6 +401,32 @@ func (e *Election) observe(ctx context.Context, emit func(LeaderEvent) bool) {
 		}
 		cancel()
 	}
+}
+
+// applyEvents applies a batch of watch events to a copy of the election's
+// keys.
+func applyEvents(kvs map[string]*mvccpb.KeyValue, evs []*clientv3.Event) {
+	for _, ev := range evs {
+		if ev.Type == mvccpb.DELETE {
+			delete(kvs, string(ev.Kv.Key))
+		} else {
+			kvs[string(ev.Kv.Key)] = ev.Kv
+		}
+	}
+}
+
+// leaderOf returns the key with the lowest create revision, the leader.
+// Keys written by one transaction share a revision; among those the lowest
+// key wins, which is the order etcd's Leader reads them in.
+func leaderOf(kvs map[string]*mvccpb.KeyValue) *mvccpb.KeyValue {
+	var lead *mvccpb.KeyValue
+	for _, kv := range kvs {
+		if lead == nil || kv.CreateRevision < lead.CreateRevision ||
+			(kv.CreateRevision == lead.CreateRevision && string(kv.Key) < string(lead.Key)) {
+			lead = kv
+		}
+	}
+	return lead
 }
 
 // pause waits a little before a retry, or until ctx ends.
