@@ -2,4 +2,76 @@
 // sessions, mutexes, leader election and software transactional memory, with
 // the same API as go.etcd.io/etcd/client/v3/concurrency, so that code written
 // for etcd's package moves here by changing one import path.
+//
+// # Sessions
+//
+// A Session is a lease that a goroutine keeps alive. Every key a primitive
+// writes is attached to its session's lease, so it disappears when the
+// session ends: Close revokes the lease at once; a dead process stops the
+// keep-alives and the lease expires after its TTL (default 60 s).
+//
+// # Locks and elections
+//
+// Mutex and Election queue their participants as keys under pfx + "/",
+// ordered by create revision; the oldest holds the lock or leads. This is
+// the layout of etcd's package, etcdctl lock and etcdctl elect, so baton and
+// those tools exclude each other on the same prefix, and a fleet can move
+// from one to the other a process at a time.
+//
+// A waiter watches only the participant just ahead of it, so a release
+// wakes one waiter, not all of them. Its watch starts at the current
+// revision, where etcd's starts at an older one and can wait up to 100 ms
+// for the server's resync loop; this makes a handoff cost one write plus
+// one watch event. A waiter also watches its own key, and returns
+// ErrSessionExpired as soon as its session's lease ends.
+//
+// # Guarantees
+//
+//   - Mutual exclusion among participants that reach the same etcd cluster,
+//     as long as each holder's session is alive.
+//   - FIFO: waiters acquire in the order their keys were created.
+//   - Every acquisition has a fencing token, Mutex.Rev or Election.Rev: the
+//     create revision of the holder's key. Tokens are unique and strictly
+//     increase from one holder to the next.
+//   - Lock, TryLock and Campaign either succeed or leave no key behind.
+//     Unlock and Resign delete only the key of the acquisition they end.
+//   - WithLock and WithLeadership cancel the context they pass with cause
+//     ErrLockLost or ErrLeadershipLost as soon as a watch shows the
+//     holder's key gone or the session ends.
+//   - Guard commits operations in one transaction only while the lock or
+//     leadership is still held, and fails with an error otherwise.
+//
+// # What a lock cannot promise
+//
+// A lease is not a fence. A holder that pauses (a GC pause, a stopped VM, a
+// partition) for longer than its TTL loses its lock without knowing it, and
+// a new holder acts in the meantime; no client-side check closes that
+// window, because the pause can fall between the check and the action.
+// Jepsen found exactly this in etcd's locks. Two remedies:
+//
+//   - Writes to etcd itself: make them with Guard (or a transaction that
+//     includes IsOwner), which etcd applies only if the holder's key still
+//     has the holder's create revision.
+//   - Writes to anything else: pass the fencing token with every request
+//     and have the resource remember the highest token it has seen and
+//     reject lower ones. A resource that cannot do this cannot be protected
+//     by any lock service.
+//
+// The loss signal of WithLock is prompt but not instantaneous: f learns of
+// the loss one watch event later, and the session's own view of its lease
+// lags the server by up to a third of the TTL when the network is the
+// problem. Treat the signal as "stop soon", and the token as the guard.
+//
+// etcd refreshes every lease to its full TTL when its raft leader changes,
+// so the lock of a dead client can outlive its TTL during elections.
+//
+// # Differences from etcd's package
+//
+//   - Invalid options and arguments are errors (ErrInvalidTTL,
+//     ErrEmptyPrefix, ErrNilSession), not warnings or panics.
+//   - A Mutex is safe for use by several goroutines; two Mutex values on one
+//     Session are two participants, not one (etcd #11360).
+//   - Unlock returns ErrLockLost when the lock had already ended.
+//   - Observe keeps its channel open across compactions and member
+//     failures; Events also reports when nobody leads.
 package concurrency
