@@ -137,21 +137,36 @@ type keyWatch struct {
 // WithRequireLeader makes a watch on a member cut off from the cluster end
 // with an error instead of going silent.
 func watchKey(ctx context.Context, c *clientv3.Client, key string) (*keyWatch, error) {
+	return startWatch(ctx, c, key).created(ctx, c)
+}
+
+// pendingWatch is a watch whose creation has been requested but not yet
+// confirmed; starting two and then awaiting both saves a round trip.
+type pendingWatch struct {
+	key    string
+	cancel context.CancelFunc
+	ch     clientv3.WatchChan
+}
+
+func startWatch(ctx context.Context, c *clientv3.Client, key string) *pendingWatch {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	ch := c.Watch(wctx, key, clientv3.WithCreatedNotify())
+	return &pendingWatch{key: key, cancel: cancel, ch: c.Watch(wctx, key, clientv3.WithCreatedNotify())}
+}
+
+func (p *pendingWatch) created(ctx context.Context, c *clientv3.Client) (*keyWatch, error) {
 	select {
-	case wr, ok := <-ch:
+	case wr, ok := <-p.ch:
 		if !ok {
-			cancel()
+			p.cancel()
 			return nil, watchClosedErr(ctx, c)
 		}
 		if err := wr.Err(); err != nil {
-			cancel()
+			p.cancel()
 			return nil, err
 		}
-		return &keyWatch{key: key, cancel: cancel, ch: ch, created: wr.Header.Revision}, nil
+		return &keyWatch{key: p.key, cancel: p.cancel, ch: p.ch, created: wr.Header.Revision}, nil
 	case <-ctx.Done():
-		cancel()
+		p.cancel()
 		return nil, ctx.Err()
 	}
 }
@@ -207,17 +222,27 @@ func waitTurn(ctx context.Context, s *Session, dir, key string, rev int64, queue
 		// at once (etcd #19597: etcd's waiter waits for its predecessors
 		// first).
 		var err error
+		var ownP, predP *pendingWatch
 		if own == nil {
-			if own, err = watchKey(ctx, c, key); err != nil {
-				return 0, err
-			}
+			ownP = startWatch(ctx, c, key)
 		}
 		if pred == nil || pred.key != string(p.Key) {
 			if pred != nil {
 				pred.cancel()
-			}
-			if pred, err = watchKey(ctx, c, string(p.Key)); err != nil {
 				pred = nil
+			}
+			predP = startWatch(ctx, c, string(p.Key))
+		}
+		if ownP != nil {
+			if own, err = ownP.created(ctx, c); err != nil {
+				if predP != nil {
+					predP.cancel()
+				}
+				return 0, err
+			}
+		}
+		if predP != nil {
+			if pred, err = predP.created(ctx, c); err != nil {
 				return 0, err
 			}
 		}
