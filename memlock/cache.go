@@ -1,0 +1,98 @@
+package memlock
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"strconv"
+	"time"
+)
+
+// Key prefixes. The lock key is luci's: "memlock:" + key.
+const (
+	lockPrefix  = "memlock:"
+	fencePrefix = "memlock-fence:"
+)
+
+// Cache is where locks live: a memcached, Redis or in-process store, made by
+// NewMemcache, NewRedis or NewMemory. Its methods are unexported; the
+// interface is the seam between the locking algorithm, which is the same for
+// every store, and the few atomic operations each store does its own way.
+type Cache interface {
+	// take stores h when its key is absent, free (the empty value), or held
+	// by a value of the same clientID (re-entry: h replaces it). It reports
+	// whether h is now stored.
+	take(ctx context.Context, h *hold) (bool, error)
+	// extend resets the expiry of h's key to h.ttl if it still holds h's
+	// value. It returns errLost when the value is certainly gone or not
+	// ours; any other error leaves the question open.
+	extend(ctx context.Context, h *hold) error
+	// release frees h's key if it still holds h's value, and otherwise
+	// leaves it alone.
+	release(ctx context.Context, h *hold) error
+	// fence returns the next fencing token for h's key.
+	fence(ctx context.Context, h *hold) (int64, error)
+	// checkKey validates a user key (and the fence key when fencing) before
+	// anything is sent.
+	checkKey(key string, fencing bool) error
+	// lifetime is how long a value written with ttl is sure to live,
+	// counted from the moment the write was sent.
+	lifetime(ttl time.Duration) time.Duration
+}
+
+// errLost is what extend returns when the lock is certainly no longer ours.
+var errLost = errors.New("memlock: lock not held")
+
+// hold is one holding of a lock: what is stored, and for how long.
+type hold struct {
+	key      string // the cache key: lockPrefix + the user's key
+	fenceKey string // fencePrefix + the user's key
+	clientID string
+	// value is what the cache holds while the lock is ours: the clientID, a
+	// separator and a nonce unique to this holding, so that a later holding
+	// by the same clientID (re-entry) is told apart from this one.
+	value string
+	ttl   time.Duration
+}
+
+// nonceLen is the length of the hex nonce at the end of a value; with the
+// '/' before it, the suffix after the clientID is nonceLen+1 bytes.
+const nonceLen = 16
+
+func newHold(key, clientID string, ttl time.Duration) *hold {
+	n := strconv.FormatUint(rand.Uint64()|1<<63, 16) // always 16 hex digits
+	return &hold{
+		key:      lockPrefix + key,
+		fenceKey: fencePrefix + key,
+		clientID: clientID,
+		value:    clientID + "/" + n,
+		ttl:      ttl,
+	}
+}
+
+// ownerOf returns the clientID inside a stored value, and false when the
+// value is free (empty) or not one of ours.
+func ownerOf(v string) (string, bool) {
+	i := len(v) - nonceLen - 1
+	if i < 1 || v[i] != '/' {
+		return "", false
+	}
+	return v[:i], true
+}
+
+// mayTake reports whether a take by h may replace the stored value v: v is
+// the free value, or a holding by the same clientID.
+func (h *hold) mayTake(v string) bool {
+	if v == "" {
+		return true
+	}
+	owner, ok := ownerOf(v)
+	return ok && owner == h.clientID
+}
+
+// fenceSeed is the value a fencing counter starts from when it is missing:
+// the wall clock in microseconds. A counter that a restart, a flush or an
+// eviction dropped thus restarts above every token it gave before, as long
+// as the key saw fewer than a million takes per second on average and the
+// clocks of the clients are roughly right.
+func fenceSeed() int64 { return time.Now().UnixMicro() }

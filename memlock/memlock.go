@@ -1,0 +1,311 @@
+package memlock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+)
+
+// Defaults, luci's: a lock lives 16 s unless refreshed, and is refreshed
+// every second, so fifteen refreshes in a row may fail before it expires.
+const (
+	DefaultTTL             = 16 * time.Second
+	DefaultRefreshInterval = time.Second
+	// DefaultTimeout bounds each call to the cache: a take, one refresh,
+	// a release.
+	DefaultTimeout = time.Second
+)
+
+// minRefreshes is how many refreshes must fit in the time a lock is sure to
+// live, so that one or two failed refreshes do not lose it.
+const minRefreshes = 3
+
+// Errors. Errors from TryWithLock wrap them and are checked with errors.Is.
+var (
+	// ErrEmptyClientID is returned when TryWithLock is called with an empty
+	// clientID.
+	ErrEmptyClientID = errors.New("memlock: empty clientID")
+	// ErrFailedToLock is returned when the lock could not be taken: someone
+	// else holds it, or the cache could not be reached (then the cause is
+	// wrapped too), or ctx was already done. f was not run.
+	ErrFailedToLock = errors.New("memlock: failed to obtain lock")
+	// ErrLockLost is the cause (see context.Cause) of the cancellation of
+	// f's context when the lock was lost while f ran: its value changed,
+	// its key vanished (expired, evicted, flushed, server restarted), or no
+	// refresh succeeded for as long as the lock is sure to live.
+	ErrLockLost = errors.New("memlock: lock lost")
+	// ErrNoCache is returned by TryWithLock when the context carries no
+	// cache: call Use first.
+	ErrNoCache = errors.New("memlock: no cache in context (see memlock.Use)")
+	// ErrNilCache is returned by New when given a nil Cache.
+	ErrNilCache = errors.New("memlock: nil cache")
+	// ErrInvalidKey is returned when a key cannot be stored in the cache:
+	// empty, or (memcached) too long or holding spaces or control
+	// characters. Nothing is sent.
+	ErrInvalidKey = errors.New("memlock: invalid key")
+	// ErrInvalidOption is returned by New for an option out of range.
+	ErrInvalidOption = errors.New("memlock: invalid option")
+)
+
+// Option configures a Locker made by New.
+type Option func(*options)
+
+type options struct {
+	ttl, refresh, timeout time.Duration
+	fencing               bool
+}
+
+// WithTTL sets how long a lock lives unless refreshed; default DefaultTTL
+// (16 s). memcached counts whole seconds: the TTL is rounded up to them,
+// and memcached may expire an item up to a second early.
+func WithTTL(d time.Duration) Option { return func(o *options) { o.ttl = d } }
+
+// WithRefreshInterval sets how often the lock is refreshed while f runs;
+// default DefaultRefreshInterval (1 s). At least three refreshes must fit in
+// the time the lock is sure to live (the TTL, a second less on memcached).
+func WithRefreshInterval(d time.Duration) Option { return func(o *options) { o.refresh = d } }
+
+// WithTimeout bounds every call to the cache: the take, each refresh and the
+// release; default DefaultTimeout (1 s). It must be > 0 and at most the
+// refresh interval. The memcached client takes no context: its own Timeout
+// (gomemcache's default is 500 ms) bounds each of its operations, and a call
+// made of several operations stops between them when this timeout expires.
+// A go-redis client honours it when its options set ContextTimeoutEnabled;
+// otherwise its ReadTimeout and WriteTimeout bound each call.
+func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout = d } }
+
+// WithFencing makes every take also draw a fencing token, an integer that is
+// larger for each new holding of a key, readable in f with Token. It costs
+// one more round trip per call. A resource that remembers the largest token
+// it has seen and refuses smaller ones is safe from a holder that lost its
+// lock without noticing (a pause, an eviction): the newer holder's token is
+// larger. Tokens are counted in the cache (memcached incr, Redis INCR); a
+// counter lost with the cache restarts from the wall clock in microseconds,
+// above the tokens it gave before.
+func WithFencing() Option { return func(o *options) { o.fencing = true } }
+
+// Locker takes locks in one Cache with one set of options. A Locker is safe
+// for use by several goroutines.
+type Locker struct {
+	cache Cache
+	opts  options
+	life  time.Duration // cache.lifetime(opts.ttl)
+}
+
+// New returns a Locker on c. Options out of range are errors wrapping
+// ErrInvalidOption, not silently replaced.
+func New(c Cache, opts ...Option) (*Locker, error) {
+	if c == nil {
+		return nil, ErrNilCache
+	}
+	o := options{ttl: DefaultTTL, refresh: DefaultRefreshInterval, timeout: DefaultTimeout}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	life := c.lifetime(o.ttl)
+	switch {
+	case o.ttl <= 0:
+		return nil, fmt.Errorf("%w: TTL %v must be > 0", ErrInvalidOption, o.ttl)
+	case o.refresh <= 0:
+		return nil, fmt.Errorf("%w: refresh interval %v must be > 0", ErrInvalidOption, o.refresh)
+	case o.timeout <= 0 || o.timeout > o.refresh:
+		return nil, fmt.Errorf("%w: timeout %v must be > 0 and at most the refresh interval %v", ErrInvalidOption, o.timeout, o.refresh)
+	case life < minRefreshes*o.refresh:
+		return nil, fmt.Errorf("%w: a lock with TTL %v is sure to live %v in this cache, room for fewer than %d refreshes every %v",
+			ErrInvalidOption, o.ttl, life, minRefreshes, o.refresh)
+	}
+	return &Locker{cache: c, opts: o, life: life}, nil
+}
+
+type cacheKey struct{}
+
+// Use returns a copy of ctx that carries c, for TryWithLock, with the
+// default options. A nil c carries nothing.
+func Use(ctx context.Context, c Cache) context.Context {
+	if c == nil {
+		return ctx
+	}
+	l, err := New(c)
+	if err != nil {
+		// The defaults fit every cache of this package.
+		panic(err)
+	}
+	return context.WithValue(ctx, cacheKey{}, l)
+}
+
+// TryWithLock is Locker.TryWithLock on the cache that Use put in ctx, with the
+// default options. It returns ErrNoCache when ctx carries none.
+func TryWithLock(ctx context.Context, key, clientID string, f func(context.Context) error) error {
+	l, _ := ctx.Value(cacheKey{}).(*Locker)
+	if l == nil {
+		return ErrNoCache
+	}
+	return l.TryWithLock(ctx, key, clientID, f)
+}
+
+// heldKey marks, in f's context, a lock that f holds, so that a nested
+// TryWithLock on the same cache and key re-enters it.
+type heldKey struct {
+	cache Cache
+	key   string
+}
+
+type tokenKey struct{}
+
+// Token returns the fencing token of the lock whose f got ctx, and false when
+// the Locker was made without WithFencing (or ctx is not from TryWithLock).
+func Token(ctx context.Context) (int64, bool) {
+	t, ok := ctx.Value(tokenKey{}).(int64)
+	return t, ok
+}
+
+// TryWithLock tries once to take the lock named key for clientID. If the lock
+// is held by someone else, or the cache cannot be reached, it returns an error
+// wrapping ErrFailedToLock and does not run f. Otherwise it runs f and
+// returns f's error.
+//
+// While f runs, the lock is refreshed every refresh interval. When it is lost,
+// f's context is cancelled and context.Cause of it is ErrLockLost; f should
+// then stop what the lock guards as soon as it can. When the parent ctx ends,
+// f's context ends with the parent's cause and the lock is kept until f
+// returns.
+//
+// After f returns, the lock is released, even when ctx is already cancelled,
+// under its own timeout; a release never frees a lock that is no longer this
+// holding's. TryWithLock returns after the release has finished; if it
+// failed, the lock expires after its TTL.
+//
+// Re-entry: a clientID names one holder, as in luci. A TryWithLock nested in
+// f (called with f's context or one derived from it) for the same key and
+// clientID runs its f at once under the outer lock, sends nothing, and leaves
+// the release to the outer call. A TryWithLock by the same clientID that is
+// not nested takes the lock over: it succeeds, and the earlier holding loses
+// the lock (ErrLockLost) at its next refresh. This lets a restarted worker
+// take back its lock without waiting for the TTL; give concurrent callers
+// different clientIDs.
+func (l *Locker) TryWithLock(ctx context.Context, key, clientID string, f func(context.Context) error) error {
+	if f == nil {
+		panic("memlock: TryWithLock with nil f")
+	}
+	if clientID == "" {
+		return ErrEmptyClientID
+	}
+	if err := l.cache.checkKey(key, l.opts.fencing); err != nil {
+		return err
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("%w: %w", ErrFailedToLock, context.Cause(ctx))
+	}
+	if id, ok := ctx.Value(heldKey{l.cache, key}).(string); ok && id == clientID {
+		return f(ctx)
+	}
+
+	h := newHold(key, clientID, l.opts.ttl)
+	start := time.Now()
+	token, err := l.take(ctx, h)
+	if err != nil {
+		return err
+	}
+
+	fctx, cancel := context.WithCancelCause(context.WithValue(ctx, heldKey{l.cache, key}, clientID))
+	if l.opts.fencing {
+		fctx = context.WithValue(fctx, tokenKey{}, token)
+	}
+	k := l.keepAlive(h, start, func() { cancel(ErrLockLost) })
+	defer func() {
+		// 1. Stop refreshing (waiting for a refresh in flight), 2. end
+		// f's context, 3. release. A panic in f takes the same path.
+		k.stop()
+		cancel(context.Canceled)
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), l.opts.timeout)
+		l.cache.release(rctx, h)
+		rcancel()
+	}()
+	return f(fctx)
+}
+
+// take stores h and, with fencing, draws its token.
+func (l *Locker) take(ctx context.Context, h *hold) (int64, error) {
+	tctx, cancel := context.WithTimeout(ctx, l.opts.timeout)
+	defer cancel()
+	ok, err := l.cache.take(tctx, h)
+	if err == nil && !ok {
+		return 0, ErrFailedToLock
+	}
+	var token int64
+	if err == nil && l.opts.fencing {
+		token, err = l.cache.fence(tctx, h)
+	}
+	if err != nil {
+		// The take may have landed even though it reported an error (a
+		// timed-out write can still be applied), so free the lock if it is
+		// ours; release compares before it writes.
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), l.opts.timeout)
+		l.cache.release(rctx, h)
+		rcancel()
+		return 0, fmt.Errorf("%w: %w", ErrFailedToLock, err)
+	}
+	return token, nil
+}
+
+// keeper refreshes one holding while f runs.
+type keeper struct {
+	quit chan struct{} // closed by stop
+	done chan struct{} // closed when the refresh goroutine has returned
+	// expiry fires lose when no refresh has succeeded for as long as the
+	// lock is sure to live. It is a timer rather than a check in the loop
+	// so that a refresh stuck in a slow client cannot delay it.
+	expiry *time.Timer
+}
+
+// keepAlive starts refreshing h, which was taken by a write sent at start.
+// lose is called (possibly more than once) when the lock is lost.
+func (l *Locker) keepAlive(h *hold, start time.Time, lose func()) *keeper {
+	var lost atomic.Bool
+	k := &keeper{quit: make(chan struct{}), done: make(chan struct{})}
+	k.expiry = time.AfterFunc(time.Until(start.Add(l.life)), func() {
+		lost.Store(true)
+		lose()
+	})
+	go func() {
+		defer close(k.done)
+		// The first refresh waits a whole interval: a call that ends
+		// sooner costs no round trip here.
+		t := time.NewTimer(l.opts.refresh)
+		defer t.Stop()
+		for {
+			select {
+			case <-k.quit:
+				return
+			case <-t.C:
+			}
+			sent := time.Now()
+			ctx, cancel := context.WithTimeout(context.Background(), l.opts.timeout)
+			err := l.cache.extend(ctx, h)
+			cancel()
+			switch {
+			case err == nil:
+				k.expiry.Reset(time.Until(sent.Add(l.life)))
+			case errors.Is(err, errLost):
+				lost.Store(true)
+				lose()
+			}
+			// Once lost, the lock stays lost: a later refresh that
+			// succeeds (a paused server that wakes up) would not undo
+			// f's cancellation, so stop refreshing.
+			if lost.Load() {
+				return
+			}
+			t.Reset(l.opts.refresh)
+		}
+	}()
+	return k
+}
+
+func (k *keeper) stop() {
+	close(k.quit)
+	<-k.done
+	k.expiry.Stop()
+}
