@@ -1,0 +1,236 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+
+	"github.com/batonhq/baton/concurrency"
+)
+
+// electOptions are the flags and arguments of "baton elect".
+type electOptions struct {
+	*app
+	name     string
+	proposal string
+	argv     []string
+
+	listen    bool
+	json      bool
+	ttl       time.Duration
+	timeout   time.Duration
+	killGrace time.Duration
+	note      string
+}
+
+func newElectCommand(a *app) *cobra.Command {
+	o := &electOptions{app: a}
+	cmd := &cobra.Command{
+		Use:   "elect NAME [PROPOSAL] [-- CMD [ARGS...]]",
+		Short: "Campaign to lead NAME and run CMD only while leader, or watch the leader with --listen",
+		Long: `elect campaigns in the election NAME with the value PROPOSAL, the same
+election as etcdctl elect's and etcd's Election. Once leader it runs CMD,
+resigns when CMD exits, and exits with CMD's exit code. Without CMD it
+prints the leader key and token and leads until interrupted.
+
+CMD gets BATON_ELECTION_KEY, BATON_FENCING_TOKEN and BATON_PROPOSAL. If
+leadership is lost while CMD runs, CMD is stopped as in lock (SIGTERM, then
+SIGKILL after --kill-grace) and baton exits 71.
+
+Without PROPOSAL the value is baton's identity of this process (host, pid,
+--note, since when), which status and --listen show; with one, the value is
+PROPOSAL exactly, as other etcd clients expect.
+
+--listen does not campaign: it prints the leader each time it changes,
+"no leader" included, one line each (JSON lines with --json).`,
+		Example: `  baton elect scheduler -- ./scheduler
+  baton elect web 10.0.0.5:8080 -- ./serve --port 8080
+  baton elect --listen web
+  baton elect --listen --json web`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			pre := args
+			if dash := cmd.ArgsLenAtDash(); dash >= 0 {
+				pre, o.argv = args[:dash], args[dash:]
+			}
+			switch len(pre) {
+			case 0:
+				return usageErrorf("NAME goes before --: baton elect NAME [PROPOSAL] -- CMD")
+			case 1:
+				o.name = pre[0]
+			case 2:
+				o.name, o.proposal = pre[0], pre[1]
+			default:
+				return usageErrorf("too many arguments before CMD: baton elect NAME [PROPOSAL] -- CMD")
+			}
+			return o.run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVarP(&o.listen, "listen", "l", false, "print every change of leader instead of campaigning")
+	f.BoolVar(&o.json, "json", false, "with --listen, print JSON lines")
+	f.DurationVar(&o.ttl, "ttl", defaultTTL, "lease TTL: how long leadership outlives a baton that stops renewing it (rounded up to seconds)")
+	f.DurationVar(&o.timeout, "timeout", 0, "give up campaigning after this long (exit 72); 0 waits forever")
+	f.DurationVar(&o.killGrace, "kill-grace", defaultKillGrace, "on leadership loss, time between SIGTERM and SIGKILL to CMD; 0 kills at once")
+	f.StringVar(&o.note, "note", "", "a note about this candidate, shown by status and --listen")
+	return cmd
+}
+
+func (o *electOptions) run(ctx context.Context) error {
+	ttl, err := validateHold(o.name, o.ttl, o.timeout, o.killGrace)
+	if err != nil {
+		return err
+	}
+	switch {
+	case o.listen && (o.proposal != "" || len(o.argv) > 0):
+		return usageErrorf("--listen takes only NAME")
+	case o.json && !o.listen:
+		return usageErrorf("--json goes with --listen")
+	}
+	sigs, stopSignals := o.signals()
+	defer stopSignals()
+	c, err := o.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	s, err := concurrency.NewSession(c, concurrency.WithTTL(ttl))
+	if err != nil {
+		return fmt.Errorf("elect %s: %w", o.name, err)
+	}
+	defer s.Close()
+	e := concurrency.NewElection(s, o.name)
+	if o.listen {
+		return o.runListen(e, sigs)
+	}
+
+	what := "leadership of " + o.name
+	proposal, id := o.proposal, newIdentity(kindElection, o.note)
+	ownValue := proposal == ""
+	if ownValue {
+		proposal = id.encode()
+	}
+	if err := o.acquire(c, s, o.name, what, o.timeout, sigs, func(ctx context.Context) error {
+		return e.Campaign(ctx, proposal)
+	}); err != nil {
+		return err
+	}
+	from := e.Header().Revision + 1
+	if ownValue {
+		// Say since when we lead; Proclaim keeps the create revision.
+		id.Acquired = time.Now().UTC()
+		proposal = id.encode()
+		pctx, cancel := context.WithTimeout(ctx, releaseTimeout)
+		err := e.Proclaim(pctx, proposal)
+		cancel()
+		if errors.Is(err, concurrency.ErrElectionNotLeader) {
+			return withCode(exitLost, fmt.Errorf("%s lost right after it was won", what))
+		}
+		if err != nil {
+			fmt.Fprintf(o.io.Err, "baton: %s: could not record the time: %v\n", what, err)
+		}
+	}
+	lost, stopWatch := watchLoss(s, e.Key(), e.Rev(), from)
+	defer stopWatch()
+	h := held{what: what, lost: lost, key: o.prefix + e.Key(), token: e.Rev()}
+	token := strconv.FormatInt(h.token, 10)
+	fmt.Fprintf(o.io.Err, "baton: leading %s (token %s)\n", o.name, token)
+
+	var herr error
+	if len(o.argv) == 0 {
+		fmt.Fprintf(o.io.Out, "BATON_ELECTION_KEY=%s\nBATON_FENCING_TOKEN=%s\n", h.key, token)
+		herr = o.holdUntilInterrupted(h, sigs)
+	} else {
+		env := []string{"BATON_ELECTION_KEY=" + h.key, "BATON_FENCING_TOKEN=" + token, "BATON_PROPOSAL=" + proposal}
+		herr = o.runChild(h, o.argv, env, sigs, o.killGrace)
+	}
+	stopWatch()
+	if exitCode(herr) == exitLost {
+		return herr
+	}
+	rctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+	defer cancel()
+	// Resign deletes the key only if it is still ours, and says nothing
+	// when it was not; Guard with no operations tells which it was.
+	if _, gerr := e.Guard(rctx); errors.Is(gerr, concurrency.ErrElectionNotLeader) {
+		return withCode(exitLost, fmt.Errorf("%s was lost before resigning", what))
+	}
+	if rerr := e.Resign(rctx); rerr != nil {
+		fmt.Fprintf(o.io.Err, "baton: resigning %s: %v (leadership ends with the lease, within %ds)\n", o.name, rerr, ttl)
+	}
+	return herr
+}
+
+// leaderLine is one line of --listen --json.
+type leaderLine struct {
+	Rev    int64       `json:"rev"`
+	Leader *leaderJSON `json:"leader"`
+}
+
+type leaderJSON struct {
+	Key    string    `json:"key"`
+	Value  string    `json:"value"`
+	Token  int64     `json:"token"`
+	Lease  string    `json:"lease"`
+	Holder *identity `json:"holder,omitempty"`
+}
+
+// runListen prints the leader of e at each change until interrupted.
+func (o *electOptions) runListen(e *concurrency.Election, sigs <-chan os.Signal) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	events := e.Events(ctx)
+	defer func() {
+		cancel()
+		for range events { // let the observer end before the client closes
+		}
+	}()
+	for {
+		select {
+		case <-sigs:
+			return nil
+		case ev, ok := <-events:
+			if !ok {
+				return errors.New("listen: the watch on the election ended (the client closed)")
+			}
+			if !o.json {
+				fmt.Fprintln(o.io.Out, o.leaderText(ev.Leader))
+				continue
+			}
+			b, err := o.leaderJSON(ev)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(o.io.Out, "%s\n", b)
+		}
+	}
+}
+
+func (o *electOptions) leaderText(kv *mvccpb.KeyValue) string {
+	if kv == nil {
+		return "no leader"
+	}
+	return fmt.Sprintf("leader %s (token %d, key %s%s)", holderOf(kv), kv.CreateRevision, o.prefix, kv.Key)
+}
+
+func (o *electOptions) leaderJSON(ev concurrency.LeaderEvent) ([]byte, error) {
+	l := leaderLine{Rev: ev.Rev}
+	if kv := ev.Leader; kv != nil {
+		l.Leader = &leaderJSON{
+			Key:   o.prefix + string(kv.Key),
+			Value: string(kv.Value),
+			Token: kv.CreateRevision,
+			Lease: strconv.FormatInt(kv.Lease, 16),
+		}
+		if id, ok := parseIdentity(kv.Value); ok {
+			l.Leader.Holder = &id
+		}
+	}
+	return json.Marshal(l)
+}

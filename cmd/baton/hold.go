@@ -1,0 +1,267 @@
+package main
+
+// This file holds what lock and elect share once they hold: watching for
+// the loss of the key, running CMD under it, and holding without CMD.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"syscall"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/batonhq/baton/concurrency"
+)
+
+// held is a lock or a leadership this process holds.
+type held struct {
+	what  string          // "lock backup", "leadership of web"
+	lost  <-chan struct{} // closed when it is lost
+	key   string          // the key, with --prefix
+	token int64           // its create revision: the fencing token
+}
+
+// watchLoss returns a channel that is closed when key, created at rev, is
+// deleted or replaced, or the session ends; and a function that stops the
+// watch. from is the revision the hold started at plus one: the watch sees
+// every change after it, so a deletion that happens before the watch is
+// set up is not missed.
+func watchLoss(s *concurrency.Session, key string, rev, from int64) (<-chan struct{}, func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	lost := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if waitLoss(ctx, s, key, rev, from) {
+			close(lost)
+		}
+	}()
+	return lost, func() {
+		cancel()
+		<-done
+	}
+}
+
+// waitLoss returns true when the hold ends, false when ctx ends first.
+func waitLoss(ctx context.Context, s *concurrency.Session, key string, rev, from int64) bool {
+	c := s.Client()
+	for {
+		// WithRequireLeader: a member cut off from the cluster ends the
+		// watch with an error instead of going silent.
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		wch := c.Watch(wctx, key, clientv3.WithRev(from))
+	watch:
+		for {
+			select {
+			case <-ctx.Done():
+				cancel()
+				return false
+			case <-s.Done():
+				cancel()
+				return true
+			case wr, ok := <-wch:
+				if !ok || wr.Err() != nil {
+					break watch
+				}
+				for _, ev := range wr.Events {
+					// A put that keeps the create revision is the holder
+					// updating its own value; anything else ends the hold.
+					if ev.Type == mvccpb.DELETE || ev.Kv.CreateRevision != rev {
+						cancel()
+						return true
+					}
+				}
+			}
+		}
+		cancel()
+		// The watch broke (a compaction, a member without a leader):
+		// read the key itself, then watch again from after that read.
+		for {
+			r, err := c.Get(ctx, key)
+			if err == nil {
+				if len(r.Kvs) == 0 || r.Kvs[0].CreateRevision != rev {
+					return true
+				}
+				from = r.Header.Revision + 1
+				break
+			}
+			if c.Ctx().Err() != nil {
+				return true // the client is gone: nobody can vouch for the hold
+			}
+			t := time.NewTimer(100 * time.Millisecond)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return false
+			case <-s.Done():
+				t.Stop()
+				return true
+			case <-t.C:
+			}
+		}
+	}
+}
+
+// holdUntilInterrupted waits for SIGINT/SIGTERM (then the caller releases
+// and baton exits 0) or the loss of h (exit 71).
+func (a *app) holdUntilInterrupted(h held, sigs <-chan os.Signal) error {
+	select {
+	case <-sigs:
+		return nil
+	case <-h.lost:
+		return withCode(exitLost, fmt.Errorf("%s lost (session expired or key deleted)", h.what))
+	}
+}
+
+// runChild runs argv while h is held and returns its exit status as an
+// error (nil for 0). SIGINT and SIGTERM are passed on to it. When h is
+// lost it gets SIGTERM, then SIGKILL after grace (at once when grace is
+// 0), and runChild returns an exit-71 error whatever CMD's own status.
+func (a *app) runChild(h held, argv, env []string, sigs <-chan os.Signal, grace time.Duration) error {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = a.io.In, a.io.Out, a.io.Err
+	cmd.Env = append(os.Environ(), env...)
+	// When baton's output is not a file (tests), Wait copies CMD's output;
+	// a grandchild that keeps the pipe open must not hold baton forever.
+	cmd.WaitDelay = 2 * time.Second
+	prepareChild(cmd)
+	if err := cmd.Start(); err != nil {
+		code := exitCannotRun
+		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, fs.ErrNotExist) {
+			code = exitNotFound
+		}
+		return withCode(code, fmt.Errorf("run %s: %w", argv[0], err))
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+
+	lost := h.lost
+	var wasLost bool
+	var kill <-chan time.Time
+	for {
+		select {
+		case err := <-done:
+			if wasLost {
+				signalGroup(cmd.Process, syscall.SIGKILL) // whatever CMD left behind
+				return withCode(exitLost, fmt.Errorf("%s lost: %s was stopped (%s)", h.what, argv[0], describeExit(cmd.ProcessState)))
+			}
+			if err != nil && cmd.ProcessState == nil {
+				return fmt.Errorf("run %s: %w", argv[0], err)
+			}
+			if code := exitStatus(cmd.ProcessState); code != 0 {
+				return withCode(code, nil)
+			}
+			return nil
+		case sig := <-sigs:
+			if s, ok := sig.(syscall.Signal); ok {
+				signalGroup(cmd.Process, s)
+			}
+		case <-lost:
+			lost, wasLost = nil, true
+			if grace <= 0 {
+				fmt.Fprintf(a.io.Err, "baton: %s lost (session expired or key deleted): killing %s (SIGKILL)\n", h.what, argv[0])
+				signalGroup(cmd.Process, syscall.SIGKILL)
+				continue
+			}
+			fmt.Fprintf(a.io.Err, "baton: %s lost (session expired or key deleted): stopping %s (SIGTERM, SIGKILL after %v)\n", h.what, argv[0], grace)
+			signalGroup(cmd.Process, syscall.SIGTERM)
+			kill = time.After(grace)
+		case <-kill:
+			kill = nil
+			fmt.Fprintf(a.io.Err, "baton: %s still running %v after SIGTERM: SIGKILL\n", argv[0], grace)
+			signalGroup(cmd.Process, syscall.SIGKILL)
+		}
+	}
+}
+
+// describeExit says how CMD ended: "exit status 1", "killed by SIGTERM".
+func describeExit(ps *os.ProcessState) string {
+	if ps == nil {
+		return "unknown status"
+	}
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return "killed by " + signalName(ws.Signal())
+	}
+	return fmt.Sprintf("exit status %d", ps.ExitCode())
+}
+
+func signalName(s syscall.Signal) string {
+	switch s {
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	case syscall.SIGKILL:
+		return "SIGKILL"
+	case syscall.SIGINT:
+		return "SIGINT"
+	}
+	return s.String()
+}
+
+// acquire runs take (Mutex.Lock or Election.Campaign) while showing who is
+// in the way, bounded by timeout (0: no bound) and interrupted by SIGINT or
+// SIGTERM. name is the prefix of the queue, what its description. On an
+// interrupt or a timeout the caller's deferred Session.Close removes
+// whatever take left behind.
+func (a *app) acquire(c *clientv3.Client, s *concurrency.Session, name, what string, timeout time.Duration, sigs <-chan os.Signal, take func(context.Context) error) error {
+	// Our key is the session's first claim under name: name/hex(lease).
+	ownKey := fmt.Sprintf("%s/%x", name, int64(s.Lease()))
+	p := startProgress(a, s, name, ownKey, what)
+	ctx, cancel := context.WithCancel(context.Background())
+	if timeout > 0 {
+		ctx, cancel = context.WithTimeout(context.Background(), timeout)
+	}
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- take(ctx) }()
+	var (
+		err error
+		sig os.Signal
+	)
+	select {
+	case err = <-errc:
+	case sig = <-sigs:
+		cancel()
+		err = <-errc
+	}
+	shown := p.stop()
+	switch {
+	case sig != nil:
+		code := exitSignalBase + 2
+		if s, ok := sig.(syscall.Signal); ok {
+			code = exitSignalBase + int(s)
+		}
+		return withCode(code, fmt.Errorf("interrupted (%v) while waiting for %s", sig, what))
+	case err != nil && timeout > 0 && errors.Is(err, context.DeadlineExceeded):
+		return withCode(exitTimeout, fmt.Errorf("timed out after %v waiting for %s%s", timeout, what, a.holderNote(c, name)))
+	case err != nil:
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if shown {
+		fmt.Fprintf(a.io.Err, "baton: got %s after waiting %s\n", what, human(p.waited()))
+	}
+	return nil
+}
+
+// holderNote describes the current holder of the queue under name, as
+// ": held by web1 pid 4242 for 3s, token 57", or "" when there is none or
+// the read fails.
+func (a *app) holderNote(c *clientv3.Client, name string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), a.dialTimeout)
+	defer cancel()
+	r, err := c.Get(ctx, name+"/", clientv3.WithFirstCreate()...)
+	if err != nil || len(r.Kvs) == 0 {
+		return ""
+	}
+	kv := r.Kvs[0]
+	s := ": held by " + holderOf(kv)
+	if since, ok := heldSince(kv); ok {
+		s += " for " + human(time.Since(since))
+	}
+	return s + fmt.Sprintf(", token %d", kv.CreateRevision)
+}

@@ -1,0 +1,180 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"time"
+
+	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/batonhq/baton/concurrency"
+)
+
+// lockOptions are the flags and arguments of "baton lock".
+type lockOptions struct {
+	*app
+	name string
+	argv []string // CMD and its arguments; empty: hold until interrupted
+
+	ttl       time.Duration
+	timeout   time.Duration
+	killGrace time.Duration
+	try       bool
+	note      string
+}
+
+// Defaults of lock and elect.
+const (
+	defaultTTL       = 10 * time.Second
+	defaultKillGrace = 5 * time.Second
+	releaseTimeout   = 5 * time.Second
+)
+
+func newLockCommand(a *app) *cobra.Command {
+	o := &lockOptions{app: a}
+	cmd := &cobra.Command{
+		Use:   "lock NAME [-- CMD [ARGS...]]",
+		Short: "Run CMD while holding the lock NAME, or hold it until interrupted",
+		Long: `lock acquires the distributed lock NAME, runs CMD, releases the lock and
+exits with CMD's exit code. The lock is the same as etcdctl lock's and etcd's
+Mutex: they exclude each other.
+
+CMD gets BATON_LOCK_KEY and BATON_FENCING_TOKEN in its environment (and
+ETCD_LOCK_KEY and ETCD_LOCK_REV, as etcdctl sets them). The fencing token
+grows with every acquisition: pass it to what the lock protects, which
+should refuse a token lower than one it has seen.
+
+If the lock is lost while CMD runs (the session expired, someone deleted
+the key), CMD gets SIGTERM, then SIGKILL after --kill-grace, and baton exits
+71. SIGINT and SIGTERM are passed on to CMD; the lock is released when CMD
+exits. CMD runs in its own process group and must not read the terminal.
+
+While it waits, lock says on stderr who holds the lock, for how long, and
+how long it has waited. Without CMD it prints the key and the token and
+holds the lock until interrupted.`,
+		Example: `  baton lock nightly-backup -- ./backup.sh
+  baton lock --try --note "migration v42" db-migrate -- ./migrate up
+  baton lock --timeout 30s deploy -- sh -c 'echo "token $BATON_FENCING_TOKEN"'`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if cmd.ArgsLenAtDash() == 0 {
+				return usageErrorf("NAME goes before --: baton lock NAME -- CMD")
+			}
+			o.name, o.argv = args[0], args[1:]
+			return o.run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.DurationVar(&o.ttl, "ttl", defaultTTL, "lease TTL: how long the lock outlives a baton that stops renewing it (rounded up to seconds)")
+	f.DurationVar(&o.timeout, "timeout", 0, "give up waiting after this long (exit 72); 0 waits forever")
+	f.DurationVar(&o.killGrace, "kill-grace", defaultKillGrace, "on lock loss, time between SIGTERM and SIGKILL to CMD; 0 kills at once")
+	f.BoolVar(&o.try, "try", false, "fail at once (exit 75) if the lock is held or waited for")
+	f.StringVar(&o.note, "note", "", "a note about this holder, shown by status and by waiters")
+	return cmd
+}
+
+// validateHold checks what lock and elect share.
+func validateHold(name string, ttl, timeout, killGrace time.Duration) (ttlSeconds int, err error) {
+	switch {
+	case name == "":
+		return 0, usageErrorf("NAME must not be empty")
+	case ttl < time.Second:
+		return 0, usageErrorf("--ttl must be at least 1s, got %v", ttl)
+	case timeout < 0:
+		return 0, usageErrorf("--timeout must be >= 0, got %v", timeout)
+	case killGrace < 0:
+		return 0, usageErrorf("--kill-grace must be >= 0, got %v", killGrace)
+	}
+	return int(math.Ceil(ttl.Seconds())), nil
+}
+
+func (o *lockOptions) run(ctx context.Context) error {
+	ttl, err := validateHold(o.name, o.ttl, o.timeout, o.killGrace)
+	if err != nil {
+		return err
+	}
+	if o.try && o.timeout > 0 {
+		return usageErrorf("--try and --timeout exclude each other")
+	}
+	sigs, stopSignals := o.signals()
+	defer stopSignals()
+	c, err := o.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	s, err := concurrency.NewSession(c, concurrency.WithTTL(ttl))
+	if err != nil {
+		return fmt.Errorf("lock %s: %w", o.name, err)
+	}
+	// Closing the session revokes its lease, which deletes our key if
+	// anything is left: after a timeout, an interrupt, or an error.
+	defer s.Close()
+
+	what := "lock " + o.name
+	id := newIdentity(kindLock, o.note)
+	m := concurrency.NewMutex(s, o.name, concurrency.WithMutexValue(id.encode()))
+	if o.try {
+		err := m.TryLock(ctx)
+		if errors.Is(err, concurrency.ErrLocked) {
+			return withCode(exitHeld, fmt.Errorf("%s is taken%s", what, o.holderNote(c, o.name)))
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+	} else if err := o.acquire(c, s, o.name, what, o.timeout, sigs, m.Lock); err != nil {
+		return err
+	}
+	hdr := m.Header()
+
+	// Say since when we hold it. The put keeps the key's create
+	// revision, so the token and the queue order do not change.
+	id.Acquired = time.Now().UTC()
+	pctx, cancel := context.WithTimeout(ctx, releaseTimeout)
+	_, err = m.Guard(pctx, clientv3.OpPut(m.Key(), id.encode(), clientv3.WithIgnoreLease()))
+	cancel()
+	if errors.Is(err, concurrency.ErrLockLost) {
+		return withCode(exitLost, fmt.Errorf("%s lost right after it was acquired", what))
+	}
+	if err != nil {
+		fmt.Fprintf(o.io.Err, "baton: %s: could not record the acquisition time: %v\n", what, err)
+	}
+
+	lost, stopWatch := watchLoss(s, m.Key(), m.Rev(), hdr.Revision+1)
+	defer stopWatch()
+	h := held{what: what, lost: lost, key: o.prefix + m.Key(), token: m.Rev()}
+	token := strconv.FormatInt(h.token, 10)
+
+	var herr error
+	if len(o.argv) == 0 {
+		fmt.Fprintf(o.io.Out, "BATON_LOCK_KEY=%s\nBATON_FENCING_TOKEN=%s\n", h.key, token)
+		fmt.Fprintf(o.io.Err, "baton: holding %s (token %s) until interrupted\n", what, token)
+		herr = o.holdUntilInterrupted(h, sigs)
+	} else {
+		env := []string{
+			"BATON_LOCK_KEY=" + h.key, "BATON_FENCING_TOKEN=" + token,
+			"ETCD_LOCK_KEY=" + h.key, "ETCD_LOCK_REV=" + token,
+		}
+		herr = o.runChild(h, o.argv, env, sigs, o.killGrace)
+	}
+	stopWatch()
+	if exitCode(herr) == exitLost {
+		return herr
+	}
+
+	uctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+	defer cancel()
+	switch uerr := m.Unlock(uctx); {
+	case errors.Is(uerr, concurrency.ErrLockLost):
+		// The key was gone before we released it: the loss may have come
+		// while CMD still ran, so the run was not exclusive to the end.
+		return withCode(exitLost, fmt.Errorf("%s was lost before it was released", what))
+	case uerr != nil:
+		fmt.Fprintf(o.io.Err, "baton: releasing %s: %v (it is released when the lease ends, within %ds)\n", what, uerr, ttl)
+	}
+	return herr
+}

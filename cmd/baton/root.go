@@ -1,0 +1,359 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/namespace"
+	"go.uber.org/zap"
+)
+
+// IO is what a command reads, writes and listens to. main passes the
+// process's own; tests pass buffers, an environment map and a channel of
+// signals, and run commands in-process.
+type IO struct {
+	In  io.Reader
+	Out io.Writer
+	Err io.Writer
+	// ErrIsTerminal makes the "waiting for ..." line live (redrawn in
+	// place every second) instead of one line per change of holder.
+	ErrIsTerminal bool
+	// Getenv reads the environment: BATON_ENDPOINTS, ETCDCTL_ENDPOINTS,
+	// BATON_USER, BATON_PASSWORD. nil reads nothing.
+	Getenv func(string) string
+	// Notify arranges for SIGINT and SIGTERM to be delivered on c until
+	// the returned function is called. nil means signals never arrive.
+	Notify func(c chan<- os.Signal) (stop func())
+}
+
+func (o *IO) getenv(k string) string {
+	if o.Getenv == nil {
+		return ""
+	}
+	return o.Getenv(k)
+}
+
+// Defaults of the global flags.
+const (
+	defaultEndpoint    = "127.0.0.1:2379"
+	defaultDialTimeout = 5 * time.Second
+)
+
+// app is the state every command shares: IO and the global flags.
+type app struct {
+	io *IO
+
+	endpoints   []string
+	dialTimeout time.Duration
+	cacert      string
+	cert        string
+	key         string
+	user        string
+	password    string
+	prefix      string
+
+	root *cobra.Command
+	// ran is set once a command's own code starts: an error before that
+	// came from cobra's parsing and is a usage error.
+	ran bool
+}
+
+// Main runs baton with args (without the program name) and returns the
+// exit code. It is main without os.Exit, for tests.
+func Main(args []string, stdio *IO) int {
+	a := &app{io: stdio}
+	root := newRootCommand(a)
+	root.SetArgs(args)
+	err := root.Execute()
+	if err == nil {
+		return exitOK
+	}
+	if !a.ran {
+		err = withCode(exitUsage, err)
+	}
+	code := exitCode(err)
+	var ce *codeError
+	if !errors.As(err, &ce) || ce.err != nil {
+		fmt.Fprintln(stdio.Err, errorLine(err))
+	}
+	if code == exitUsage {
+		fmt.Fprintln(stdio.Err, "Run 'baton --help' for usage.")
+	}
+	return code
+}
+
+func newRootCommand(a *app) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "baton",
+		Short: "Run commands under a distributed lock or while leader, on etcd",
+		Long: `baton runs commands under a distributed lock or while leader, shows who
+holds what, serves an embedded etcd, and runs baton's benchmark.
+
+Every command but serve and bench talks to etcd at --endpoints.`,
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		PersistentPreRun: func(*cobra.Command, []string) {
+			a.ran = true
+		},
+	}
+	a.root = root
+	root.SetIn(a.io.In)
+	root.SetOut(a.io.Out)
+	root.SetErr(a.io.Err)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
+		return withCode(exitUsage, err)
+	})
+	root.CompletionOptions.DisableDefaultCmd = true
+
+	f := root.PersistentFlags()
+	f.StringSliceVar(&a.endpoints, "endpoints", nil,
+		"etcd endpoints, comma-separated (default: $BATON_ENDPOINTS, else $ETCDCTL_ENDPOINTS, else "+defaultEndpoint+")")
+	f.DurationVar(&a.dialTimeout, "dial-timeout", defaultDialTimeout, "give up reaching etcd after this long")
+	f.StringVar(&a.cacert, "cacert", "", "verify the server's certificate with this CA bundle (PEM)")
+	f.StringVar(&a.cert, "cert", "", "client certificate for TLS (PEM)")
+	f.StringVar(&a.key, "key", "", "client key for TLS (PEM)")
+	f.StringVar(&a.user, "user", "", "etcd user, as name or name:password (default: $BATON_USER)")
+	f.StringVar(&a.password, "password", "", "etcd password (default: $BATON_PASSWORD)")
+	f.StringVar(&a.prefix, "prefix", "", "namespace every key under this prefix")
+
+	root.AddCommand(
+		newServeCommand(a),
+		newLockCommand(a),
+		newElectCommand(a),
+		newStatusCommand(a),
+		newBenchCommand(a),
+	)
+	return root
+}
+
+// resolvedEndpoints applies the precedence --endpoints, $BATON_ENDPOINTS,
+// $ETCDCTL_ENDPOINTS, 127.0.0.1:2379.
+func (a *app) resolvedEndpoints() []string {
+	if f := a.root.PersistentFlags().Lookup("endpoints"); f != nil && f.Changed {
+		return a.endpoints
+	}
+	for _, env := range []string{"BATON_ENDPOINTS", "ETCDCTL_ENDPOINTS"} {
+		if v := a.io.getenv(env); v != "" {
+			var eps []string
+			for _, e := range strings.Split(v, ",") {
+				if e = strings.TrimSpace(e); e != "" {
+					eps = append(eps, e)
+				}
+			}
+			if len(eps) > 0 {
+				return eps
+			}
+		}
+	}
+	return []string{defaultEndpoint}
+}
+
+// credentials applies --user (name or name:password), --password,
+// $BATON_USER and $BATON_PASSWORD.
+func (a *app) credentials() (user, password string, err error) {
+	user, password = a.user, a.password
+	if user == "" {
+		user = a.io.getenv("BATON_USER")
+	}
+	if name, pw, ok := strings.Cut(user, ":"); ok {
+		user = name
+		if password == "" {
+			password = pw
+		}
+	}
+	if password == "" {
+		password = a.io.getenv("BATON_PASSWORD")
+	}
+	switch {
+	case user == "" && password != "":
+		return "", "", usageErrorf("a password is given but no user: set --user or BATON_USER")
+	case user != "" && password == "":
+		return "", "", usageErrorf("user %q has no password: set --password, BATON_PASSWORD or --user %s:PASSWORD", user, user)
+	}
+	return user, password, nil
+}
+
+// tlsConfig builds the client's TLS settings from --cacert, --cert and
+// --key; nil when none is given.
+func (a *app) tlsConfig() (*tls.Config, error) {
+	if a.cacert == "" && a.cert == "" && a.key == "" {
+		return nil, nil
+	}
+	if (a.cert == "") != (a.key == "") {
+		return nil, usageErrorf("--cert and --key go together")
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if a.cacert != "" {
+		pem, err := os.ReadFile(a.cacert)
+		if err != nil {
+			return nil, withCode(exitConfig, fmt.Errorf("--cacert: %w", err))
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, withCode(exitConfig, fmt.Errorf("--cacert %s: no PEM certificate in it", a.cacert))
+		}
+		cfg.RootCAs = pool
+	}
+	if a.cert != "" {
+		pair, err := tls.LoadX509KeyPair(a.cert, a.key)
+		if err != nil {
+			return nil, withCode(exitConfig, fmt.Errorf("--cert/--key: %w", err))
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return cfg, nil
+}
+
+// connect dials etcd and checks, within --dial-timeout, that at least one
+// endpoint answers: clientv3.New alone succeeds on an unreachable server
+// and the first request would hang instead. With --prefix, every key the
+// returned client reads or writes is under the prefix.
+//
+// The client lives until Close, not until ctx ends: a command that is
+// interrupted still has to release what it holds.
+func (a *app) connect(ctx context.Context) (*clientv3.Client, error) {
+	if a.dialTimeout <= 0 {
+		return nil, usageErrorf("--dial-timeout must be > 0, got %v", a.dialTimeout)
+	}
+	eps := a.resolvedEndpoints()
+	tlsCfg, err := a.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	user, password, err := a.credentials()
+	if err != nil {
+		return nil, err
+	}
+	c, err := clientv3.New(clientv3.Config{
+		Endpoints:   eps,
+		DialTimeout: a.dialTimeout,
+		TLS:         tlsCfg,
+		Username:    user,
+		Password:    password,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		// With a user, New authenticates at once, bounded by the dial
+		// timeout: an unreachable server shows up here.
+		if isDenied(err) {
+			return nil, fmt.Errorf("authentication failed for user %q: %w", user, err)
+		}
+		return nil, a.unreachable(eps, err)
+	}
+	if err := a.reach(ctx, c, eps); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if a.prefix != "" {
+		c.KV = namespace.NewKV(c.KV, a.prefix)
+		c.Watcher = namespace.NewWatcher(c.Watcher, a.prefix)
+		c.Lease = namespace.NewLease(c.Lease, a.prefix)
+	}
+	return c, nil
+}
+
+// reach asks every endpoint for its status at once and returns when one
+// answers, or with an error naming them all after the dial timeout.
+func (a *app) reach(ctx context.Context, c *clientv3.Client, eps []string) error {
+	ctx, cancel := context.WithTimeout(ctx, a.dialTimeout)
+	defer cancel()
+	errc := make(chan error, len(eps))
+	for _, ep := range eps {
+		go func() {
+			_, err := c.Status(ctx, ep)
+			errc <- err
+		}()
+	}
+	var last error
+	for range eps {
+		err := <-errc
+		if err == nil {
+			return nil
+		}
+		if isDenied(err) {
+			return err
+		}
+		last = err
+	}
+	return a.unreachable(eps, last)
+}
+
+// unreachable is the one-line error for endpoints that did not answer.
+// gRPC reports only "deadline exceeded"; a plain TCP dial to each endpoint
+// tells the user why.
+func (a *app) unreachable(eps []string, err error) error {
+	causes := make([]string, len(eps))
+	for i, ep := range eps {
+		causes[i] = probe(ep, err)
+	}
+	why := causes[0]
+	if len(eps) > 1 {
+		for i := range causes {
+			causes[i] = eps[i] + ": " + causes[i]
+		}
+		why = strings.Join(causes, "; ")
+	}
+	return fmt.Errorf("%w at %s within %v (--dial-timeout): %s",
+		errUnreachable, strings.Join(eps, ","), a.dialTimeout, why)
+}
+
+// probe explains why ep did not answer: the TCP dial's error, or, when the
+// port accepts connections, that it does not speak etcd's gRPC as
+// configured (a TLS mismatch, say).
+func probe(ep string, err error) string {
+	if cause := grpcCause(err); cause != "no answer" {
+		return cause
+	}
+	host := ep
+	if u, perr := url.Parse(ep); perr == nil && u.Host != "" {
+		host = u.Host
+	}
+	conn, derr := net.DialTimeout("tcp", host, 500*time.Millisecond)
+	if derr != nil {
+		return grpcCause(derr)
+	}
+	conn.Close()
+	return "the port accepts connections but no etcd answered (check http/https, --cacert, --cert)"
+}
+
+// grpcCause shortens a connection error to its cause: "connection
+// refused", a TLS complaint, or "no answer".
+func grpcCause(err error) string {
+	if err == nil {
+		return "no answer"
+	}
+	msg := err.Error()
+	for _, marker := range []string{"tls: ", "x509: ", "connection refused", "no such host", "connection reset", "i/o timeout"} {
+		if i := strings.LastIndex(msg, marker); i >= 0 {
+			cause := msg[i:]
+			if j := strings.IndexAny(cause, "\"\n"); j >= 0 {
+				cause = cause[:j]
+			}
+			return strings.TrimSuffix(cause, ")")
+		}
+	}
+	if errors.Is(err, context.DeadlineExceeded) || strings.Contains(msg, "deadline exceeded") {
+		return "no answer"
+	}
+	return msg
+}
+
+// signals delivers SIGINT and SIGTERM for as long as stop is not called.
+func (a *app) signals() (<-chan os.Signal, func()) {
+	c := make(chan os.Signal, 4)
+	if a.io.Notify == nil {
+		return c, func() {}
+	}
+	return c, a.io.Notify(c)
+}

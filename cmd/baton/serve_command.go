@@ -1,0 +1,126 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/batonhq/baton/embedded"
+)
+
+// serveOptions are the flags of "baton serve", named as etcd's own.
+type serveOptions struct {
+	*app
+	name                string
+	dataDir             string
+	listenClientURLs    []string
+	advertiseClientURLs []string
+	listenPeerURLs      []string
+	advertisePeerURLs   []string
+	initialCluster      string
+	initialClusterState string
+	initialClusterToken string
+	logLevel            string
+}
+
+// Defaults of serve.
+const (
+	defaultDataDir   = "./baton.data"
+	defaultClientURL = "http://127.0.0.1:2379"
+	defaultPeerURL   = "http://127.0.0.1:2380"
+)
+
+func newServeCommand(a *app) *cobra.Command {
+	o := &serveOptions{app: a}
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run an embedded etcd server (one member of a cluster with --initial-cluster)",
+		Long: `serve runs a real etcd server in this process, with fsync on: a working
+coordination server with nothing else installed. Its data stays in
+--data-dir across restarts. SIGINT or SIGTERM stops it cleanly.
+
+The flags are etcd's own, so three serve processes given the same
+--initial-cluster form a 3-member cluster. For anything bigger, run an etcd
+cluster and point the other commands at it with --endpoints.`,
+		Example: `  baton serve
+  baton serve --name a --data-dir a.data \
+    --listen-client-urls http://127.0.0.1:2379 --listen-peer-urls http://127.0.0.1:2380 \
+    --initial-cluster a=http://127.0.0.1:2380,b=http://127.0.0.1:2382,c=http://127.0.0.1:2384`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return o.run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.name, "name", "default", "human-readable name of this member")
+	f.StringVar(&o.dataDir, "data-dir", defaultDataDir, "directory of the member's data, kept across restarts")
+	f.StringSliceVar(&o.listenClientURLs, "listen-client-urls", []string{defaultClientURL}, "URLs to serve clients on")
+	f.StringSliceVar(&o.advertiseClientURLs, "advertise-client-urls", nil, "client URLs to tell the cluster (default: --listen-client-urls)")
+	f.StringSliceVar(&o.listenPeerURLs, "listen-peer-urls", []string{defaultPeerURL}, "URLs to serve the other members on")
+	f.StringSliceVar(&o.advertisePeerURLs, "initial-advertise-peer-urls", nil, "peer URLs to tell the cluster (default: --listen-peer-urls)")
+	f.StringVar(&o.initialCluster, "initial-cluster", "", "name=peerURL,... of every member (default: this member alone)")
+	f.StringVar(&o.initialClusterState, "initial-cluster-state", "new", `"new" for a new cluster, "existing" to join one`)
+	f.StringVar(&o.initialClusterToken, "initial-cluster-token", "baton-cluster", "token that keeps clusters apart")
+	f.StringVar(&o.logLevel, "log-level", "error", "etcd's log level: debug, info, warn, error")
+	return cmd
+}
+
+func (o *serveOptions) run(context.Context) error {
+	switch o.initialClusterState {
+	case "new", "existing":
+	default:
+		return usageErrorf(`--initial-cluster-state must be "new" or "existing", got %q`, o.initialClusterState)
+	}
+	switch o.logLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return usageErrorf("--log-level must be debug, info, warn or error, got %q", o.logLevel)
+	}
+	if o.name == "" || o.dataDir == "" {
+		return usageErrorf("--name and --data-dir must not be empty")
+	}
+	sigs, stopSignals := o.signals()
+	defer stopSignals()
+
+	dir, err := filepath.Abs(o.dataDir)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(o.io.Err, "baton serve: starting etcd member %q, data in %s\n", o.name, dir)
+	srv, err := embedded.Start(embedded.Config{
+		Name:                o.name,
+		Dir:                 dir,
+		ListenClientURLs:    o.listenClientURLs,
+		AdvertiseClientURLs: o.advertiseClientURLs,
+		ListenPeerURLs:      o.listenPeerURLs,
+		AdvertisePeerURLs:   o.advertisePeerURLs,
+		InitialCluster:      o.initialCluster,
+		InitialClusterState: o.initialClusterState,
+		InitialClusterToken: o.initialClusterToken,
+		LogLevel:            o.logLevel,
+	})
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	defer srv.Close()
+	fmt.Fprintf(o.io.Out, "baton serve: etcd member %q is ready\n", o.name)
+	fmt.Fprintf(o.io.Out, "  clients: %s\n", strings.Join(srv.Endpoints(), ","))
+	fmt.Fprintf(o.io.Out, "  peers:   %s\n", strings.Join(srv.PeerURLs(), ","))
+	fmt.Fprintf(o.io.Out, "  data:    %s\n", dir)
+	fmt.Fprintf(o.io.Out, "Stop with Ctrl-C. In another terminal: baton lock demo -- echo hello\n")
+
+	select {
+	case sig := <-sigs:
+		fmt.Fprintf(o.io.Err, "baton serve: %v: stopping\n", sig)
+	case err := <-srv.Err():
+		return fmt.Errorf("serve: etcd stopped: %w", err)
+	}
+	if err := srv.Close(); err != nil {
+		return fmt.Errorf("serve: stop: %w", err)
+	}
+	fmt.Fprintf(o.io.Err, "baton serve: stopped; data kept in %s\n", dir)
+	return nil
+}
