@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
-	"strconv"
+	"strings"
 	"time"
 )
 
@@ -45,12 +45,12 @@ var errLost = errors.New("memlock: lock not held")
 
 // hold is one holding of a lock: what is stored, and for how long.
 type hold struct {
-	key      string // the cache key: lockPrefix + the user's key
-	fenceKey string // fencePrefix + the user's key
+	name     string // the user's key
+	key      string // the cache key: lockPrefix + name
 	clientID string
 	// value is what the cache holds while the lock is ours: the clientID, a
-	// separator and a nonce unique to this holding, so that a later holding
-	// by the same clientID (re-entry) is told apart from this one.
+	// '/' and a nonce unique to this holding, so that a later holding by
+	// the same clientID (re-entry) is told apart from this one.
 	value string
 	ttl   time.Duration
 }
@@ -59,16 +59,20 @@ type hold struct {
 // '/' before it, the suffix after the clientID is nonceLen+1 bytes.
 const nonceLen = 16
 
-func newHold(key, clientID string, ttl time.Duration) *hold {
-	n := strconv.FormatUint(rand.Uint64()|1<<63, 16) // always 16 hex digits
-	return &hold{
-		key:      lockPrefix + key,
-		fenceKey: fencePrefix + key,
-		clientID: clientID,
-		value:    clientID + "/" + n,
-		ttl:      ttl,
+func (h *hold) init(name, clientID string, ttl time.Duration) {
+	var b strings.Builder
+	b.Grow(len(clientID) + 1 + nonceLen)
+	b.WriteString(clientID)
+	b.WriteByte('/')
+	n := rand.Uint64()
+	for shift := 60; shift >= 0; shift -= 4 {
+		b.WriteByte("0123456789abcdef"[n>>shift&0xf])
 	}
+	*h = hold{name: name, key: lockPrefix + name, clientID: clientID, value: b.String(), ttl: ttl}
 }
+
+// fenceKey is the key of the fencing counter.
+func (h *hold) fenceKey() string { return fencePrefix + h.name }
 
 // ownerOf returns the clientID inside a stored value, and false when the
 // value is free (empty) or not one of ours.

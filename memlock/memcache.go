@@ -173,7 +173,7 @@ func (m *memcacheCache) release(ctx context.Context, h *hold) error {
 func (m *memcacheCache) fence(ctx context.Context, h *hold) (int64, error) {
 	var n uint64
 	incr := func() (err error) {
-		n, err = m.c.Increment(h.fenceKey, 1)
+		n, err = m.c.Increment(h.fenceKey(), 1)
 		return err
 	}
 	err := m.do(ctx, incr)
@@ -182,7 +182,7 @@ func (m *memcacheCache) fence(ctx context.Context, h *hold) (int64, error) {
 		// the clock. ErrNotStored means another client seeded it first.
 		seed := strconv.FormatInt(fenceSeed(), 10)
 		err = m.retry(ctx, func() error {
-			return m.c.Add(&memcache.Item{Key: h.fenceKey, Value: []byte(seed)})
+			return m.c.Add(&memcache.Item{Key: h.fenceKey(), Value: []byte(seed)})
 		})
 		if err == nil || errors.Is(err, memcache.ErrNotStored) {
 			err = m.do(ctx, incr)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -145,20 +146,17 @@ func TryWithLock(ctx context.Context, key, clientID string, f func(context.Conte
 	return l.TryWithLock(ctx, key, clientID, f)
 }
 
-// heldKey marks, in f's context, a lock that f holds, so that a nested
-// TryWithLock on the same cache and key re-enters it.
-type heldKey struct {
-	cache Cache
-	key   string
-}
-
-type tokenKey struct{}
+// heldKey is the context key under which f's context carries the holding
+// f runs under (a *holding), for Token and for re-entry.
+type heldKey struct{}
 
 // Token returns the fencing token of the lock whose f got ctx, and false when
 // the Locker was made without WithFencing (or ctx is not from TryWithLock).
 func Token(ctx context.Context) (int64, bool) {
-	t, ok := ctx.Value(tokenKey{}).(int64)
-	return t, ok
+	if g, ok := ctx.Value(heldKey{}).(*holding); ok && g.l.opts.fencing {
+		return g.token, true
+	}
+	return 0, false
 }
 
 // TryWithLock tries once to take the lock named key for clientID. If the lock
@@ -198,114 +196,130 @@ func (l *Locker) TryWithLock(ctx context.Context, key, clientID string, f func(c
 	if ctx.Err() != nil {
 		return fmt.Errorf("%w: %w", ErrFailedToLock, context.Cause(ctx))
 	}
-	if id, ok := ctx.Value(heldKey{l.cache, key}).(string); ok && id == clientID {
-		return f(ctx)
+	outer, _ := ctx.Value(heldKey{}).(*holding)
+	for g := outer; g != nil; g = g.outer {
+		if g.l.cache == l.cache && g.h.name == key && g.h.clientID == clientID {
+			return f(ctx)
+		}
 	}
 
-	h := newHold(key, clientID, l.opts.ttl)
-	start := time.Now()
-	token, err := l.take(ctx, h)
-	if err != nil {
+	g := &holding{l: l, outer: outer}
+	g.h.init(key, clientID, l.opts.ttl)
+	g.start = time.Now()
+	if err := g.take(ctx); err != nil {
 		return err
 	}
-
-	fctx, cancel := context.WithCancelCause(context.WithValue(ctx, heldKey{l.cache, key}, clientID))
-	if l.opts.fencing {
-		fctx = context.WithValue(fctx, tokenKey{}, token)
-	}
-	k := l.keepAlive(h, start, func() { cancel(ErrLockLost) })
+	var fctx context.Context
+	fctx, g.cancel = context.WithCancelCause(context.WithValue(ctx, heldKey{}, g))
+	g.keepAlive()
 	defer func() {
 		// 1. Stop refreshing (waiting for a refresh in flight), 2. end
 		// f's context, 3. release. A panic in f takes the same path.
-		k.stop()
-		cancel(context.Canceled)
-		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), l.opts.timeout)
-		l.cache.release(rctx, h)
-		rcancel()
+		g.stop()
+		g.cancel(context.Canceled)
+		g.release(ctx)
 	}()
 	return f(fctx)
 }
 
-// take stores h and, with fencing, draws its token.
-func (l *Locker) take(ctx context.Context, h *hold) (int64, error) {
-	tctx, cancel := context.WithTimeout(ctx, l.opts.timeout)
+// holding is one TryWithLock that took its lock: the stored value, and the
+// refreshes that keep it while f runs. Refreshes have no goroutine of their
+// own: each runs in the goroutine of a timer, so a call that ends before the
+// first refresh costs one timer and no round trip.
+type holding struct {
+	l     *Locker
+	outer *holding // the holding of the TryWithLock this one is nested in
+	h     hold
+	token int64
+	start time.Time // when the take was sent
+	// cancel ends f's context; with ErrLockLost when the lock is lost.
+	cancel context.CancelCauseFunc
+	lost   atomic.Bool
+
+	mu      sync.Mutex // held for the whole of a refresh
+	stopped bool
+	next    *time.Timer // runs refresh every interval
+	// expiry declares the lock lost when no refresh has succeeded for as
+	// long as it is sure to live. It is a timer of its own, so that a
+	// refresh stuck in a slow client cannot delay it. It is made at the
+	// first refresh: the lock cannot expire before (New makes sure).
+	expiry *time.Timer
+}
+
+// take stores the holding's value and, with fencing, draws its token.
+func (g *holding) take(ctx context.Context) error {
+	tctx, cancel := context.WithTimeout(ctx, g.l.opts.timeout)
 	defer cancel()
-	ok, err := l.cache.take(tctx, h)
+	ok, err := g.l.cache.take(tctx, &g.h)
 	if err == nil && !ok {
-		return 0, ErrFailedToLock
+		return ErrFailedToLock
 	}
-	var token int64
-	if err == nil && l.opts.fencing {
-		token, err = l.cache.fence(tctx, h)
+	if err == nil && g.l.opts.fencing {
+		g.token, err = g.l.cache.fence(tctx, &g.h)
 	}
 	if err != nil {
 		// The take may have landed even though it reported an error (a
 		// timed-out write can still be applied), so free the lock if it is
 		// ours; release compares before it writes.
-		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), l.opts.timeout)
-		l.cache.release(rctx, h)
-		rcancel()
-		return 0, fmt.Errorf("%w: %w", ErrFailedToLock, err)
+		g.release(ctx)
+		return fmt.Errorf("%w: %w", ErrFailedToLock, err)
 	}
-	return token, nil
+	return nil
 }
 
-// keeper refreshes one holding while f runs.
-type keeper struct {
-	quit chan struct{} // closed by stop
-	done chan struct{} // closed when the refresh goroutine has returned
-	// expiry fires lose when no refresh has succeeded for as long as the
-	// lock is sure to live. It is a timer rather than a check in the loop
-	// so that a refresh stuck in a slow client cannot delay it.
-	expiry *time.Timer
+// release frees the lock if it is still ours, under its own timeout, even
+// when ctx is done.
+func (g *holding) release(ctx context.Context) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.l.opts.timeout)
+	defer cancel()
+	g.l.cache.release(rctx, &g.h)
 }
 
-// keepAlive starts refreshing h, which was taken by a write sent at start.
-// lose is called (possibly more than once) when the lock is lost.
-func (l *Locker) keepAlive(h *hold, start time.Time, lose func()) *keeper {
-	var lost atomic.Bool
-	k := &keeper{quit: make(chan struct{}), done: make(chan struct{})}
-	k.expiry = time.AfterFunc(time.Until(start.Add(l.life)), func() {
-		lost.Store(true)
-		lose()
-	})
-	go func() {
-		defer close(k.done)
-		// The first refresh waits a whole interval: a call that ends
-		// sooner costs no round trip here.
-		t := time.NewTimer(l.opts.refresh)
-		defer t.Stop()
-		for {
-			select {
-			case <-k.quit:
-				return
-			case <-t.C:
-			}
-			sent := time.Now()
-			ctx, cancel := context.WithTimeout(context.Background(), l.opts.timeout)
-			err := l.cache.extend(ctx, h)
-			cancel()
-			switch {
-			case err == nil:
-				k.expiry.Reset(time.Until(sent.Add(l.life)))
-			case errors.Is(err, errLost):
-				lost.Store(true)
-				lose()
-			}
-			// Once lost, the lock stays lost: a later refresh that
-			// succeeds (a paused server that wakes up) would not undo
-			// f's cancellation, so stop refreshing.
-			if lost.Load() {
-				return
-			}
-			t.Reset(l.opts.refresh)
-		}
-	}()
-	return k
+func (g *holding) keepAlive() {
+	g.mu.Lock()
+	g.next = time.AfterFunc(g.l.opts.refresh, g.refresh)
+	g.mu.Unlock()
 }
 
-func (k *keeper) stop() {
-	close(k.quit)
-	<-k.done
-	k.expiry.Stop()
+func (g *holding) lose() {
+	g.lost.Store(true)
+	g.cancel(ErrLockLost)
+}
+
+func (g *holding) refresh() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.stopped {
+		return
+	}
+	if g.expiry == nil {
+		g.expiry = time.AfterFunc(time.Until(g.start.Add(g.l.life)), g.lose)
+	}
+	sent := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), g.l.opts.timeout)
+	err := g.l.cache.extend(ctx, &g.h)
+	cancel()
+	switch {
+	case err == nil:
+		g.expiry.Reset(time.Until(sent.Add(g.l.life)))
+	case errors.Is(err, errLost):
+		g.lose()
+	}
+	// Once lost, the lock stays lost: a later refresh that succeeds (a
+	// paused server that wakes up) would not undo f's cancellation, so
+	// refreshing stops. Other errors are retried at the next interval.
+	if !g.lost.Load() {
+		g.next.Reset(g.l.opts.refresh)
+	}
+}
+
+// stop ends the refreshes, waiting for one in flight.
+func (g *holding) stop() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.stopped = true
+	g.next.Stop()
+	if g.expiry != nil {
+		g.expiry.Stop()
+	}
 }

@@ -77,6 +77,7 @@ func (m *memoryCache) release(ctx context.Context, h *hold) error {
 func (m *memoryCache) fence(ctx context.Context, h *hold) (int64, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.fences[h.fenceKey]++
-	return m.fences[h.fenceKey], nil
+	k := h.fenceKey()
+	m.fences[k]++
+	return m.fences[k], nil
 }

@@ -101,7 +101,7 @@ func (r *redisCache) release(ctx context.Context, h *hold) error {
 }
 
 func (r *redisCache) fence(ctx context.Context, h *hold) (int64, error) {
-	n, err := fenceScript.Run(ctx, r.c, []string{h.fenceKey}, fenceSeed()).Int64()
+	n, err := fenceScript.Run(ctx, r.c, []string{h.fenceKey()}, fenceSeed()).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("memlock: fencing counter: %w", err)
 	}
