@@ -15,9 +15,10 @@ const (
 )
 
 // Cache is where locks live: a memcached, Redis or in-process store, made by
-// NewMemcache, NewRedis or NewMemory. Its methods are unexported; the
-// interface is the seam between the locking algorithm, which is the same for
-// every store, and the few atomic operations each store does its own way.
+// NewMemcache, NewRedis or NewMemory; only this package makes Caches. Its
+// methods are unexported: the interface is the seam between the locking
+// algorithm, which is the same for every store, and the few atomic
+// operations each store does its own way.
 type Cache interface {
 	// take stores h when its key is absent, free (the empty value), or held
 	// by a value of the same clientID (re-entry: h replaces it). It reports

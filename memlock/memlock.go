@@ -82,9 +82,12 @@ func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout =
 // one more round trip per call. A resource that remembers the largest token
 // it has seen and refuses smaller ones is safe from a holder that lost its
 // lock without noticing (a pause, an eviction): the newer holder's token is
-// larger. Tokens are counted in the cache (memcached incr, Redis INCR); a
-// counter lost with the cache restarts from the wall clock in microseconds,
-// above the tokens it gave before.
+// larger. Tokens are counted in the cache (memcached incr, Redis INCR), in a
+// key of their own ("memlock-fence:" + key) that does not expire. A counter
+// lost with the cache (restart, flush, eviction) restarts from the wall
+// clock in microseconds: above the tokens it gave before, as long as the
+// key was taken fewer than a million times a second on average and the
+// clients' clocks are not behind.
 func WithFencing() Option { return func(o *options) { o.fencing = true } }
 
 // Locker takes locks in one Cache with one set of options. A Locker is safe
@@ -123,10 +126,10 @@ func New(c Cache, opts ...Option) (*Locker, error) {
 type cacheKey struct{}
 
 // Use returns a copy of ctx that carries c, for TryWithLock, with the
-// default options. A nil c carries nothing.
+// default options. Use(ctx, nil) returns a copy that carries no cache.
 func Use(ctx context.Context, c Cache) context.Context {
 	if c == nil {
-		return ctx
+		return context.WithValue(ctx, cacheKey{}, (*Locker)(nil))
 	}
 	l, err := New(c)
 	if err != nil {

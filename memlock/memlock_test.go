@@ -249,8 +249,9 @@ func TestUseContext(t *testing.T) {
 	if err := memlock.TryWithLock(context.Background(), "job", "alice", mustNotRun(t)); err != memlock.ErrNoCache {
 		t.Errorf("no cache in context: %v, want ErrNoCache", err)
 	}
-	if err := memlock.TryWithLock(memlock.Use(context.Background(), nil), "job", "alice", mustNotRun(t)); err != memlock.ErrNoCache {
-		t.Errorf("Use with nil: %v, want ErrNoCache", err)
+	withCache := memlock.Use(context.Background(), memlock.NewMemory())
+	if err := memlock.TryWithLock(memlock.Use(withCache, nil), "job", "alice", mustNotRun(t)); err != memlock.ErrNoCache {
+		t.Errorf("Use with nil over a cache: %v, want ErrNoCache", err)
 	}
 	ctx := memlock.Use(context.Background(), memlock.NewMemory())
 	if err := memlock.TryWithLock(ctx, "job", "", mustNotRun(t)); err != memlock.ErrEmptyClientID {
