@@ -41,9 +41,11 @@
 //     the holder counts on its own.
 //
 // Each of these lets two holders overlap, and the lock cannot tell the
-// resource it guards that an old holder is stale. Loss is detected within
-// a refresh interval when the value is gone or changed, and otherwise when
-// the lock could have expired.
+// resource it guards that an old holder is stale. Loss is detected at the
+// next refresh when the value is gone or changed or, on memcached, the
+// server is no longer running; a refresh that fails otherwise (a timeout, a
+// paused server) is retried, and the lock is given up when it could have
+// expired.
 //
 // For correctness, use etcd's concurrency.Mutex with fencing, as this
 // module's concurrency package provides (github.com/batonhq/baton/concurrency):
