@@ -69,7 +69,22 @@ type Config struct {
 	// StartTimeout bounds how long Start waits for the member to be ready.
 	// Default 30 s (a cluster member waits for its peers).
 	StartTimeout time.Duration
+	// ClientTLS and PeerTLS serve client and peer traffic over TLS (use
+	// https:// URLs with them). The zero value means plain TCP.
+	ClientTLS, PeerTLS TLS
+	// LogOutputs are where etcd logs: "stderr", "stdout" or file paths.
+	// Default stderr.
+	LogOutputs []string
 }
+
+// TLS is the certificate setup of one side (clients or peers), with etcd's
+// meaning: --cert-file, --key-file, --trusted-ca-file, --client-cert-auth.
+type TLS struct {
+	CertFile, KeyFile, TrustedCAFile string
+	ClientCertAuth                   bool
+}
+
+func (t TLS) empty() bool { return t == TLS{} }
 
 // Server is one running (or stopped) embedded etcd member.
 type Server struct {
@@ -201,6 +216,21 @@ func (c *Config) etcdConfig() (*embed.Config, error) {
 	ec.UnsafeNoFsync = c.NoFsync
 	ec.LogLevel = c.LogLevel
 	ec.LogOutputs = []string{"stderr"}
+	if len(c.LogOutputs) > 0 {
+		ec.LogOutputs = c.LogOutputs
+	}
+	if !c.ClientTLS.empty() {
+		ec.ClientTLSInfo.CertFile = c.ClientTLS.CertFile
+		ec.ClientTLSInfo.KeyFile = c.ClientTLS.KeyFile
+		ec.ClientTLSInfo.TrustedCAFile = c.ClientTLS.TrustedCAFile
+		ec.ClientTLSInfo.ClientCertAuth = c.ClientTLS.ClientCertAuth
+	}
+	if !c.PeerTLS.empty() {
+		ec.PeerTLSInfo.CertFile = c.PeerTLS.CertFile
+		ec.PeerTLSInfo.KeyFile = c.PeerTLS.KeyFile
+		ec.PeerTLSInfo.TrustedCAFile = c.PeerTLS.TrustedCAFile
+		ec.PeerTLSInfo.ClientCertAuth = c.PeerTLS.ClientCertAuth
+	}
 	ec.TickMs = c.HeartbeatMs
 	ec.ElectionMs = c.ElectionMs
 	ec.MaxTxnOps = c.MaxTxnOps
