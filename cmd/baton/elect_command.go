@@ -184,6 +184,14 @@ type leaderJSON struct {
 
 // runListen prints the leader of e at each change until interrupted.
 func (o *electOptions) runListen(e *concurrency.Election, sigs <-chan os.Signal) error {
+	// Read once first: the observer retries a failing watch forever, so a
+	// user who may not read NAME would wait in silence.
+	rctx, rcancel := context.WithTimeout(context.Background(), o.dialTimeout)
+	_, err := e.Leader(rctx)
+	rcancel()
+	if err != nil && !errors.Is(err, concurrency.ErrElectionNoLeader) {
+		return fmt.Errorf("listen %s: %w", o.name, err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	events := e.Events(ctx)
 	defer func() {

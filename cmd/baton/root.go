@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/namespace"
 	"go.uber.org/zap"
@@ -85,7 +86,13 @@ func Main(args []string, stdio *IO) int {
 	code := exitCode(err)
 	var ce *codeError
 	if !errors.As(err, &ce) || ce.err != nil {
-		fmt.Fprintln(stdio.Err, errorLine(err))
+		line := errorLine(err)
+		if errors.Is(err, rpctypes.ErrPermissionDenied) {
+			if user, _, _ := a.credentials(); user != "" {
+				line += fmt.Sprintf(" (user %q has no role that allows this on the key; an etcd admin grants one with etcdctl role grant-permission)", user)
+			}
+		}
+		fmt.Fprintln(stdio.Err, line)
 	}
 	if code == exitUsage {
 		fmt.Fprintln(stdio.Err, "Run 'baton --help' for usage.")
@@ -249,9 +256,9 @@ func (a *app) connect(ctx context.Context) (*clientv3.Client, error) {
 		if isDenied(err) {
 			return nil, fmt.Errorf("authentication failed for user %q: %w", user, err)
 		}
-		return nil, a.unreachable(eps, err)
+		return nil, a.unreachable(eps, tlsCfg, err)
 	}
-	if err := a.reach(ctx, c, eps); err != nil {
+	if err := a.reach(ctx, c, eps, tlsCfg); err != nil {
 		c.Close()
 		return nil, err
 	}
@@ -265,7 +272,7 @@ func (a *app) connect(ctx context.Context) (*clientv3.Client, error) {
 
 // reach asks every endpoint for its status at once and returns when one
 // answers, or with an error naming them all after the dial timeout.
-func (a *app) reach(ctx context.Context, c *clientv3.Client, eps []string) error {
+func (a *app) reach(ctx context.Context, c *clientv3.Client, eps []string, tlsCfg *tls.Config) error {
 	ctx, cancel := context.WithTimeout(ctx, a.dialTimeout)
 	defer cancel()
 	errc := make(chan error, len(eps))
@@ -286,16 +293,16 @@ func (a *app) reach(ctx context.Context, c *clientv3.Client, eps []string) error
 		}
 		last = err
 	}
-	return a.unreachable(eps, last)
+	return a.unreachable(eps, tlsCfg, last)
 }
 
 // unreachable is the one-line error for endpoints that did not answer.
-// gRPC reports only "deadline exceeded"; a plain TCP dial to each endpoint
-// tells the user why.
-func (a *app) unreachable(eps []string, err error) error {
+// gRPC reports only "deadline exceeded"; a plain TCP (or TLS) dial to each
+// endpoint tells the user why.
+func (a *app) unreachable(eps []string, tlsCfg *tls.Config, err error) error {
 	causes := make([]string, len(eps))
 	for i, ep := range eps {
-		causes[i] = probe(ep, err)
+		causes[i] = probe(ep, tlsCfg, err)
 	}
 	why := causes[0]
 	if len(eps) > 1 {
@@ -308,23 +315,42 @@ func (a *app) unreachable(eps []string, err error) error {
 		errUnreachable, strings.Join(eps, ","), a.dialTimeout, why)
 }
 
-// probe explains why ep did not answer: the TCP dial's error, or, when the
-// port accepts connections, that it does not speak etcd's gRPC as
-// configured (a TLS mismatch, say).
-func probe(ep string, err error) string {
+// probe explains why ep did not answer: the dial's error, the TLS
+// handshake's error, or, when both work, that no etcd answered there.
+func probe(ep string, tlsCfg *tls.Config, err error) string {
 	if cause := grpcCause(err); cause != "no answer" {
 		return cause
 	}
-	host := ep
+	host, secure := ep, tlsCfg != nil
 	if u, perr := url.Parse(ep); perr == nil && u.Host != "" {
 		host = u.Host
+		secure = u.Scheme == "https" || (secure && u.Scheme != "http")
 	}
-	conn, derr := net.DialTimeout("tcp", host, 500*time.Millisecond)
+	d := &net.Dialer{Timeout: 500 * time.Millisecond}
+	if !secure {
+		conn, derr := d.Dial("tcp", host)
+		if derr != nil {
+			return grpcCause(derr)
+		}
+		conn.Close()
+		return "the port accepts connections but no etcd answered (is it https? then give --cacert)"
+	}
+	cfg := &tls.Config{}
+	if tlsCfg != nil {
+		cfg = tlsCfg.Clone()
+	}
+	if h, _, serr := net.SplitHostPort(host); serr == nil && cfg.ServerName == "" {
+		cfg.ServerName = h
+	}
+	conn, derr := tls.DialWithDialer(d, "tcp", host, cfg)
 	if derr != nil {
 		return grpcCause(derr)
 	}
 	conn.Close()
-	return "the port accepts connections but no etcd answered (check http/https, --cacert, --cert)"
+	if len(cfg.Certificates) == 0 {
+		return "TLS works but no etcd answered (does the server want a client certificate? give --cert and --key)"
+	}
+	return "TLS works but no etcd answered"
 }
 
 // grpcCause shortens a connection error to its cause: "connection
