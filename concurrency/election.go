@@ -271,6 +271,28 @@ func WithLeadership(ctx context.Context, e *Election, val string, f func(ctx con
 	}
 }
 
+// HoldContext returns a context derived from parent that is cancelled,
+// with context.Cause == ErrLeadershipLost, as soon as this candidate's
+// leadership ends under it: the session ends or anyone deletes the leader
+// key. Call cancel when done with it. When not leading it returns a
+// context already cancelled with ErrElectionNotLeader.
+func (e *Election) HoldContext(parent context.Context) (ctx context.Context, cancel context.CancelFunc) {
+	e.mu.Lock()
+	key, rev, leading := e.leaderKey, e.leaderRev, e.leading
+	e.mu.Unlock()
+	if e.err != nil || !leading {
+		ctx, cancelCause := context.WithCancelCause(parent)
+		if e.err != nil {
+			cancelCause(e.err)
+		} else {
+			cancelCause(ErrElectionNotLeader)
+		}
+		return ctx, func() { cancelCause(context.Canceled) }
+	}
+	ctx, stop := holdContext(parent, e.s, key, rev, ErrLeadershipLost)
+	return ctx, func() { stop() }
+}
+
 // LeaderEvent is a change of leadership seen by Events.
 type LeaderEvent struct {
 	// Leader is the leader's key and value, or nil when nobody leads.

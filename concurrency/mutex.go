@@ -334,6 +334,27 @@ func WithLock(ctx context.Context, m *Mutex, f func(ctx context.Context) error) 
 	}
 }
 
+// HoldContext returns a context derived from parent that is cancelled,
+// with context.Cause == ErrLockLost, as soon as the lock held by m ends
+// under it: the session ends or anyone deletes the holder's key. Call
+// cancel when done with it; it stops the watch. On a Mutex that does not
+// hold the lock it returns a context already cancelled with
+// ErrLockReleased. WithLock is built on it.
+func (m *Mutex) HoldContext(parent context.Context) (ctx context.Context, cancel context.CancelFunc) {
+	key, rev := m.Key(), m.Rev()
+	if m.err != nil || key == "" {
+		ctx, cancelCause := context.WithCancelCause(parent)
+		if m.err != nil {
+			cancelCause(m.err)
+		} else {
+			cancelCause(ErrLockReleased)
+		}
+		return ctx, func() { cancelCause(context.Canceled) }
+	}
+	ctx, stop := holdContext(parent, m.s, key, rev, ErrLockLost)
+	return ctx, func() { stop() }
+}
+
 // holdContext returns a context that is cancelled with cause lost when key
 // (created at rev) goes away or the session ends, and a stop function that
 // ends the watch and reports whether the loss happened.

@@ -544,3 +544,43 @@ func TestLockerDocumentedBehaviour(t *testing.T) {
 	}()
 	l.Lock()
 }
+
+func TestHoldContext(t *testing.T) {
+	e := newEnv(t)
+	m := concurrency.NewMutex(e.session(), "hold")
+	ctx, cancel := m.HoldContext(e.ctx)
+	<-ctx.Done()
+	if !errors.Is(context.Cause(ctx), concurrency.ErrLockReleased) {
+		t.Fatalf("not held: cause %v", context.Cause(ctx))
+	}
+	cancel()
+	if err := m.Lock(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel = m.HoldContext(e.ctx)
+	defer cancel()
+	if ctx.Err() != nil {
+		t.Fatal("held lock's context already done")
+	}
+	if _, err := e.client().Delete(e.ctx, m.Key()); err != nil {
+		t.Fatal(err)
+	}
+	<-ctx.Done()
+	if !errors.Is(context.Cause(ctx), concurrency.ErrLockLost) {
+		t.Fatalf("cause %v", context.Cause(ctx))
+	}
+
+	el := concurrency.NewElection(e.session(), "hold-el")
+	if err := el.Campaign(e.ctx, "v"); err != nil {
+		t.Fatal(err)
+	}
+	ectx, ecancel := el.HoldContext(e.ctx)
+	defer ecancel()
+	if _, err := e.client().Delete(e.ctx, el.Key()); err != nil {
+		t.Fatal(err)
+	}
+	<-ectx.Done()
+	if !errors.Is(context.Cause(ectx), concurrency.ErrLeadershipLost) {
+		t.Fatalf("election cause %v", context.Cause(ectx))
+	}
+}
