@@ -34,6 +34,7 @@ type Server struct {
 	bin  string
 	args []string
 	addr string
+	dir  string // removed by Close; "" for none
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd     // nil when not running
@@ -56,17 +57,28 @@ func StartMemcached(extra ...string) (*Server, error) {
 
 // StartRedis starts redis-server on a free loopback port with persistence
 // off, with extra configuration arguments appended (for example
-// "--replicaof", "127.0.0.1", "6379").
+// "--replicaof", "127.0.0.1", "6379"). Files it writes (a replica's copy of
+// its primary) go to a temporary directory that Close removes.
 func StartRedis(extra ...string) (*Server, error) {
-	return start("redis-server", func(port int) []string {
+	dir, err := os.MkdirTemp("", "memlocktest-redis-")
+	if err != nil {
+		return nil, fmt.Errorf("memlocktest: %w", err)
+	}
+	s, err := start("redis-server", func(port int) []string {
 		args := []string{
 			"--bind", "127.0.0.1", "--port", strconv.Itoa(port),
 			"--save", "", "--appendonly", "no", "--daemonize", "no",
-			"--protected-mode", "no", "--repl-diskless-sync-delay", "0", "--loglevel", "warning", "--logfile", "",
-			"--dir", os.TempDir(), "--dbfilename", fmt.Sprintf("memlocktest-%d.rdb", port),
+			"--protected-mode", "no", "--repl-diskless-sync-delay", "0",
+			"--loglevel", "warning", "--logfile", "", "--dir", dir,
 		}
 		return append(args, extra...)
 	})
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	s.dir = dir
+	return s, nil
 }
 
 func start(name string, args func(port int) []string) (*Server, error) {
@@ -188,8 +200,14 @@ func (s *Server) Restart() error {
 	return s.launch()
 }
 
-// Close kills the server. It is safe to call more than once.
-func (s *Server) Close() { s.Kill() }
+// Close kills the server and removes its files. It is safe to call more
+// than once.
+func (s *Server) Close() {
+	s.Kill()
+	if s.dir != "" {
+		os.RemoveAll(s.dir)
+	}
+}
 
 // tail keeps the last few KiB a process wrote, for error messages.
 type tail struct {
