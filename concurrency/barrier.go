@@ -1,0 +1,249 @@
+package concurrency
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// ErrBarrierHeld is returned by Barrier.TryWait while the barrier is held.
+var ErrBarrierHeld = errors.New("barrier: held")
+
+// Barrier blocks processes until one of them releases it. The barrier is
+// held while its key exists; Release deletes the key and every waiter
+// returns.
+//
+// The key is exactly the one given: a key that merely shares it as a prefix
+// ("gate" and "gate-2") is a different barrier (etcd's recipe treated it as
+// the same one, #16156). The key is not attached to any lease, so a held
+// barrier outlives the process that held it, as in Curator.
+//
+// A Barrier is safe for use by several goroutines.
+type Barrier struct {
+	c   *clientv3.Client
+	key string
+	err error // bad input, reported by every call
+}
+
+// NewBarrier makes a Barrier on key. It talks to the server only when used.
+// A nil client or an empty key is reported by the first call.
+func NewBarrier(c *clientv3.Client, key string) *Barrier {
+	b := &Barrier{c: c, key: key}
+	switch {
+	case c == nil:
+		b.err = ErrNilClient
+	case key == "":
+		b.err = ErrEmptyPrefix
+	}
+	return b
+}
+
+// Hold puts the barrier's key, so that Wait blocks. Holding a barrier that
+// is already held is not an error: a Barrier is one flag shared by all, and
+// a retried Hold must not fail because its first attempt landed.
+func (b *Barrier) Hold(ctx context.Context) error {
+	if b.err != nil {
+		return b.err
+	}
+	_, err := b.c.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(b.key), "=", 0)).
+		Then(clientv3.OpPut(b.key, "")).
+		Commit()
+	return err
+}
+
+// Release deletes the barrier's key and so lets every waiter through.
+// Releasing a barrier that is not held is not an error.
+func (b *Barrier) Release(ctx context.Context) error {
+	if b.err != nil {
+		return b.err
+	}
+	_, err := b.c.Delete(ctx, b.key)
+	return err
+}
+
+// TryWait returns nil if the barrier is not held now, and ErrBarrierHeld
+// if it is. It never blocks on the barrier.
+func (b *Barrier) TryWait(ctx context.Context) error {
+	if b.err != nil {
+		return b.err
+	}
+	r, err := b.c.Get(ctx, b.key, clientv3.WithCountOnly())
+	if err != nil {
+		return err
+	}
+	if r.Count > 0 {
+		return ErrBarrierHeld
+	}
+	return nil
+}
+
+// Wait blocks until the barrier is released, and returns nil at once if it
+// is not held.
+//
+// It returns an error, never nil, when it cannot tell that the barrier was
+// released: ctx ended, the client closed, or the watch ended before the
+// release was seen (for example it could not resume after a reconnect
+// because the revisions it missed were compacted: the error wraps
+// rpctypes.ErrCompacted). etcd's recipe returned nil in those cases.
+// Calling Wait again after such an error is safe.
+func (b *Barrier) Wait(ctx context.Context) error { return b.wait(ctx, nil) }
+
+// wait is Wait; watching, when set, is called once the watch is in place
+// and the barrier was seen held (tests use it to act at that moment).
+func (b *Barrier) wait(ctx context.Context, watching func()) error {
+	if b.err != nil {
+		return b.err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	// 1. Watch the key from now: the watch is synced on the server and
+	//    sees the release at once (etcd's recipe watched from an old
+	//    revision and waited for the server's 100 ms catch-up loop).
+	w, err := recipeWatch(ctx, b.c, b.key)
+	if err != nil {
+		return fmt.Errorf("barrier: watch %q: %w", b.key, err)
+	}
+	defer w.cancel()
+	// 2. Read the key at the revision the watch starts after, so that no
+	//    release can fall between the read and the watch.
+	r, err := recipeGetAt(ctx, b.c, w.created, b.key)
+	if err != nil {
+		return err
+	}
+	if len(r.Kvs) == 0 {
+		return nil
+	}
+	if watching != nil {
+		watching()
+	}
+	// 3. Wait for the deletion of the key.
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case wr, ok := <-w.ch:
+			if err := recipeWatchErr(ctx, b.c, wr, ok); err != nil {
+				return fmt.Errorf("barrier: wait on %q: %w", b.key, err)
+			}
+			for _, ev := range wr.Events {
+				if ev.Type == mvccpb.DELETE {
+					return nil
+				}
+			}
+		}
+	}
+}
+
+// The helpers below are shared by Barrier, DoubleBarrier, Semaphore and the
+// queues.
+
+// recipeWatch watches key (with opts, for a prefix or a range) from the
+// current revision and waits until the watch is created. See watchKey in
+// key.go for why "from now" matters.
+func recipeWatch(ctx context.Context, c *clientv3.Client, key string, opts ...clientv3.OpOption) (*keyWatch, error) {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	ch := c.Watch(wctx, key, append([]clientv3.OpOption{clientv3.WithCreatedNotify()}, opts...)...)
+	select {
+	case wr, ok := <-ch:
+		if err := recipeWatchErr(ctx, c, wr, ok); err != nil {
+			cancel()
+			return nil, err
+		}
+		return &keyWatch{key: key, cancel: cancel, ch: ch, created: wr.Header.Revision}, nil
+	case <-ctx.Done():
+		cancel()
+		return nil, ctx.Err()
+	}
+}
+
+// errWatchCanceled is the error of a watch that the server cancelled
+// without saying why.
+var errWatchCanceled = errors.New("concurrency: watch cancelled by the server")
+
+// recipeWatchErr is the error a watch response stands for: a closed
+// channel, a compaction, a cancellation. It is nil for a response with
+// events (or a progress notification).
+func recipeWatchErr(ctx context.Context, c *clientv3.Client, wr clientv3.WatchResponse, ok bool) error {
+	if !ok {
+		return watchClosedErr(ctx, c)
+	}
+	if err := wr.Err(); err != nil {
+		return err
+	}
+	if wr.Canceled {
+		return errWatchCanceled
+	}
+	return nil
+}
+
+// recipeGetAt reads key (with opts) as of revision at, from the member's
+// local store when it can. A member behind at falls back to a linearizable
+// read at at; a compacted at falls back to a read of now. Callers use it to
+// read state that decides a wait, which is equally valid at any later
+// revision.
+func recipeGetAt(ctx context.Context, c *clientv3.Client, at int64, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	for {
+		r, err := recipeGetOnce(ctx, c, at, key, opts)
+		if err == nil || !transient(err) || ctx.Err() != nil {
+			return r, err
+		}
+		pause(ctx)
+	}
+}
+
+func recipeGetOnce(ctx context.Context, c *clientv3.Client, at int64, key string, opts []clientv3.OpOption) (*clientv3.GetResponse, error) {
+	if at > 0 {
+		r, err := c.Get(ctx, key, append(opts, clientv3.WithRev(at), clientv3.WithSerializable())...)
+		switch {
+		case err == nil:
+			return r, nil
+		case errors.Is(err, rpctypes.ErrFutureRev):
+			r, err = c.Get(ctx, key, append(opts, clientv3.WithRev(at))...)
+			if !errors.Is(err, rpctypes.ErrCompacted) {
+				return r, err
+			}
+		case !errors.Is(err, rpctypes.ErrCompacted):
+			return nil, err
+		}
+	}
+	return c.Get(ctx, key, opts...)
+}
+
+// recipeWatchPair makes sure own watches ownKey and other watches
+// otherKey, creating the missing watches from now in one round trip
+// (replacing other if it watches another key). It returns the watches to
+// keep, which the caller cancels, also on error.
+func recipeWatchPair(ctx context.Context, c *clientv3.Client, own *keyWatch, ownKey string, other *keyWatch, otherKey string) (*keyWatch, *keyWatch, error) {
+	var ownP, otherP *pendingWatch
+	if own == nil {
+		ownP = startWatch(ctx, c, ownKey)
+	}
+	if other != nil && other.key != otherKey {
+		other.cancel()
+		other = nil
+	}
+	if other == nil {
+		otherP = startWatch(ctx, c, otherKey)
+	}
+	var err error
+	if ownP != nil {
+		if own, err = ownP.created(ctx, c); err != nil {
+			if otherP != nil {
+				otherP.cancel()
+			}
+			return nil, other, err
+		}
+	}
+	if otherP != nil {
+		if other, err = otherP.created(ctx, c); err != nil {
+			return own, nil, err
+		}
+	}
+	return own, other, nil
+}

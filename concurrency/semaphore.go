@@ -1,0 +1,622 @@
+package concurrency
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Errors of Semaphore.
+var (
+	// ErrNoPermits is returned by TryAcquire when the permits asked for
+	// are not free now, or others wait for permits already.
+	ErrNoPermits = errors.New("semaphore: not enough permits free")
+	// ErrLimitMismatch is returned by Acquire and TryAcquire when a key
+	// under the prefix was written with another limit (or is not a
+	// semaphore key): the clients disagree on what the semaphore is.
+	ErrLimitMismatch = errors.New("semaphore: clients disagree on the limit")
+	// ErrInvalidLimit is returned by every call on a Semaphore made with a
+	// limit <= 0.
+	ErrInvalidLimit = errors.New("semaphore: limit must be > 0")
+	// ErrInvalidWeight is returned when n <= 0, or n > limit for Acquire
+	// and TryAcquire (such a request could never be granted).
+	ErrInvalidWeight = errors.New("semaphore: n must be > 0 and <= the limit")
+	// ErrNotHeld is returned by Release when asked to release more
+	// permits than this Semaphore holds. Nothing is released then.
+	ErrNotHeld = errors.New("semaphore: released more than held")
+	// ErrPermitsLost is returned by Release when some of the permits it
+	// released had already gone with the session (the lease expired or
+	// was revoked) or their key was deleted.
+	ErrPermitsLost = errors.New("semaphore: permits lost")
+)
+
+// Semaphore is a weighted, fair counting semaphore shared by every client
+// that uses the same prefix and limit, shaped like
+// golang.org/x/sync/semaphore.
+//
+// Each acquisition is a key under pfx + "/", attached to the session's
+// lease, whose value is "n/limit". The keys queue by create revision. A
+// request is granted when the permits of all keys ahead of it plus its own
+// fit within the limit. The queue is strictly first come, first served: a
+// request waits for every request ahead of it even when its own permits
+// would fit, so large requests are not starved by small ones.
+//
+// Permits held by a session that ends (Close, or its lease expires or is
+// revoked) come back by themselves: their keys go with the lease.
+//
+// Waiting wakes a client only when it may proceed. A waiter behind another
+// waiter watches only that one's key; the first waiter in line watches the
+// prefix, which changes only when permits are released or requests
+// arrive. A waiter that was granted after waiting rewrites its key, which
+// wakes the next one in line.
+//
+// A Semaphore value is safe for use by several goroutines; each Acquire is
+// a separate grant with its own key.
+type Semaphore struct {
+	s     *Session
+	dir   string // pfx + "/"
+	limit int64
+	err   error
+
+	mu     sync.Mutex
+	grants []semGrant // held, oldest first
+}
+
+// semGrant is one granted acquisition.
+type semGrant struct {
+	key string
+	rev int64 // create revision of key: the fencing token
+	n   int64
+}
+
+// semEntry is one key of the queue as read from the server.
+type semEntry struct {
+	key   string
+	rev   int64
+	n     int64
+	limit int64 // 0 when the value is not a semaphore value
+}
+
+// NewSemaphore makes a Semaphore with limit permits on prefix pfx. Every
+// client must use the same limit. It talks to the server only when used; a
+// nil session, an empty prefix or a limit <= 0 is reported by the first
+// call, which then touches nothing.
+func NewSemaphore(s *Session, pfx string, limit int64) *Semaphore {
+	sm := &Semaphore{s: s, dir: pfx + "/", limit: limit}
+	switch {
+	case s == nil:
+		sm.err = ErrNilSession
+	case pfx == "":
+		sm.err = ErrEmptyPrefix
+	case limit <= 0:
+		sm.err = fmt.Errorf("%w (got %d)", ErrInvalidLimit, limit)
+	}
+	return sm
+}
+
+func (sm *Semaphore) checkWeight(n int64) error {
+	if sm.err != nil {
+		return sm.err
+	}
+	if n <= 0 || n > sm.limit {
+		return fmt.Errorf("%w (n %d, limit %d)", ErrInvalidWeight, n, sm.limit)
+	}
+	return nil
+}
+
+// Acquire waits until it holds n permits, ctx ends, or the session ends.
+//
+// On failure it returns the error (ctx.Err(), ErrSessionExpired as soon as
+// its key goes, ErrLimitMismatch, or the server's) and leaves the semaphore
+// unchanged: its key is deleted, with its own timeout if ctx is over.
+func (sm *Semaphore) Acquire(ctx context.Context, n int64) error {
+	if err := sm.checkWeight(n); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c := sm.s.Client()
+	key := sm.s.claimName(sm.dir)
+	val := semValue(n, sm.limit)
+	queue := clientv3.OpGet(sm.dir, clientv3.WithPrefix())
+	// 1. Put our key and read the queue in one transaction.
+	resp, err := c.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, val, clientv3.WithLease(sm.s.Lease())), queue).
+		Else(clientv3.OpGet(key), queue).
+		Commit()
+	if err != nil {
+		sm.s.releaseName(key)
+		return err
+	}
+	rev := resp.Header.Revision
+	if !resp.Succeeded {
+		// Our key is there from a resumed lease: adopt it only if it asks
+		// for the same thing.
+		kvs := resp.Responses[0].GetResponseRange().Kvs
+		if len(kvs) == 0 || string(kvs[0].Value) != val {
+			sm.s.releaseName(key)
+			return fmt.Errorf("semaphore: key %q exists from an earlier acquisition of this lease", key)
+		}
+		rev = kvs[0].CreateRevision
+	}
+	entries := semEntries(resp.Responses[1].GetResponseRange().Kvs)
+	err = sm.checkLimits(entries)
+	if err == nil {
+		// 2. Wait for our turn.
+		err = sm.wait(ctx, key, rev, n, entries, resp.Header.Revision)
+	}
+	if err != nil {
+		if lerr := leave(ctx, c, key, rev); lerr != nil && !errors.Is(err, ErrSessionExpired) {
+			err = fmt.Errorf("%w (and deleting the waiter key %q failed: %v; it goes with the session)", err, key, lerr)
+		}
+		sm.s.releaseName(key)
+		return err
+	}
+	sm.mu.Lock()
+	sm.grants = append(sm.grants, semGrant{key: key, rev: rev, n: n})
+	sm.mu.Unlock()
+	return nil
+}
+
+// TryAcquire takes n permits if they are free now and nobody waits for
+// permits, in one transaction, and returns ErrNoPermits otherwise. It
+// writes nothing when the permits are not free.
+func (sm *Semaphore) TryAcquire(ctx context.Context, n int64) error {
+	if err := sm.checkWeight(n); err != nil {
+		return err
+	}
+	c := sm.s.Client()
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		r, err := c.Get(ctx, sm.dir, clientv3.WithPrefix())
+		if err != nil {
+			return err
+		}
+		entries := semEntries(r.Kvs)
+		if err := sm.checkLimits(entries); err != nil {
+			return err
+		}
+		var used int64
+		for _, e := range entries {
+			used += e.n
+		}
+		if used+n > sm.limit {
+			return ErrNoPermits
+		}
+		// The permits are free at r's revision. Take them only if no key
+		// under the prefix changed since (a compare on a range holds when
+		// it holds for every key in it).
+		key := sm.s.claimName(sm.dir)
+		t, err := c.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(sm.dir).WithPrefix(), "<", r.Header.Revision+1),
+				clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+			Then(clientv3.OpPut(key, semValue(n, sm.limit), clientv3.WithLease(sm.s.Lease()))).
+			Else(clientv3.OpGet(key)).
+			Commit()
+		if err != nil {
+			sm.s.releaseName(key)
+			return err
+		}
+		if t.Succeeded {
+			sm.mu.Lock()
+			sm.grants = append(sm.grants, semGrant{key: key, rev: t.Header.Revision, n: n})
+			sm.mu.Unlock()
+			return nil
+		}
+		sm.s.releaseName(key)
+		if len(t.Responses[0].GetResponseRange().Kvs) > 0 {
+			return fmt.Errorf("semaphore: key %q exists from an earlier acquisition of this lease", key)
+		}
+		// The queue changed under us: look again.
+	}
+}
+
+// Release gives back n permits held by this Semaphore, youngest grants
+// first (a grant released in part keeps its place and its token).
+//
+// It returns ErrInvalidWeight for n <= 0 and ErrNotHeld, releasing
+// nothing, when this Semaphore holds fewer than n permits. It returns
+// ErrPermitsLost when some of the released permits had already gone with
+// the session; they count as released. Each key is deleted only if it is
+// still the one of its grant, so a late or retried Release never removes a
+// newer grant's key. When the request fails, nothing is released and
+// Release can be retried.
+func (sm *Semaphore) Release(ctx context.Context, n int64) error {
+	if sm.err != nil {
+		return sm.err
+	}
+	if n <= 0 {
+		return fmt.Errorf("%w (n %d)", ErrInvalidWeight, n)
+	}
+	sm.mu.Lock()
+	defer sm.mu.Unlock()
+	var held int64
+	for _, g := range sm.grants {
+		held += g.n
+	}
+	if n > held {
+		return fmt.Errorf("%w (release %d, held %d)", ErrNotHeld, n, held)
+	}
+	// Plan: whole grants from the youngest, and at most one in part.
+	type step struct {
+		i    int
+		left int64 // permits the grant keeps; 0 deletes it
+	}
+	var plan []step
+	for i, rest := len(sm.grants)-1, n; rest > 0; i-- {
+		take := min(rest, sm.grants[i].n)
+		plan = append(plan, step{i: i, left: sm.grants[i].n - take})
+		rest -= take
+	}
+	lost := false
+	const chunk = 100 // well under etcd's default --max-txn-ops of 128
+	for len(plan) > 0 {
+		part := plan[:min(chunk, len(plan))]
+		ops := make([]clientv3.Op, len(part))
+		for j, st := range part {
+			g := sm.grants[st.i]
+			op := clientv3.OpDelete(g.key)
+			if st.left > 0 {
+				op = clientv3.OpPut(g.key, semValue(st.left, sm.limit), clientv3.WithLease(sm.s.Lease()))
+			}
+			ops[j] = clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(g.key), "=", g.rev)}, []clientv3.Op{op}, nil)
+		}
+		resp, err := sm.s.Client().Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return err
+		}
+		for j, st := range part {
+			if !resp.Responses[j].GetResponseTxn().Succeeded {
+				lost = true
+			}
+			if st.left > 0 {
+				sm.grants[st.i].n = st.left
+			} else {
+				sm.s.releaseName(sm.grants[st.i].key)
+				sm.grants[st.i].n = 0
+			}
+		}
+		plan = plan[len(part):]
+	}
+	kept := sm.grants[:0]
+	for _, g := range sm.grants {
+		if g.n > 0 {
+			kept = append(kept, g)
+		}
+	}
+	sm.grants = kept
+	if lost {
+		return ErrPermitsLost
+	}
+	return nil
+}
+
+// Held is the number of permits this Semaphore holds.
+func (sm *Semaphore) Held() int64 {
+	sm.mu.Lock()
+	defer sm.mu.Unlock()
+	var held int64
+	for _, g := range sm.grants {
+		held += g.n
+	}
+	return held
+}
+
+// Rev is the fencing token of the youngest grant this Semaphore holds: the
+// create revision of its key, unique per grant and greater than the token
+// of every grant made before it on this prefix. It is -1 when nothing is
+// held. With one Acquire at a time per Semaphore, it is the token of that
+// grant.
+func (sm *Semaphore) Rev() int64 {
+	sm.mu.Lock()
+	defer sm.mu.Unlock()
+	if len(sm.grants) == 0 {
+		return -1
+	}
+	rev := int64(-1)
+	for _, g := range sm.grants {
+		rev = max(rev, g.rev)
+	}
+	return rev
+}
+
+// Limit is the number of permits of the semaphore.
+func (sm *Semaphore) Limit() int64 { return sm.limit }
+
+func semValue(n, limit int64) string {
+	return strconv.FormatInt(n, 10) + "/" + strconv.FormatInt(limit, 10)
+}
+
+func semParse(v []byte) (n, limit int64) {
+	a, b, ok := strings.Cut(string(v), "/")
+	if !ok {
+		return 0, 0
+	}
+	n, err1 := strconv.ParseInt(a, 10, 64)
+	limit, err2 := strconv.ParseInt(b, 10, 64)
+	if err1 != nil || err2 != nil || n <= 0 || limit <= 0 {
+		return 0, 0
+	}
+	return n, limit
+}
+
+func semEntry1(kv *mvccpb.KeyValue) semEntry {
+	n, limit := semParse(kv.Value)
+	return semEntry{key: string(kv.Key), rev: kv.CreateRevision, n: n, limit: limit}
+}
+
+func semEntries(kvs []*mvccpb.KeyValue) []semEntry {
+	es := make([]semEntry, len(kvs))
+	for i, kv := range kvs {
+		es[i] = semEntry1(kv)
+	}
+	return es
+}
+
+func (sm *Semaphore) checkLimits(es []semEntry) error {
+	for _, e := range es {
+		if e.limit != sm.limit {
+			if e.limit == 0 {
+				return fmt.Errorf("%w: key %q is not a semaphore key", ErrLimitMismatch, e.key)
+			}
+			return fmt.Errorf("%w: this client has %d, key %q has %d", ErrLimitMismatch, sm.limit, e.key, e.limit)
+		}
+	}
+	return nil
+}
+
+// semPlace is where a waiter stands in the queue.
+type semPlace struct {
+	present     bool
+	ahead       int64     // permits of all keys older than ours
+	pred        *semEntry // youngest key older than ours
+	predGranted bool      // pred's permits fit: it holds, it does not wait
+	younger     bool      // a key younger than ours exists
+}
+
+// semLocate computes our place from the queue. The grants are the longest
+// run of oldest keys whose permits fit within the limit: since the running
+// sum only grows, a key is granted exactly when every key ahead of it is.
+func semLocate(es []semEntry, key string, rev, limit int64) semPlace {
+	sorted := make([]semEntry, len(es))
+	copy(sorted, es)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].rev < sorted[j].rev })
+	var p semPlace
+	var sum int64
+	for i := range sorted {
+		e := &sorted[i]
+		switch {
+		case e.rev < rev:
+			sum += e.n
+			p.pred = e
+			p.predGranted = sum <= limit
+		case e.rev == rev && e.key == key:
+			p.present = true
+		case e.rev > rev:
+			p.younger = true
+		}
+	}
+	p.ahead = sum
+	return p
+}
+
+// wait blocks until the key created at rev is granted: the permits of the
+// keys ahead of it plus n fit within the limit. es is the queue at at.
+//
+// The steps:
+//  1. From the queue at a known revision, find our place. If our key is
+//     gone, the session is. If we fit, we hold the permits.
+//  2. If our predecessor waits too, we cannot be granted before it is:
+//     watch its key (and ours) from now, and on any change to it (it was
+//     granted and rewrote its key, or it left) read the queue again at
+//     that revision.
+//  3. Otherwise we are first in line, and only releases can let us in:
+//     watch the whole prefix from now, read the queue at the revision the
+//     watch starts after, and keep it up to date from the events (keys
+//     ahead of us can only go or shrink) until we fit.
+//  4. Once granted after waiting, rewrite our key if anyone is behind us,
+//     so that the next in line, which watches our key, looks again.
+func (sm *Semaphore) wait(ctx context.Context, key string, rev, n int64, es []semEntry, at int64) error {
+	c := sm.s.Client()
+	waited := false
+	var own, pred *keyWatch
+	defer func() {
+		if own != nil {
+			own.cancel()
+		}
+		if pred != nil {
+			pred.cancel()
+		}
+	}()
+	for {
+		p := semLocate(es, key, rev, sm.limit)
+		if !p.present {
+			return ErrSessionExpired
+		}
+		if p.ahead+n <= sm.limit {
+			if waited && p.younger {
+				return sm.wake(ctx, key, rev, n)
+			}
+			return nil
+		}
+		waited = true
+		if p.predGranted {
+			if own != nil {
+				own.cancel()
+				own = nil
+			}
+			if pred != nil {
+				pred.cancel()
+				pred = nil
+			}
+			younger, err := sm.waitFirst(ctx, key, rev, n)
+			if err != nil {
+				return err
+			}
+			if younger {
+				return sm.wake(ctx, key, rev, n)
+			}
+			return nil
+		}
+		var err error
+		if own, pred, err = recipeWatchPair(ctx, c, own, key, pred, p.pred.key); err != nil {
+			return err
+		}
+		next := max(own.created, pred.created)
+		if next <= at {
+			if next, err = semWaitChange(ctx, sm.s, own, pred, rev); err != nil {
+				return err
+			}
+		}
+		r, err := recipeGetAt(ctx, c, next, sm.dir, clientv3.WithPrefix())
+		if err != nil {
+			return err
+		}
+		es, at = semEntries(r.Kvs), r.Header.Revision
+	}
+}
+
+// semWaitChange waits until pred's key changes in any way or own's key
+// (created at ownRev) goes, and returns the revision to read the queue at.
+// A broken watch is remade and reported as "read again now".
+func semWaitChange(ctx context.Context, s *Session, own, pred *keyWatch, ownRev int64) (int64, error) {
+	c := s.Client()
+	for {
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-s.Done():
+			return 0, ErrSessionExpired
+		case wr, ok := <-own.ch:
+			if !ok || wr.Err() != nil {
+				if err := remake(ctx, c, own, wr, ok); err != nil {
+					return 0, err
+				}
+				return own.created, nil
+			}
+			if _, gone := deleted(wr, ownRev); gone {
+				return 0, ErrSessionExpired
+			}
+		case wr, ok := <-pred.ch:
+			if !ok || wr.Err() != nil {
+				if err := remake(ctx, c, pred, wr, ok); err != nil {
+					return 0, err
+				}
+				return pred.created, nil
+			}
+			if len(wr.Events) > 0 {
+				return wr.Events[len(wr.Events)-1].Kv.ModRevision, nil
+			}
+		}
+	}
+}
+
+// waitFirst is step 3 of wait, for the first waiter in line. It returns
+// once the key created at rev fits, and reports whether any key was
+// younger than ours then.
+func (sm *Semaphore) waitFirst(ctx context.Context, key string, rev, n int64) (younger bool, err error) {
+	c := sm.s.Client()
+	for {
+		w, err := recipeWatch(ctx, c, sm.dir, clientv3.WithPrefix())
+		if err != nil {
+			return false, err
+		}
+		younger, err := sm.trackFirst(ctx, w, key, rev, n)
+		w.cancel()
+		if !errors.Is(err, errWatchBroken) {
+			return younger, err
+		}
+		// The watch broke (a member lost its leader, or it could not
+		// resume after a reconnect): start over from now.
+		if c.Ctx().Err() != nil {
+			return false, errClientClosed
+		}
+		pause(ctx)
+	}
+}
+
+// errWatchBroken tells waitFirst to remake its watch.
+var errWatchBroken = errors.New("semaphore: watch broken")
+
+func (sm *Semaphore) trackFirst(ctx context.Context, w *keyWatch, key string, rev, n int64) (bool, error) {
+	c := sm.s.Client()
+	r, err := recipeGetAt(ctx, c, w.created, sm.dir, clientv3.WithPrefix())
+	if err != nil {
+		return false, err
+	}
+	queue := make(map[string]semEntry, len(r.Kvs))
+	for _, kv := range r.Kvs {
+		queue[string(kv.Key)] = semEntry1(kv)
+	}
+	for {
+		mine, ok := queue[key]
+		if !ok || mine.rev != rev {
+			return false, ErrSessionExpired
+		}
+		var ahead int64
+		younger := false
+		for _, e := range queue {
+			switch {
+			case e.rev < rev:
+				ahead += e.n
+			case e.rev > rev:
+				younger = true
+			}
+		}
+		if ahead+n <= sm.limit {
+			return younger, nil
+		}
+		select {
+		case <-ctx.Done():
+			return false, ctx.Err()
+		case <-sm.s.Done():
+			return false, ErrSessionExpired
+		case wr, ok := <-w.ch:
+			if !ok && (ctx.Err() != nil || c.Ctx().Err() != nil) {
+				return false, watchClosedErr(ctx, c)
+			}
+			if !ok || wr.Err() != nil || wr.Canceled {
+				return false, errWatchBroken
+			}
+			// Events arrive in revision order, so the map is the queue as
+			// of the last event.
+			for _, ev := range wr.Events {
+				k := string(ev.Kv.Key)
+				if ev.Type == mvccpb.DELETE {
+					delete(queue, k)
+				} else {
+					queue[k] = semEntry1(ev.Kv)
+				}
+			}
+		}
+	}
+}
+
+// wake rewrites our key (same value, same lease) so that the waiter
+// behind us, which watches it, reads the queue again. It runs even if ctx
+// has just ended, since we hold the permits by now. A failed rewrite only
+// delays the next waiter until we release, so its error is dropped, unless
+// our key is gone: then we hold nothing.
+func (sm *Semaphore) wake(ctx context.Context, key string, rev, n int64) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	r, err := sm.s.Client().Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
+		Then(clientv3.OpPut(key, semValue(n, sm.limit), clientv3.WithLease(sm.s.Lease()))).
+		Commit()
+	if err == nil && !r.Succeeded {
+		return ErrSessionExpired
+	}
+	return nil
+}
