@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net"
-	"sync/atomic"
 	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
@@ -39,11 +37,11 @@ func runMemlock(ctx context.Context, o Options) ([]Row, error) {
 
 	// Every request either client sends is one write on its connection:
 	// both flush one buffered request at a time.
-	var mcWrites, rsWrites atomic.Int64
+	var mcWrites, rsWrites memlocktest.RequestCounter
 	mcc := memcache.New(mc.Addr())
-	mcc.DialContext = countingDial(&mcWrites)
+	mcc.DialContext = mcWrites.Dial
 	defer mcc.Close()
-	rc := redis.NewClient(&redis.Options{Addr: rs.Addr(), ContextTimeoutEnabled: true, Dialer: countingDial(&rsWrites)})
+	rc := redis.NewClient(&redis.Options{Addr: rs.Addr(), ContextTimeoutEnabled: true, Dialer: rsWrites.Dial})
 	defer rc.Close()
 
 	mlMC, err := memlock.New(memlock.NewMemcache(mcc))
@@ -59,7 +57,7 @@ func runMemlock(ctx context.Context, o Options) ([]Row, error) {
 
 	type loop struct {
 		name   string
-		writes *atomic.Int64
+		writes *memlocktest.RequestCounter
 		op     func() error
 	}
 	loops := map[string]loop{
@@ -119,12 +117,12 @@ func runMemlock(ctx context.Context, o Options) ([]Row, error) {
 		rand.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
 		for _, k := range order {
 			lp, r := loops[k], results[k]
-			w0, t0 := lp.writes.Load(), time.Now()
+			w0, t0 := lp.writes.Count(), time.Now()
 			if err := lp.op(); err != nil {
 				return nil, fmt.Errorf("%s: %w", lp.name, err)
 			}
 			r.elapsed += time.Since(t0)
-			r.writes += lp.writes.Load() - w0
+			r.writes += lp.writes.Count() - w0
 			r.calls++
 		}
 	}
@@ -143,26 +141,4 @@ func runMemlock(ctx context.Context, o Options) ([]Row, error) {
 		{Workload: "floor: raw Redis SET NX PX + DEL", Unit: "ops/s", Baton: ops("redisFloor"), HigherIsBetter: true,
 			Note: "no peer: two round trips, no ownership check"},
 	}, nil
-}
-
-// countingDial dials TCP and counts the writes on each connection.
-func countingDial(n *atomic.Int64) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var d net.Dialer
-		c, err := d.DialContext(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		return writeCounter{c, n}, nil
-	}
-}
-
-type writeCounter struct {
-	net.Conn
-	n *atomic.Int64
-}
-
-func (c writeCounter) Write(p []byte) (int, error) {
-	c.n.Add(1)
-	return c.Conn.Write(p)
 }

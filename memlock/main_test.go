@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net"
 	"os"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -53,7 +52,7 @@ type backend struct {
 	del func(t *testing.T, key string)
 	// writes counts requests the locker's client sent (memcached and
 	// Redis), nil for the in-process cache.
-	writes *atomic.Int64
+	writes *memlocktest.RequestCounter
 }
 
 func (b *backend) locker(t *testing.T, opts ...memlock.Option) *memlock.Locker {
@@ -76,16 +75,16 @@ func memcachedBackend(t *testing.T) *backend {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Close)
-	var writes atomic.Int64
+	writes := new(memlocktest.RequestCounter)
 	c := memcache.New(s.Addr())
 	c.Timeout = testTimeout
-	c.DialContext = countingDialer(&writes)
+	c.DialContext = writes.Dial
 	t.Cleanup(func() { c.Close() })
 	raw := memcache.New(s.Addr())
 	t.Cleanup(func() { raw.Close() })
 	return &backend{
 		name: "memcached", cache: memlock.NewMemcache(c), ttl: memcachedTTL, life: memcachedTTL - time.Second, srv: s,
-		writes: &writes,
+		writes: writes,
 		set: func(t *testing.T, key, value string) {
 			if err := raw.Set(&memcache.Item{Key: "memlock:" + key, Value: []byte(value), Expiration: 60}); err != nil {
 				t.Fatal(err)
@@ -117,12 +116,12 @@ func redisBackend(t *testing.T) *backend {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Close)
-	var writes atomic.Int64
-	c := redisClient(t, s.Addr(), countingDialer(&writes))
+	writes := new(memlocktest.RequestCounter)
+	c := redisClient(t, s.Addr(), writes.Dial)
 	raw := redisClient(t, s.Addr(), nil)
 	ctx := context.Background()
 	return &backend{
-		name: "redis", cache: memlock.NewRedis(c), ttl: redisTTL, life: redisTTL, srv: s, writes: &writes,
+		name: "redis", cache: memlock.NewRedis(c), ttl: redisTTL, life: redisTTL, srv: s, writes: writes,
 		set: func(t *testing.T, key, value string) {
 			if err := raw.Set(ctx, "memlock:"+key, value, time.Minute).Err(); err != nil {
 				t.Fatal(err)
@@ -179,27 +178,4 @@ func redisClient(t testing.TB, addr string, dial func(ctx context.Context, netwo
 	})
 	t.Cleanup(func() { c.Close() })
 	return c
-}
-
-// countingConn counts the writes on a connection: each is one request,
-// since both clients flush a buffered request at once.
-type countingConn struct {
-	net.Conn
-	n *atomic.Int64
-}
-
-func (c countingConn) Write(p []byte) (int, error) {
-	c.n.Add(1)
-	return c.Conn.Write(p)
-}
-
-func countingDialer(n *atomic.Int64) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var d net.Dialer
-		c, err := d.DialContext(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		return countingConn{c, n}, nil
-	}
 }

@@ -111,7 +111,7 @@ func TestNestedReentry(t *testing.T) {
 			outer, _ := memlock.Token(ctx)
 			var before int64
 			if b.writes != nil {
-				before = b.writes.Load()
+				before = b.writes.Count()
 			}
 			innerRan := false
 			err := l.TryWithLock(ctx, "job", "alice", func(ictx context.Context) error {
@@ -125,7 +125,7 @@ func TestNestedReentry(t *testing.T) {
 				t.Errorf("nested TryWithLock by the holder: err %v, ran %v", err, innerRan)
 			}
 			if b.writes != nil {
-				if n := b.writes.Load() - before; n != 0 {
+				if n := b.writes.Count() - before; n != 0 {
 					t.Errorf("nested TryWithLock sent %d requests, want none", n)
 				}
 			}
@@ -205,7 +205,7 @@ func TestBadInputSendsNothing(t *testing.T) {
 		ctx := context.Background()
 		var before int64
 		if b.writes != nil {
-			before = b.writes.Load()
+			before = b.writes.Count()
 		}
 		if err := l.TryWithLock(ctx, "job", "", mustNotRun(t)); err != memlock.ErrEmptyClientID {
 			t.Errorf("empty clientID: %v, want ErrEmptyClientID", err)
@@ -214,7 +214,7 @@ func TestBadInputSendsNothing(t *testing.T) {
 			t.Errorf("empty key: %v, want ErrInvalidKey", err)
 		}
 		if b.writes != nil {
-			if n := b.writes.Load() - before; n != 0 {
+			if n := b.writes.Count() - before; n != 0 {
 				t.Errorf("bad input sent %d requests", n)
 			}
 		}
@@ -229,7 +229,7 @@ func TestMemcachedKeyRules(t *testing.T) {
 	if err := b.locker(t).TryWithLock(ctx, max, "alice", ok); err != nil {
 		t.Fatalf("key of the longest length: %v", err)
 	}
-	before := b.writes.Load()
+	before := b.writes.Count()
 	for _, key := range []string{max + "k", "two words", "tab\there", "nl\n", "del\x7f", "nul\x00"} {
 		if err := b.locker(t).TryWithLock(ctx, key, "alice", mustNotRun(t)); !errors.Is(err, memlock.ErrInvalidKey) {
 			t.Errorf("key %q: %v, want ErrInvalidKey", key, err)
@@ -239,7 +239,7 @@ func TestMemcachedKeyRules(t *testing.T) {
 	if err := b.locker(t, memlock.WithFencing()).TryWithLock(ctx, max, "alice", mustNotRun(t)); !errors.Is(err, memlock.ErrInvalidKey) {
 		t.Errorf("fencing with a key too long for the counter: %v, want ErrInvalidKey", err)
 	}
-	if n := b.writes.Load() - before; n != 0 {
+	if n := b.writes.Count() - before; n != 0 {
 		t.Errorf("invalid keys sent %d requests", n)
 	}
 }
