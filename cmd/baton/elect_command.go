@@ -199,6 +199,7 @@ func (o *electOptions) runListen(e *concurrency.Election, sigs <-chan os.Signal)
 		for range events { // let the observer end before the client closes
 		}
 	}()
+	last := ""
 	for {
 		select {
 		case <-sigs:
@@ -208,7 +209,13 @@ func (o *electOptions) runListen(e *concurrency.Election, sigs <-chan os.Signal)
 				return errors.New("listen: the watch on the election ended (the client closed)")
 			}
 			if !o.json {
-				fmt.Fprintln(o.io.Out, o.leaderText(ev.Leader))
+				// A new value from the same leader can read the same (a
+				// baton leader recording since when it leads): print
+				// changes only.
+				if l := o.leaderText(ev.Leader); l != last {
+					fmt.Fprintln(o.io.Out, l)
+					last = l
+				}
 				continue
 			}
 			b, err := o.leaderJSON(ev)
@@ -224,7 +231,7 @@ func (o *electOptions) leaderText(kv *mvccpb.KeyValue) string {
 	if kv == nil {
 		return "no leader"
 	}
-	return fmt.Sprintf("leader %s (token %d, key %s%s)", holderOf(kv), kv.CreateRevision, o.prefix, kv.Key)
+	return fmt.Sprintf("leader: %s, token %d, key %s%s", holderOf(kv), kv.CreateRevision, o.prefix, kv.Key)
 }
 
 func (o *electOptions) leaderJSON(ev concurrency.LeaderEvent) ([]byte, error) {

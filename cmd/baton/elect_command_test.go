@@ -78,7 +78,7 @@ func TestElectListen(t *testing.T) {
 	leader := start(t, env, "elect", "web", "10.0.0.5:8080")
 	keyLine, _ := leader.stdout.waitFor(t, leader.name, 0, "BATON_ELECTION_KEY=", 30*time.Second)
 	key := strings.TrimPrefix(keyLine, "BATON_ELECTION_KEY=")
-	line, nt := text.stdout.waitFor(t, text.name, nt, "leader ", 30*time.Second)
+	line, nt := text.stdout.waitFor(t, text.name, nt, "leader: ", 30*time.Second)
 	if !strings.Contains(line, `"10.0.0.5:8080"`) || !strings.Contains(line, key) {
 		t.Errorf("--listen printed %q, want the proposal and key %s", line, key)
 	}

@@ -3,7 +3,9 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strings"
+	"syscall"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc/codes"
@@ -73,6 +75,14 @@ func withCode(code int, err error) error { return &codeError{code: code, err: er
 // usageErrorf is a usage error: exit 64.
 func usageErrorf(format string, args ...any) error {
 	return withCode(exitUsage, fmt.Errorf(format, args...))
+}
+
+// exitCodeOf is the code of a process ended by sig, as shells report it.
+func exitCodeOf(sig os.Signal) int {
+	if s, ok := sig.(syscall.Signal); ok {
+		return exitSignalBase + int(s)
+	}
+	return exitSignalBase + int(syscall.SIGINT)
 }
 
 // errUnreachable is the error (and exit 69) when no endpoint answers.

@@ -108,7 +108,7 @@ func waitLoss(ctx context.Context, s *concurrency.Session, key string, rev, from
 	}
 }
 
-// holdUntilInterrupted waits for SIGINT/SIGTERM (then the caller releases
+// holdUntilInterrupted waits for a signal (then the caller releases
 // and baton exits 0) or the loss of h (exit 71).
 func (a *app) holdUntilInterrupted(h held, sigs <-chan os.Signal) error {
 	select {
@@ -120,7 +120,7 @@ func (a *app) holdUntilInterrupted(h held, sigs <-chan os.Signal) error {
 }
 
 // runChild runs argv while h is held and returns its exit status as an
-// error (nil for 0). SIGINT and SIGTERM are passed on to it. When h is
+// error (nil for 0). SIGINT, SIGTERM and SIGHUP are passed on. When h is
 // lost it gets SIGTERM, then SIGKILL after grace (at once when grace is
 // 0), and runChild returns an exit-71 error whatever CMD's own status.
 func (a *app) runChild(h held, argv, env []string, sigs <-chan os.Signal, grace time.Duration) error {
@@ -232,11 +232,7 @@ func (a *app) acquire(c *clientv3.Client, s *concurrency.Session, name, what str
 	shown := p.stop()
 	switch {
 	case sig != nil:
-		code := exitSignalBase + 2
-		if s, ok := sig.(syscall.Signal); ok {
-			code = exitSignalBase + int(s)
-		}
-		return withCode(code, fmt.Errorf("interrupted (%v) while waiting for %s", sig, what))
+		return withCode(exitCodeOf(sig), fmt.Errorf("interrupted (%v) while waiting for %s", sig, what))
 	case err != nil && timeout > 0 && errors.Is(err, context.DeadlineExceeded):
 		return withCode(exitTimeout, fmt.Errorf("timed out after %v waiting for %s%s", timeout, what, a.holderNote(c, name)))
 	case err != nil:

@@ -50,7 +50,7 @@ should refuse a token lower than one it has seen.
 
 If the lock is lost while CMD runs (the session expired, someone deleted
 the key), CMD gets SIGTERM, then SIGKILL after --kill-grace, and baton exits
-71. SIGINT and SIGTERM are passed on to CMD; the lock is released when CMD
+71. SIGINT, SIGTERM and SIGHUP are passed on to CMD; the lock is released when CMD
 exits. CMD runs in its own process group and must not read the terminal.
 
 While it waits, lock says on stderr who holds the lock, for how long, and

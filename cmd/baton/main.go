@@ -18,7 +18,7 @@ func main() {
 		ErrIsTerminal: isTerminal(os.Stderr),
 		Getenv:        os.Getenv,
 		Notify: func(c chan<- os.Signal) func() {
-			signal.Notify(c, syscall.SIGINT, syscall.SIGTERM)
+			signal.Notify(c, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 			return func() { signal.Stop(c) }
 		},
 	}

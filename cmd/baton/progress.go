@@ -82,6 +82,8 @@ func (p *progress) line(holder *mvccpb.KeyValue, now time.Time) string {
 	fmt.Fprintf(&b, "baton: waiting for %s: held by %s", p.what, holderOf(holder))
 	if since, ok := heldSince(holder); ok {
 		fmt.Fprintf(&b, " for %s", human(now.Sub(since)))
+	} else if _, ok := parseIdentity(holder.Value); ok {
+		b.WriteString(" since just now") // it has not yet recorded the time
 	}
 	fmt.Fprintf(&b, " (token %d); waited %s", holder.CreateRevision, human(now.Sub(p.start)))
 	return b.String()

@@ -33,8 +33,9 @@ type IO struct {
 	// Getenv reads the environment: BATON_ENDPOINTS, ETCDCTL_ENDPOINTS,
 	// BATON_USER, BATON_PASSWORD. nil reads nothing.
 	Getenv func(string) string
-	// Notify arranges for SIGINT and SIGTERM to be delivered on c until
-	// the returned function is called. nil means signals never arrive.
+	// Notify arranges for SIGINT, SIGTERM and SIGHUP to be delivered on c
+	// until the returned function is called. nil means signals never
+	// arrive.
 	Notify func(c chan<- os.Signal) (stop func())
 }
 
@@ -118,7 +119,10 @@ Every command but serve and bench talks to etcd at --endpoints.`,
 	root.SetIn(a.io.In)
 	root.SetOut(a.io.Out)
 	root.SetErr(a.io.Err)
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		if c.Name() == "lock" || c.Name() == "elect" {
+			err = fmt.Errorf("%w (CMD's own flags go after --: baton %s NAME -- CMD ARGS...)", err, c.Name())
+		}
 		return withCode(exitUsage, err)
 	})
 	root.CompletionOptions.DisableDefaultCmd = true
@@ -375,7 +379,7 @@ func grpcCause(err error) string {
 	return msg
 }
 
-// signals delivers SIGINT and SIGTERM for as long as stop is not called.
+// signals delivers SIGINT, SIGTERM and SIGHUP until stop is called.
 func (a *app) signals() (<-chan os.Signal, func()) {
 	c := make(chan os.Signal, 4)
 	if a.io.Notify == nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -31,6 +32,7 @@ const (
 	defaultDataDir   = "./baton.data"
 	defaultClientURL = "http://127.0.0.1:2379"
 	defaultPeerURL   = "http://127.0.0.1:2380"
+	startTimeout     = 7 * 24 * time.Hour
 )
 
 func newServeCommand(a *app) *cobra.Command {
@@ -90,20 +92,47 @@ func (o *serveOptions) run(context.Context) error {
 		return err
 	}
 	fmt.Fprintf(o.io.Err, "baton serve: starting etcd member %q, data in %s\n", o.name, dir)
-	srv, err := embedded.Start(embedded.Config{
-		Name:                o.name,
-		Dir:                 dir,
-		ListenClientURLs:    o.listenClientURLs,
-		AdvertiseClientURLs: o.advertiseClientURLs,
-		ListenPeerURLs:      o.listenPeerURLs,
-		AdvertisePeerURLs:   o.advertisePeerURLs,
-		InitialCluster:      o.initialCluster,
-		InitialClusterState: o.initialClusterState,
-		InitialClusterToken: o.initialClusterToken,
-		LogLevel:            o.logLevel,
-	})
-	if err != nil {
-		return fmt.Errorf("serve: %w", err)
+	type started struct {
+		srv *embedded.Server
+		err error
+	}
+	startc := make(chan started, 1)
+	go func() {
+		srv, err := embedded.Start(embedded.Config{
+			Name:                o.name,
+			Dir:                 dir,
+			ListenClientURLs:    o.listenClientURLs,
+			AdvertiseClientURLs: o.advertiseClientURLs,
+			ListenPeerURLs:      o.listenPeerURLs,
+			AdvertisePeerURLs:   o.advertisePeerURLs,
+			InitialCluster:      o.initialCluster,
+			InitialClusterState: o.initialClusterState,
+			InitialClusterToken: o.initialClusterToken,
+			LogLevel:            o.logLevel,
+			// A member of a new cluster is ready only once a majority
+			// has started, which may take a person a while: wait for as
+			// long as it takes, or until interrupted.
+			StartTimeout: startTimeout,
+		})
+		startc <- started{srv, err}
+	}()
+	var srv *embedded.Server
+	notice := time.NewTimer(5 * time.Second)
+	defer notice.Stop()
+	for srv == nil {
+		select {
+		case r := <-startc:
+			if r.err != nil {
+				return fmt.Errorf("serve: %w", r.err)
+			}
+			srv = r.srv
+		case <-notice.C:
+			fmt.Fprintf(o.io.Err, "baton serve: not ready yet: waiting for a majority of --initial-cluster (%s) to start\n", o.initialCluster)
+		case sig := <-sigs:
+			// The start cannot be cancelled; the process exits under it,
+			// and etcd's data survives that as it survives a crash.
+			return withCode(exitCodeOf(sig), fmt.Errorf("serve: interrupted (%v) while starting", sig))
+		}
 	}
 	defer srv.Close()
 	fmt.Fprintf(o.io.Out, "baton serve: etcd member %q is ready\n", o.name)
