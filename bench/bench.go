@@ -65,6 +65,7 @@ type Suite struct {
 func Suites() []Suite {
 	return []Suite{
 		{Name: "core", Run: runCore},
+		{Name: "stm", Run: runSTM},
 		{Name: "memlock", Run: runMemlock},
 	}
 }

@@ -1,0 +1,201 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	etcdstm "go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/batonhq/baton/concurrency"
+)
+
+// The STM workload: bank transfers between stmAccounts accounts by
+// stmWorkers workers, each on a client of its own, as separate processes
+// would be. A transfer moves a random amount between two distinct random
+// accounts chosen before the transaction, so a retry repeats the same
+// transfer, as a request to a service would.
+const (
+	stmAccounts = 8
+	stmWorkers  = 8
+	stmBalance  = 1000
+)
+
+// stmView is what a transfer needs from either package's STM.
+type stmView interface {
+	Get(key ...string) string
+	Put(key, val string, opts ...clientv3.OpOption)
+}
+
+// stmImpl runs one transaction with one package at one isolation level.
+type stmImpl struct {
+	name string
+	run  func(ctx context.Context, c *clientv3.Client, iso concurrency.Isolation, apply func(stmView) error) error
+}
+
+var stmImpls = []stmImpl{
+	{name: "etcd", run: func(ctx context.Context, c *clientv3.Client, iso concurrency.Isolation, apply func(stmView) error) error {
+		_, err := etcdstm.NewSTM(c, func(s etcdstm.STM) error { return apply(s) },
+			etcdstm.WithAbortContext(ctx), etcdstm.WithIsolation(etcdstm.Isolation(iso)))
+		return err
+	}},
+	{name: "baton", run: func(ctx context.Context, c *clientv3.Client, iso concurrency.Isolation, apply func(stmView) error) error {
+		_, err := concurrency.NewSTM(c, func(s concurrency.STM) error { return apply(s) },
+			concurrency.WithAbortContext(ctx), concurrency.WithIsolation(iso))
+		return err
+	}},
+}
+
+// stmResult is one run of the workload.
+type stmResult struct {
+	txns, attempts int64
+	elapsed        time.Duration
+	drift          int // final sum minus the initial sum
+}
+
+func (r stmResult) rate() float64 { return float64(r.txns) / r.elapsed.Seconds() }
+func (r stmResult) perTxn() float64 {
+	if r.txns == 0 {
+		return 0
+	}
+	return float64(r.attempts) / float64(r.txns)
+}
+
+// runSTM runs the bank workload at each isolation level with etcd's
+// concurrency.NewSTM and baton's, on one server, and checks after every run
+// that the money was conserved.
+func runSTM(ctx context.Context, o Options) ([]Row, error) {
+	e, err := startEtcd()
+	if err != nil {
+		return nil, err
+	}
+	defer e.close()
+	dur := 4 * time.Second
+	if o.Quick {
+		dur = 1 * time.Second
+	}
+	clients := make([]*clientv3.Client, stmWorkers)
+	for i := range clients {
+		if clients[i], err = e.client(); err != nil {
+			return nil, err
+		}
+	}
+	levels := []concurrency.Isolation{concurrency.SerializableSnapshot, concurrency.Serializable, concurrency.RepeatableReads, concurrency.ReadCommitted}
+	var rows []Row
+	for _, iso := range levels {
+		res := map[string]stmResult{}
+		for _, im := range stmImpls {
+			pfx := fmt.Sprintf("bench/stm/%s/%s/", im.name, iso)
+			r, err := stmBank(ctx, clients, im, iso, pfx, dur)
+			if err != nil {
+				return nil, fmt.Errorf("%s %s: %w", im.name, iso, err)
+			}
+			o.logf("stm %-20s %-5s %7.0f txn/s %5.2f attempts/txn drift %d", iso, im.name, r.rate(), r.perTxn(), r.drift)
+			if r.drift != 0 && iso != concurrency.ReadCommitted {
+				return nil, fmt.Errorf("%s %s: sum of balances changed by %d: the STM lost or created money", im.name, iso, r.drift)
+			}
+			res[im.name] = r
+		}
+		b, p := res["baton"], res["etcd"]
+		note := ""
+		if iso == concurrency.ReadCommitted {
+			// ReadCommitted checks nothing at commit: concurrent transfers
+			// overwrite each other's balances, in either package. The
+			// drift is reported, not an error.
+			note = fmt.Sprintf("lost updates allowed at this level: sum drift baton %+d, etcd %+d", b.drift, p.drift)
+		}
+		w := label("bank transfer", strconv.Itoa(stmAccounts), "accounts", strconv.Itoa(stmWorkers), "workers,", iso.String())
+		rows = append(rows,
+			Row{Workload: w, Unit: "txn/s", Baton: b.rate(), Peer: p.rate(), PeerName: "etcd concurrency", HigherIsBetter: true, Note: note},
+			Row{Workload: w, Unit: "attempts/txn", Baton: b.perTxn(), Peer: p.perTxn(), PeerName: "etcd concurrency"},
+		)
+	}
+	return rows, nil
+}
+
+// stmBank runs transfers for dur and returns what got done.
+func stmBank(ctx context.Context, clients []*clientv3.Client, im stmImpl, iso concurrency.Isolation, pfx string, dur time.Duration) (stmResult, error) {
+	c0 := clients[0]
+	if _, err := c0.Delete(ctx, pfx, clientv3.WithPrefix()); err != nil {
+		return stmResult{}, err
+	}
+	for i := range stmAccounts {
+		if _, err := c0.Put(ctx, stmAccount(pfx, i), strconv.Itoa(stmBalance)); err != nil {
+			return stmResult{}, err
+		}
+	}
+	var txns, attempts atomic.Int64
+	var wg sync.WaitGroup
+	errc := make(chan error, len(clients))
+	start := time.Now()
+	deadline := start.Add(dur)
+	for _, c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				from := rand.IntN(stmAccounts)
+				to := (from + 1 + rand.IntN(stmAccounts-1)) % stmAccounts
+				amount := 1 + rand.IntN(50)
+				err := im.run(ctx, c, iso, func(s stmView) error {
+					attempts.Add(1)
+					return stmTransfer(s, stmAccount(pfx, from), stmAccount(pfx, to), amount)
+				})
+				if err != nil {
+					errc <- err
+					return
+				}
+				txns.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	close(errc)
+	if err := <-errc; err != nil {
+		return stmResult{}, err
+	}
+	r, err := c0.Get(ctx, pfx, clientv3.WithPrefix())
+	if err != nil {
+		return stmResult{}, err
+	}
+	if len(r.Kvs) != stmAccounts {
+		return stmResult{}, fmt.Errorf("%d accounts after the run, want %d", len(r.Kvs), stmAccounts)
+	}
+	sum := 0
+	for _, kv := range r.Kvs {
+		n, err := strconv.Atoi(string(kv.Value))
+		if err != nil {
+			return stmResult{}, fmt.Errorf("account %s: %w", kv.Key, err)
+		}
+		sum += n
+	}
+	return stmResult{txns: txns.Load(), attempts: attempts.Load(), elapsed: elapsed, drift: sum - stmAccounts*stmBalance}, nil
+}
+
+func stmAccount(pfx string, i int) string { return fmt.Sprintf("%sacct/%d", pfx, i) }
+
+var errSTMBadBalance = errors.New("bench: stm: balance is not a number")
+
+// stmTransfer moves amount (or what there is, if less) from one account to
+// another.
+func stmTransfer(s stmView, from, to string, amount int) error {
+	fv, err := strconv.Atoi(s.Get(from))
+	if err != nil {
+		return fmt.Errorf("%w: %s: %v", errSTMBadBalance, from, err)
+	}
+	tv, err := strconv.Atoi(s.Get(to))
+	if err != nil {
+		return fmt.Errorf("%w: %s: %v", errSTMBadBalance, to, err)
+	}
+	amount = min(amount, fv)
+	s.Put(from, strconv.Itoa(fv-amount))
+	s.Put(to, strconv.Itoa(tv+amount))
+	return nil
+}
