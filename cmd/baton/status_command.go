@@ -27,11 +27,12 @@ func newStatusCommand(a *app) *cobra.Command {
 	o := &statusOptions{app: a}
 	cmd := &cobra.Command{
 		Use:   "status [PREFIX]",
-		Short: "Show the locks and elections under PREFIX: holder, token, held for, waiters",
-		Long: `status lists the locks and elections whose name starts with PREFIX (all
-of them by default): who holds each (host, pid and --note of a baton holder,
-the value of an election, or the lease of another etcd client), its fencing
-token, for how long it has been held, and how many wait behind.
+		Short: "Show the locks, elections and semaphores under PREFIX: holder, token, held for, waiters",
+		Long: `status lists the locks, elections and semaphores whose name starts with
+PREFIX (all of them by default): who holds each (host, pid and --note of a
+baton holder, the value of an election, or the lease of another etcd
+client; for a semaphore, the permits in use), its fencing token, for how
+long it has been held, and how many wait behind.
 
 Entries are recognised by their layout, NAME/<lease in hex> on a lease,
 which etcd's Mutex, Election, etcdctl and baton all use; "held for" is known
@@ -61,6 +62,11 @@ type statusEntry struct {
 	HeldForSeconds *float64       `json:"held_for_seconds"`
 	Holder         statusMember   `json:"holder"`
 	Waiters        []statusMember `json:"waiters"`
+	// For a semaphore: its number of permits, how many are held, and
+	// every grant (Holder is the oldest).
+	Limit   int64          `json:"limit,omitempty"`
+	Used    int64          `json:"used,omitempty"`
+	Holders []statusMember `json:"holders,omitempty"`
 }
 
 // statusMember is one key of a queue: the holder or a waiter.
@@ -72,6 +78,8 @@ type statusMember struct {
 	// Value is the key's value when it is not a baton identity: an
 	// election's proposal, say.
 	Value string `json:"value,omitempty"`
+	// Permits is what a semaphore grant (or request) is for.
+	Permits int64 `json:"permits,omitempty"`
 }
 
 func (o *statusOptions) run(ctx context.Context) error {
@@ -93,7 +101,7 @@ func (o *statusOptions) run(ctx context.Context) error {
 		return enc.Encode(entries)
 	}
 	if len(entries) == 0 {
-		fmt.Fprintf(o.io.Out, "no locks or elections under %q\n", o.prefix+o.under)
+		fmt.Fprintf(o.io.Out, "no locks, elections or semaphores under %q\n", o.prefix+o.under)
 		return nil
 	}
 	return writeStatusTable(o.io.Out, entries)
@@ -133,11 +141,14 @@ func (o *statusOptions) entries(kvs []*mvccpb.KeyValue, now time.Time) []statusE
 	entries := make([]statusEntry, 0, len(queues))
 	for name, q := range queues {
 		sort.Slice(q, func(i, j int) bool { return q[i].CreateRevision < q[j].CreateRevision })
-		e := statusEntry{Name: name, Token: q[0].CreateRevision, Holder: o.member(q[0]), Waiters: []statusMember{}}
-		for _, kv := range q[1:] {
+		e := statusEntry{Name: name, Kind: queueKind(q), Token: q[0].CreateRevision, Holder: o.member(q[0]), Waiters: []statusMember{}}
+		granted := 1 // a lock or an election has one holder: the oldest key
+		if e.Kind == kindSemaphore {
+			granted = o.semaphore(&e, q)
+		}
+		for _, kv := range q[granted:] {
 			e.Waiters = append(e.Waiters, o.member(kv))
 		}
-		e.Kind = queueKind(q)
 		if since, ok := heldSince(q[0]); ok {
 			secs := now.Sub(since).Seconds()
 			e.HeldForSeconds = &secs
@@ -148,18 +159,62 @@ func (o *statusOptions) entries(kvs []*mvccpb.KeyValue, now time.Time) []statusE
 	return entries
 }
 
-// queueKind tells a lock from an election: baton says so in its values;
-// etcd's Mutex writes empty values, elections hold a proposal.
+// queueKind tells a lock from an election and a semaphore: baton says so
+// in its values; etcd's Mutex writes empty values, elections hold a
+// proposal, and baton's Semaphore writes "permits/limit" in every key.
 func queueKind(q []*mvccpb.KeyValue) string {
 	for _, kv := range q {
 		if id, ok := parseIdentity(kv.Value); ok && id.Kind != "" {
 			return id.Kind
 		}
 	}
-	if len(q[0].Value) == 0 {
+	sem := true
+	for _, kv := range q {
+		if n, _ := semPermits(kv.Value); n == 0 {
+			sem = false
+			break
+		}
+	}
+	switch {
+	case sem:
+		return kindSemaphore
+	case len(q[0].Value) == 0:
 		return kindLock
 	}
 	return kindElection
+}
+
+// semPermits parses a semaphore key's value, "permits/limit"; 0, 0 when it
+// is not one.
+func semPermits(v []byte) (n, limit int64) {
+	a, b, ok := strings.Cut(string(v), "/")
+	if !ok {
+		return 0, 0
+	}
+	n, err1 := strconv.ParseInt(a, 10, 64)
+	limit, err2 := strconv.ParseInt(b, 10, 64)
+	if err1 != nil || err2 != nil || n <= 0 || limit <= 0 {
+		return 0, 0
+	}
+	return n, limit
+}
+
+// semaphore fills in e from the semaphore queue q and returns how many of
+// its keys are granted: the longest run of oldest keys whose permits fit
+// within the limit (the queue is first come, first served).
+func (o *statusOptions) semaphore(e *statusEntry, q []*mvccpb.KeyValue) int {
+	_, e.Limit = semPermits(q[0].Value)
+	granted := 0
+	for _, kv := range q {
+		n, _ := semPermits(kv.Value)
+		if e.Used+n > e.Limit {
+			break
+		}
+		e.Used += n
+		e.Holders = append(e.Holders, o.member(kv))
+		granted++
+	}
+	return granted
 }
 
 func (o *statusOptions) member(kv *mvccpb.KeyValue) statusMember {
@@ -169,6 +224,7 @@ func (o *statusOptions) member(kv *mvccpb.KeyValue) statusMember {
 	} else {
 		m.Value = string(kv.Value)
 	}
+	m.Permits, _ = semPermits(kv.Value)
 	return m
 }
 
@@ -184,6 +240,9 @@ func writeStatusTable(w io.Writer, entries []statusEntry) error {
 			}
 		} else if e.Holder.Value != "" {
 			holder = strconv.Quote(truncate(e.Holder.Value, 32))
+		}
+		if e.Kind == kindSemaphore {
+			holder = fmt.Sprintf("%d/%d permits, %d holders", e.Used, e.Limit, len(e.Holders))
 		}
 		heldFor := "-"
 		if e.HeldForSeconds != nil {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -9,6 +10,9 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/batonhq/baton/concurrency"
 )
 
 // TestStatus: status shows a lock's holder (host, pid, note), its token,
@@ -98,7 +102,7 @@ func TestPrefixNamespacesKeys(t *testing.T) {
 		t.Errorf("status under the prefix: exit %d, want name deploy:\n%s%s", code, stdout, stderr)
 	}
 	code, stdout, _ = runBaton(t, env, 30*time.Second, "--prefix", "team-b/", "status")
-	if code != 0 || !strings.Contains(stdout, "no locks or elections") {
+	if code != 0 || !strings.Contains(stdout, "no locks, elections or semaphores") {
 		t.Errorf("status under another prefix: exit %d:\n%s", code, stdout)
 	}
 }
@@ -115,18 +119,69 @@ func TestQueueKind(t *testing.T) {
 		kv("a/1f", "", 0x1f, 5),
 		kv("a/2a", "", 0x2a, 6),
 		kv("e/3b", "proposal", 0x3b, 7),
-		kv("plain/key", "x", 0, 8), // no lease: data, not a queue
-		kv("x/ff", "", 0x1f, 9),    // wrong lease for its name
-		kv("b/1f-1", "", 0x1f, 10), // second handle of one session
-		kv("b/1f-x", "", 0x1f, 11), // not a handle suffix
-		kv("/4c", "", 0x4c, 12),    // empty name
+		kv("plain/key", "x", 0, 8),  // no lease: data, not a queue
+		kv("x/ff", "", 0x1f, 9),     // wrong lease for its name
+		kv("b/1f-1", "", 0x1f, 10),  // second handle of one session
+		kv("b/1f-x", "", 0x1f, 11),  // not a handle suffix
+		kv("/4c", "", 0x4c, 12),     // empty name
+		kv("s/5d", "2/3", 0x5d, 13), // semaphore: granted
+		kv("s/6e", "1/3", 0x6e, 14), // granted: 3 of 3
+		kv("s/7f", "1/3", 0x7f, 15), // waits
 	}, time.Now())
 	var summary []string
 	for _, e := range got {
 		summary = append(summary, fmt.Sprintf("%s %s %d %d", e.Kind, e.Name, e.Token, len(e.Waiters)))
+		if e.Kind == kindSemaphore && (e.Used != 3 || e.Limit != 3 || len(e.Holders) != 2) {
+			t.Errorf("semaphore entry %+v, want 3 of 3 permits used by 2 holders", e)
+		}
 	}
-	want := []string{"lock a 5 1", "lock b 10 0", "election e 7 0"}
+	want := []string{"lock a 5 1", "lock b 10 0", "election e 7 0", "semaphore s 13 1"}
 	if strings.Join(summary, ",") != strings.Join(want, ",") {
 		t.Errorf("entries %q, want %q", summary, want)
+	}
+}
+
+// TestStatusSemaphore: status shows a semaphore of baton's concurrency
+// package: permits in use, holders and waiters.
+func TestStatusSemaphore(t *testing.T) {
+	env, c := serverEnv(t)
+	sessions := make([]*concurrency.Session, 3)
+	for i := range sessions {
+		s, err := concurrency.NewSession(c, concurrency.WithTTL(30))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		sessions[i] = s
+	}
+	ctx := ctxT(t, 60*time.Second)
+	if err := concurrency.NewSemaphore(sessions[0], "pool", 3).Acquire(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := concurrency.NewSemaphore(sessions[1], "pool", 3).Acquire(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.Get(ctx, "pool/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || r.Count != 2 {
+		t.Fatalf("%v keys under pool/ (%v), want 2", r, err)
+	}
+	wch := c.Watch(ctx, "pool/", clientv3.WithPrefix(), clientv3.WithRev(r.Header.Revision+1))
+	waiting := make(chan error, 1)
+	wctx, cancel := context.WithCancel(ctx)
+	go func() { waiting <- concurrency.NewSemaphore(sessions[2], "pool", 3).Acquire(wctx, 2) }()
+	defer func() {
+		cancel()
+		<-waiting
+	}()
+	// The waiter's key is the first change under pool/ after the grants.
+	if wr := <-wch; wr.Err() != nil || len(wr.Events) == 0 || !wr.Events[0].IsCreate() {
+		t.Fatalf("watch: %v %v, want the waiter's key", wr.Err(), wr.Events)
+	}
+	code, stdout, stderr := runBaton(t, env, 30*time.Second, "status", "pool")
+	if code != 0 || !strings.Contains(stdout, "semaphore") || !strings.Contains(stdout, "3/3 permits, 2 holders") {
+		t.Fatalf("status: exit %d, want the semaphore with 3/3 permits and 2 holders:\n%s%s", code, stdout, stderr)
+	}
+	if f := strings.Fields(strings.Split(stdout, "\n")[1]); f[len(f)-1] != "1" {
+		t.Errorf("status shows %s waiters, want 1:\n%s", f[len(f)-1], stdout)
 	}
 }
