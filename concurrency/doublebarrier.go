@@ -208,6 +208,11 @@ func (b *DoubleBarrier) await(ctx context.Context, key string, rev, at int64, wa
 	if err == nil {
 		return rev, readyRev, nil
 	}
+	if errors.Is(err, ErrTooManyParticipants) {
+		// We were never one of the count: nobody counted on us.
+		leave(ctx, b.s.Client(), key, rev)
+		return 0, 0, err
+	}
 	// Give up our place, unless the barrier filled with us in it.
 	if readyRev, in := b.withdraw(ctx, key, rev); in {
 		return rev, readyRev, nil

@@ -1,0 +1,261 @@
+package concurrency_test
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/batonhq/baton/concurrency"
+)
+
+func TestRWMutexReadersShareWaitingWriterBlocksNewReaders(t *testing.T) {
+	e := newEnv(t)
+	admin := e.client()
+	r1 := concurrency.NewRWMutex(e.session(), "rw")
+	r2 := concurrency.NewRWMutex(e.session(), "rw")
+	if err := r1.RLock(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := r2.TryRLock(e.ctx); err != nil {
+		t.Fatalf("second reader: %v", err)
+	}
+	w := concurrency.NewRWMutex(e.session(), "rw")
+	if err := w.TryLock(e.ctx); !errors.Is(err, concurrency.ErrLocked) {
+		t.Fatalf("TryLock while read-locked: %v", err)
+	}
+	ew := async(func() error { return w.Lock(e.ctx) })
+	waitKeys(t, e.ctx, admin, "rw", 3)
+	r3 := concurrency.NewRWMutex(e.session(), "rw")
+	if err := r3.TryRLock(e.ctx); !errors.Is(err, concurrency.ErrLocked) {
+		t.Fatalf("TryRLock behind a waiting writer: %v", err)
+	}
+	er3 := async(func() error { return r3.RLock(e.ctx) })
+	waitKeys(t, e.ctx, admin, "rw", 4)
+	roundTrip(t, e.ctx, admin)
+	mustNotReturn(t, ew, "Lock while read-locked")
+	mustNotReturn(t, er3, "RLock behind a waiting writer")
+	if err := r1.RUnlock(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	roundTrip(t, e.ctx, admin)
+	mustNotReturn(t, ew, "Lock with one reader left")
+	if err := r2.RUnlock(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := recv(t, ew, "Lock after the readers left"); err != nil {
+		t.Fatal(err)
+	}
+	roundTrip(t, e.ctx, admin)
+	mustNotReturn(t, er3, "RLock while write-locked")
+	if err := w.Unlock(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := recv(t, er3, "RLock after Unlock"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r3.RUnlock(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Property: with readers and writers hammering one RWMutex (90% reads), a
+// writer is never inside together with anyone else.
+func TestRWMutexReadersNeverOverlapAWriter(t *testing.T) {
+	e := newEnv(t)
+	const clients, rounds = 8, 8
+	var readers, writers atomic.Int32
+	var reads, writes atomic.Int32
+	var wg sync.WaitGroup
+	for i := range clients {
+		rw := concurrency.NewRWMutex(e.session(), "prop")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(i), 7))
+			for range rounds {
+				if r.IntN(10) == 0 {
+					if err := rw.Lock(e.ctx); err != nil {
+						t.Error(err)
+						return
+					}
+					if w := writers.Add(1); w != 1 || readers.Load() != 0 {
+						t.Errorf("writer inside with %d writers, %d readers", w, readers.Load())
+					}
+					writes.Add(1)
+					writers.Add(-1)
+					if err := rw.Unlock(e.ctx); err != nil {
+						t.Error(err)
+						return
+					}
+				} else {
+					if err := rw.RLock(e.ctx); err != nil {
+						t.Error(err)
+						return
+					}
+					readers.Add(1)
+					if writers.Load() != 0 {
+						t.Error("reader inside with a writer")
+					}
+					reads.Add(1)
+					readers.Add(-1)
+					if err := rw.RUnlock(e.ctx); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if reads.Load()+writes.Load() != clients*rounds {
+		t.Fatalf("%d reads + %d writes, want %d", reads.Load(), writes.Load(), clients*rounds)
+	}
+	if ks := e.keys("prop"); len(ks) != 0 {
+		t.Fatalf("keys left: %v", ks)
+	}
+}
+
+// etcd #16221: a writer waiting behind the holder whose session was
+// revoked went on to "take" the lock when the holder unlocked, beside the
+// writer behind it. Ours returns ErrSessionExpired as soon as its key goes,
+// and only the live writer gets the lock.
+func TestRWMutexRevokedWaiterNeverLetsTwoWritersIn(t *testing.T) {
+	for _, second := range []string{"writer", "reader"} {
+		t.Run(second, func(t *testing.T) {
+			e := newEnv(t)
+			admin := e.client()
+			m1 := concurrency.NewRWMutex(e.session(), "w16221")
+			if err := m1.Lock(e.ctx); err != nil {
+				t.Fatal(err)
+			}
+			s2 := e.session()
+			m2 := concurrency.NewRWMutex(s2, "w16221")
+			e2 := async(func() error { return m2.Lock(e.ctx) })
+			waitKeys(t, e.ctx, admin, "w16221", 2)
+			m3 := concurrency.NewRWMutex(e.session(), "w16221")
+			e3 := async(func() error {
+				if second == "reader" {
+					return m3.RLock(e.ctx)
+				}
+				return m3.Lock(e.ctx)
+			})
+			waitKeys(t, e.ctx, admin, "w16221", 3)
+
+			if _, err := admin.Revoke(e.ctx, s2.Lease()); err != nil {
+				t.Fatal(err)
+			}
+			if err := recv(t, e2, "Lock of the revoked waiter"); !errors.Is(err, concurrency.ErrSessionExpired) {
+				t.Fatalf("revoked waiter: %v, want ErrSessionExpired", err)
+			}
+			roundTrip(t, e.ctx, admin)
+			mustNotReturn(t, e3, "lock behind a live writer")
+			if err := m1.Unlock(e.ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := recv(t, e3, "lock after Unlock"); err != nil {
+				t.Fatal(err)
+			}
+			if m2.Key() != "" {
+				t.Fatalf("revoked waiter holds %q", m2.Key())
+			}
+			if ks := e.keys("w16221"); len(ks) != 1 || ks[0] != m3.Key() {
+				t.Fatalf("keys %v, want only %q", ks, m3.Key())
+			}
+		})
+	}
+}
+
+// A holder whose session ends loses the lock (its Unlock says so), and the
+// next waiter gets it.
+func TestRWMutexHolderSessionEnds(t *testing.T) {
+	e := newEnv(t)
+	admin := e.client()
+	hs := e.session()
+	h := concurrency.NewRWMutex(hs, "hexp")
+	if err := h.RLock(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	w := concurrency.NewRWMutex(e.session(), "hexp")
+	ew := async(func() error { return w.Lock(e.ctx) })
+	waitKeys(t, e.ctx, admin, "hexp", 2)
+	if _, err := admin.Revoke(e.ctx, hs.Lease()); err != nil {
+		t.Fatal(err)
+	}
+	if err := recv(t, ew, "Lock after the reader's session ended"); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.RUnlock(e.ctx); !errors.Is(err, concurrency.ErrLockLost) {
+		t.Fatalf("RUnlock of a lost read lock: %v, want ErrLockLost", err)
+	}
+	if err := w.Unlock(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRWMutexCancelledWaitLeavesNoKey(t *testing.T) {
+	e := newEnv(t)
+	admin := e.client()
+	h := concurrency.NewRWMutex(e.session(), "rcancel")
+	if err := h.Lock(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(e.ctx)
+	r := concurrency.NewRWMutex(e.session(), "rcancel")
+	er := async(func() error { return r.RLock(ctx) })
+	waitKeys(t, e.ctx, admin, "rcancel", 2)
+	cancel()
+	if err := recv(t, er, "cancelled RLock"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v", err)
+	}
+	if ks := e.keys("rcancel"); len(ks) != 1 || ks[0] != h.Key() {
+		t.Fatalf("keys %v, want only the holder's", ks)
+	}
+	if err := r.RUnlock(e.ctx); !errors.Is(err, concurrency.ErrNotRLocked) {
+		t.Fatalf("RUnlock after a failed RLock: %v", err)
+	}
+}
+
+func TestRWMutexBadInput(t *testing.T) {
+	e := newEnv(t)
+	s := e.session()
+	for _, c := range []struct {
+		rw   *concurrency.RWMutex
+		want error
+	}{
+		{concurrency.NewRWMutex(nil, "x"), concurrency.ErrNilSession},
+		{concurrency.NewRWMutex(s, ""), concurrency.ErrEmptyPrefix},
+	} {
+		for name, f := range map[string]func() error{
+			"RLock": func() error { return c.rw.RLock(e.ctx) }, "Lock": func() error { return c.rw.Lock(e.ctx) },
+			"TryRLock": func() error { return c.rw.TryRLock(e.ctx) }, "TryLock": func() error { return c.rw.TryLock(e.ctx) },
+			"RUnlock": func() error { return c.rw.RUnlock(e.ctx) }, "Unlock": func() error { return c.rw.Unlock(e.ctx) },
+		} {
+			if err := f(); !errors.Is(err, c.want) {
+				t.Errorf("%s: %v, want %v", name, err, c.want)
+			}
+		}
+	}
+	rw := concurrency.NewRWMutex(s, "x")
+	if err := rw.RUnlock(e.ctx); !errors.Is(err, concurrency.ErrNotRLocked) {
+		t.Fatalf("RUnlock without RLock: %v", err)
+	}
+	if err := rw.Unlock(e.ctx); !errors.Is(err, concurrency.ErrNotLocked) {
+		t.Fatalf("Unlock without Lock: %v", err)
+	}
+	assertEmpty(t, e)
+	if err := rw.RLock(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := rw.Unlock(e.ctx); !errors.Is(err, concurrency.ErrNotLocked) {
+		t.Fatalf("Unlock of a read lock: %v", err)
+	}
+	if err := rw.TryLock(e.ctx); !errors.Is(err, concurrency.ErrLocked) {
+		t.Fatalf("TryLock on an RWMutex that holds a read lock: %v", err)
+	}
+	if err := rw.RUnlock(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,315 @@
+package concurrency_test
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/batonhq/baton/concurrency"
+)
+
+func acquireAsync(ctx context.Context, s *concurrency.Semaphore, n int64) <-chan error {
+	return async(func() error { return s.Acquire(ctx, n) })
+}
+
+// Requests are served first come, first served: a small request that would
+// fit waits behind a larger one that does not (so large requests are not
+// starved), and one release can let several waiters in.
+func TestSemaphoreFIFOWeighted(t *testing.T) {
+	e := newEnv(t)
+	admin := e.client()
+	a := concurrency.NewSemaphore(e.session(), "sem", 4)
+	if err := a.Acquire(e.ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	b := concurrency.NewSemaphore(e.session(), "sem", 4)
+	eb := acquireAsync(e.ctx, b, 2)
+	waitKeys(t, e.ctx, admin, "sem", 2)
+	c := concurrency.NewSemaphore(e.session(), "sem", 4)
+	ec := acquireAsync(e.ctx, c, 1)
+	waitKeys(t, e.ctx, admin, "sem", 3)
+	roundTrip(t, e.ctx, admin)
+	mustNotReturn(t, eb, "Acquire(2) with 1 free")
+	mustNotReturn(t, ec, "Acquire(1) behind a waiter")
+	// One permit is free, but a request is waiting: TryAcquire refuses.
+	d := concurrency.NewSemaphore(e.session(), "sem", 4)
+	if err := d.TryAcquire(e.ctx, 1); !errors.Is(err, concurrency.ErrNoPermits) {
+		t.Fatalf("TryAcquire behind waiters: %v", err)
+	}
+	if err := a.Release(e.ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	for _, ch := range []<-chan error{eb, ec} {
+		if err := recv(t, ch, "Acquire after release"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b.Held() != 2 || c.Held() != 1 {
+		t.Fatalf("held %d and %d, want 2 and 1", b.Held(), c.Held())
+	}
+	if err := d.TryAcquire(e.ctx, 1); err != nil {
+		t.Fatalf("TryAcquire of the last free permit: %v", err)
+	}
+	if err := d.TryAcquire(e.ctx, 1); !errors.Is(err, concurrency.ErrNoPermits) {
+		t.Fatalf("TryAcquire with none free: %v", err)
+	}
+	if ks := e.keys("sem"); len(ks) != 3 {
+		t.Fatalf("keys %v, want 3 grants", ks)
+	}
+}
+
+// Property: with many clients acquiring random weights concurrently, the
+// permits out never exceed the limit, and every grant has a distinct
+// fencing token.
+func TestSemaphoreNeverOverLimit(t *testing.T) {
+	e := newEnv(t)
+	const limit, clients, rounds = 3, 10, 6
+	var out atomic.Int64
+	var tokens sync.Map
+	var wg sync.WaitGroup
+	for i := range clients {
+		s := concurrency.NewSemaphore(e.session(), "prop", limit)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(i), 1))
+			for range rounds {
+				n := 1 + r.Int64N(limit)
+				if err := s.Acquire(e.ctx, n); err != nil {
+					t.Error(err)
+					return
+				}
+				if now := out.Add(n); now > limit {
+					t.Errorf("%d permits out, limit %d", now, limit)
+				}
+				if _, dup := tokens.LoadOrStore(s.Rev(), true); dup {
+					t.Errorf("token %d granted twice", s.Rev())
+				}
+				out.Add(-n)
+				if err := s.Release(e.ctx, n); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if ks := e.keys("prop"); len(ks) != 0 {
+		t.Fatalf("keys left: %v", ks)
+	}
+}
+
+// The permits of a holder whose session ends come back by themselves; its
+// late Release reports the loss.
+func TestSemaphoreHolderSessionEnds(t *testing.T) {
+	e := newEnv(t)
+	admin := e.client()
+	hs := e.session()
+	holder := concurrency.NewSemaphore(hs, "lost", 2)
+	if err := holder.Acquire(e.ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	w := concurrency.NewSemaphore(e.session(), "lost", 2)
+	ew := acquireAsync(e.ctx, w, 1)
+	waitKeys(t, e.ctx, admin, "lost", 2)
+	if _, err := admin.Revoke(e.ctx, hs.Lease()); err != nil {
+		t.Fatal(err)
+	}
+	if err := recv(t, ew, "Acquire after the holder's session ended"); err != nil {
+		t.Fatal(err)
+	}
+	if err := holder.Release(e.ctx, 2); !errors.Is(err, concurrency.ErrPermitsLost) {
+		t.Fatalf("Release of lost permits: %v, want ErrPermitsLost", err)
+	}
+	if holder.Held() != 0 {
+		t.Fatalf("held %d after Release", holder.Held())
+	}
+}
+
+// A waiter whose session ends returns ErrSessionExpired at once, and the
+// waiter behind it is not let in early.
+func TestSemaphoreWaiterSessionEnds(t *testing.T) {
+	e := newEnv(t)
+	admin := e.client()
+	holder := concurrency.NewSemaphore(e.session(), "wexp", 1)
+	if err := holder.Acquire(e.ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	ws := e.session()
+	w := concurrency.NewSemaphore(ws, "wexp", 1)
+	ew := acquireAsync(e.ctx, w, 1)
+	waitKeys(t, e.ctx, admin, "wexp", 2)
+	behind := concurrency.NewSemaphore(e.session(), "wexp", 1)
+	eb := acquireAsync(e.ctx, behind, 1)
+	waitKeys(t, e.ctx, admin, "wexp", 3)
+	if _, err := admin.Revoke(e.ctx, ws.Lease()); err != nil {
+		t.Fatal(err)
+	}
+	if err := recv(t, ew, "Acquire of an expired waiter"); !errors.Is(err, concurrency.ErrSessionExpired) {
+		t.Fatalf("got %v, want ErrSessionExpired", err)
+	}
+	waitKeys(t, e.ctx, admin, "wexp", 2)
+	roundTrip(t, e.ctx, admin)
+	mustNotReturn(t, eb, "Acquire behind a live holder")
+	if err := holder.Release(e.ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := recv(t, eb, "Acquire after release"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A waiter in the middle of the line gives up: the one behind it moves up
+// and is let in when permits come back.
+func TestSemaphoreCancelledWaiterInTheMiddle(t *testing.T) {
+	e := newEnv(t)
+	admin := e.client()
+	holder := concurrency.NewSemaphore(e.session(), "mid", 2)
+	if err := holder.Acquire(e.ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	first := concurrency.NewSemaphore(e.session(), "mid", 2)
+	e1 := acquireAsync(e.ctx, first, 2)
+	waitKeys(t, e.ctx, admin, "mid", 2)
+	ctx, cancel := context.WithCancel(e.ctx)
+	middle := concurrency.NewSemaphore(e.session(), "mid", 2)
+	em := acquireAsync(ctx, middle, 2)
+	waitKeys(t, e.ctx, admin, "mid", 3)
+	last := concurrency.NewSemaphore(e.session(), "mid", 2)
+	el := acquireAsync(e.ctx, last, 1)
+	waitKeys(t, e.ctx, admin, "mid", 4)
+	cancel()
+	if err := recv(t, em, "cancelled Acquire"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v", err)
+	}
+	waitKeys(t, e.ctx, admin, "mid", 3)
+	if err := holder.Release(e.ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := recv(t, e1, "first waiter"); err != nil {
+		t.Fatal(err)
+	}
+	roundTrip(t, e.ctx, admin)
+	mustNotReturn(t, el, "Acquire with no permit free")
+	if err := first.Release(e.ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := recv(t, el, "last waiter"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Releasing part of a grant frees those permits at once, and the grant
+// keeps its token.
+func TestSemaphorePartialRelease(t *testing.T) {
+	e := newEnv(t)
+	admin := e.client()
+	a := concurrency.NewSemaphore(e.session(), "part", 4)
+	if err := a.Acquire(e.ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	token := a.Rev()
+	b := concurrency.NewSemaphore(e.session(), "part", 4)
+	eb := acquireAsync(e.ctx, b, 2)
+	waitKeys(t, e.ctx, admin, "part", 2)
+	if err := a.Release(e.ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := recv(t, eb, "Acquire after a partial release"); err != nil {
+		t.Fatal(err)
+	}
+	if a.Held() != 2 || a.Rev() != token {
+		t.Fatalf("after partial release: held %d token %d, want 2 and %d", a.Held(), a.Rev(), token)
+	}
+	if b.Rev() <= token {
+		t.Fatalf("later grant's token %d not above %d", b.Rev(), token)
+	}
+	if err := a.Release(e.ctx, 3); !errors.Is(err, concurrency.ErrNotHeld) {
+		t.Fatalf("Release of more than held: %v", err)
+	}
+	if a.Held() != 2 {
+		t.Fatalf("a refused Release changed the holding to %d", a.Held())
+	}
+}
+
+func TestSemaphoreLimitMismatch(t *testing.T) {
+	e := newEnv(t)
+	a := concurrency.NewSemaphore(e.session(), "mis", 3)
+	if err := a.Acquire(e.ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	b := concurrency.NewSemaphore(e.session(), "mis", 4)
+	if err := b.Acquire(e.ctx, 1); !errors.Is(err, concurrency.ErrLimitMismatch) {
+		t.Fatalf("Acquire with another limit: %v", err)
+	}
+	if err := b.TryAcquire(e.ctx, 1); !errors.Is(err, concurrency.ErrLimitMismatch) {
+		t.Fatalf("TryAcquire with another limit: %v", err)
+	}
+	if ks := e.keys("mis"); len(ks) != 1 {
+		t.Fatalf("keys %v, want only the first client's", ks)
+	}
+}
+
+func TestSemaphoreFencingTokensIncrease(t *testing.T) {
+	e := newEnv(t)
+	s := concurrency.NewSemaphore(e.session(), "fence", 2)
+	if s.Rev() != -1 {
+		t.Fatalf("Rev before Acquire = %d", s.Rev())
+	}
+	last := int64(0)
+	for range 4 {
+		if err := s.Acquire(e.ctx, 2); err != nil {
+			t.Fatal(err)
+		}
+		if s.Rev() <= last {
+			t.Fatalf("token %d not above %d", s.Rev(), last)
+		}
+		last = s.Rev()
+		if err := s.Release(e.ctx, 2); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestSemaphoreBadInput(t *testing.T) {
+	e := newEnv(t)
+	s := e.session()
+	for _, c := range []struct {
+		sem  *concurrency.Semaphore
+		want error
+	}{
+		{concurrency.NewSemaphore(nil, "x", 1), concurrency.ErrNilSession},
+		{concurrency.NewSemaphore(s, "", 1), concurrency.ErrEmptyPrefix},
+		{concurrency.NewSemaphore(s, "x", 0), concurrency.ErrInvalidLimit},
+		{concurrency.NewSemaphore(s, "x", -2), concurrency.ErrInvalidLimit},
+	} {
+		if err := c.sem.Acquire(e.ctx, 1); !errors.Is(err, c.want) {
+			t.Errorf("Acquire: %v, want %v", err, c.want)
+		}
+		if err := c.sem.TryAcquire(e.ctx, 1); !errors.Is(err, c.want) {
+			t.Errorf("TryAcquire: %v, want %v", err, c.want)
+		}
+		if err := c.sem.Release(e.ctx, 1); !errors.Is(err, c.want) {
+			t.Errorf("Release: %v, want %v", err, c.want)
+		}
+	}
+	sem := concurrency.NewSemaphore(s, "x", 3)
+	for _, n := range []int64{0, -1, 4} {
+		if err := sem.Acquire(e.ctx, n); !errors.Is(err, concurrency.ErrInvalidWeight) {
+			t.Errorf("Acquire(%d): %v", n, err)
+		}
+		if err := sem.TryAcquire(e.ctx, n); !errors.Is(err, concurrency.ErrInvalidWeight) {
+			t.Errorf("TryAcquire(%d): %v", n, err)
+		}
+	}
+	if err := sem.Release(e.ctx, 0); !errors.Is(err, concurrency.ErrInvalidWeight) {
+		t.Errorf("Release(0): %v", err)
+	}
+	if err := sem.Release(e.ctx, 1); !errors.Is(err, concurrency.ErrNotHeld) {
+		t.Errorf("Release without Acquire: %v", err)
+	}
+	assertEmpty(t, e)
+}
