@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/batonhq/baton/concurrency"
+	"github.com/batonhq/baton/internal/testutil"
 )
 
 func dequeueAsync(ctx context.Context, dq func(context.Context) (string, error)) <-chan string {
@@ -390,4 +391,136 @@ func TestQueueBadInput(t *testing.T) {
 		}
 	}
 	assertEmpty(t, e)
+}
+
+// On a 3-member cluster, producers and consumers keep going while the raft
+// leader is stopped and restarted. No item is delivered twice; every item
+// whose Enqueue succeeded is delivered or still queued, except at most one
+// per Dequeue that reported ErrClaimUnknown.
+func TestQueueClusterMemberRestart(t *testing.T) {
+	cl := testutil.Cluster(t)
+	ctx := testCtx(t)
+	const producers, consumers, per = 2, 3, 30
+	var mu sync.Mutex
+	enqueued := map[string]bool{} // value -> Enqueue returned nil
+	delivered := map[string]int{}
+	unknownClaims := 0
+	progress := make(chan struct{}, 4096)
+	cctx, stopConsumers := context.WithCancel(ctx)
+	defer stopConsumers()
+	var cwg sync.WaitGroup
+	for range consumers {
+		q := concurrency.NewQueue(testutil.Client(t, cl.Endpoints()), "cq")
+		cwg.Add(1)
+		go func() {
+			defer cwg.Done()
+			for cctx.Err() == nil {
+				v, err := q.Dequeue(cctx)
+				mu.Lock()
+				switch {
+				case err == nil:
+					delivered[v]++
+				case errors.Is(err, concurrency.ErrClaimUnknown):
+					unknownClaims++
+				}
+				mu.Unlock()
+				if err == nil {
+					progress <- struct{}{}
+				}
+			}
+		}()
+	}
+	var pwg sync.WaitGroup
+	for p := range producers {
+		q := concurrency.NewQueue(testutil.Client(t, cl.Endpoints()), "cq")
+		pwg.Add(1)
+		go func() {
+			defer pwg.Done()
+			for i := range per {
+				for attempt := 0; ctx.Err() == nil; attempt++ {
+					v := fmt.Sprintf("p%d-%d-a%d", p, i, attempt)
+					ectx, cancel := context.WithTimeout(ctx, 3*time.Second)
+					err := q.Enqueue(ectx, v)
+					cancel()
+					mu.Lock()
+					enqueued[v] = err == nil
+					mu.Unlock()
+					if err == nil {
+						break
+					}
+				}
+			}
+		}()
+	}
+	items := func(n int, when string) {
+		t.Helper()
+		for range n {
+			select {
+			case <-progress:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("no item delivered %s", when)
+			}
+		}
+	}
+	items(10, "before the outage")
+	lead := cl.Leader()
+	if lead < 0 {
+		t.Fatal("no raft leader")
+	}
+	if err := cl.Members[lead].Stop(); err != nil {
+		t.Fatal(err)
+	}
+	items(10, "with the leader stopped")
+	if err := cl.Members[lead].Restart(); err != nil {
+		t.Fatal(err)
+	}
+	pwg.Wait()
+	// Wait until every acknowledged item is delivered, or as many are
+	// missing as claims were unknown.
+	for {
+		mu.Lock()
+		missing := 0
+		for v, ok := range enqueued {
+			if ok && delivered[v] == 0 {
+				missing++
+			}
+		}
+		done := missing <= unknownClaims
+		mu.Unlock()
+		if done {
+			break
+		}
+		items(1, "while items are missing")
+	}
+	stopConsumers()
+	cwg.Wait()
+	drain := concurrency.NewQueue(testutil.Client(t, cl.Endpoints()), "cq")
+	for {
+		v, err := drain.TryDequeue(ctx)
+		if errors.Is(err, concurrency.ErrQueueEmpty) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		delivered[v]++
+	}
+	missing := 0
+	for v, n := range delivered {
+		if n > 1 {
+			t.Errorf("%s delivered %d times", v, n)
+		}
+		if _, made := enqueued[v]; !made {
+			t.Errorf("%s delivered but never enqueued", v)
+		}
+	}
+	for v, ok := range enqueued {
+		if ok && delivered[v] == 0 {
+			missing++
+		}
+	}
+	if missing > unknownClaims {
+		t.Fatalf("%d acknowledged items lost, only %d claims were unknown", missing, unknownClaims)
+	}
+	t.Logf("%d items enqueued (%d acknowledged), %d unknown claims, %d items lost", len(enqueued), producers*per, unknownClaims, missing)
 }

@@ -7,8 +7,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/batonhq/baton/concurrency"
+	"github.com/batonhq/baton/internal/testutil"
 )
 
 func acquireAsync(ctx context.Context, s *concurrency.Semaphore, n int64) <-chan error {
@@ -312,4 +316,101 @@ func TestSemaphoreBadInput(t *testing.T) {
 		t.Errorf("Release without Acquire: %v", err)
 	}
 	assertEmpty(t, e)
+}
+
+// On a 3-member cluster, clients keep acquiring and releasing while the
+// raft leader is stopped and later restarted: the permits out never exceed
+// the limit, and the semaphore keeps granting throughout.
+func TestSemaphoreClusterMemberRestart(t *testing.T) {
+	cl := testutil.Cluster(t)
+	ctx := testCtx(t)
+	const limit, workers = 2, 4
+	var out atomic.Int64
+	progress := make(chan struct{}, 1024)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var sessions []*concurrency.Session
+	for range workers {
+		s, err := concurrency.NewSession(testutil.Client(t, cl.Endpoints()), concurrency.WithTTL(10))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sessions = append(sessions, s)
+		sem := concurrency.NewSemaphore(s, "csem", limit)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				actx, cancel := context.WithTimeout(ctx, 3*time.Second)
+				err := sem.Acquire(actx, 1)
+				cancel()
+				if err != nil {
+					if errors.Is(err, concurrency.ErrLimitMismatch) || errors.Is(err, concurrency.ErrInvalidWeight) {
+						t.Error(err)
+						return
+					}
+					continue // a leader change or a timeout: try again
+				}
+				if n := out.Add(1); n > limit {
+					t.Errorf("%d permits out, limit %d", n, limit)
+				}
+				out.Add(-1)
+				select {
+				case progress <- struct{}{}:
+				default:
+				}
+				for ctx.Err() == nil {
+					rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+					err := sem.Release(rctx, 1)
+					cancel()
+					if err == nil || errors.Is(err, concurrency.ErrPermitsLost) {
+						break // ErrPermitsLost: an earlier try landed
+					}
+					if errors.Is(err, concurrency.ErrNotHeld) {
+						t.Error(err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	grants := func(n int, when string) {
+		t.Helper()
+		for range n {
+			select {
+			case <-progress:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("no grant %s", when)
+			}
+		}
+	}
+	grants(10, "before the outage")
+	lead := cl.Leader()
+	if lead < 0 {
+		t.Fatal("no raft leader")
+	}
+	if err := cl.Members[lead].Stop(); err != nil {
+		t.Fatal(err)
+	}
+	grants(10, "with the leader stopped")
+	if err := cl.Members[lead].Restart(); err != nil {
+		t.Fatal(err)
+	}
+	grants(10, "after the restart")
+	close(stop)
+	wg.Wait()
+	for _, s := range sessions {
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := testutil.Client(t, cl.Endpoints()).Get(ctx, "csem/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || r.Count != 0 {
+		t.Fatalf("keys left after every session closed: %v %v", r, err)
+	}
 }
