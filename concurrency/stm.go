@@ -90,10 +90,16 @@ type Isolation int
 const (
 	// SerializableSnapshot is the default and the strongest level.
 	//
-	// Reads: all from one snapshot. The first read of an attempt is
-	// linearizable and fixes the snapshot revision R; later reads are at
-	// R. After a failed commit the next attempt starts from the fresh
-	// values that commit returned.
+	// Reads: all from one snapshot at revision R. The first read of an
+	// attempt is linearizable and fixes R; later reads are served at R by
+	// any member (one that has not applied R yet is asked again with a
+	// linearizable read at R, so reads never fail with "required revision
+	// is a future revision", etcd #11963). After a failed commit the next
+	// attempt starts from the values that commit returned, at its own
+	// revision; after a backoff pause it reads them again in one
+	// serializable round trip, a possibly stale snapshot that the commit
+	// checks like any other. If R is compacted away mid-attempt, the
+	// attempt is void and runs again.
 	//
 	// Commit compares: every key read still has the mod revision it had at
 	// R (a key read as absent is still absent); every range read has no
@@ -104,7 +110,9 @@ const (
 	// serializable: each takes effect at its commit, inside its call. A
 	// read-only transaction sends no commit: its snapshot was current when
 	// it was read, so it costs its reads only (one round trip for one Get
-	// or with WithPrefetch).
+	// or with WithPrefetch). The exception is a read-only attempt after a
+	// backoff pause, whose serializable snapshot is checked with a
+	// compare-only Txn (which writes nothing).
 	SerializableSnapshot Isolation = iota
 	// Serializable is SerializableSnapshot without the check on keys
 	// written but not read: two transactions that write the same key
@@ -263,16 +271,19 @@ func WithMaxAttempts(n int) STMOption {
 }
 
 // WithRetryBackoff sets the pause between attempts after conflicts. The
-// first retry after a conflict is immediate, because the failed commit
-// returned the fresh values it was built on. From the second conflict in a
-// row on, the transaction sleeps a random time (full jitter) in
-// [0, min(max, base << (conflicts-2))], so that transactions that keep
+// first retry after a conflict is immediate: the failed commit returned
+// fresh values of everything the attempt read, so the retry costs one
+// round trip, its commit. From the second conflict in a row on, the
+// transaction sleeps a random time (full jitter) in
+// [0, min(maxDelay, base << (conflicts-2))] and then reads the previous
+// attempt's keys again in one round trip, so that transactions that keep
 // colliding spread out instead of colliding again in lock step. A pause
-// ends early when the abort context ends. Defaults DefaultSTMBackoffBase
-// and DefaultSTMBackoffMax; base and max both 0 disable the pause, as in
-// etcd. Otherwise base must be > 0 and max >= base.
-func WithRetryBackoff(base, max time.Duration) STMOption {
-	return func(so *stmOptions) { so.backoffBase, so.backoffMax = base, max }
+// ends early when the abort context ends, with nothing written. Defaults
+// DefaultSTMBackoffBase and DefaultSTMBackoffMax; base and maxDelay both 0
+// disable the pause (every retry is immediate, as in etcd). Otherwise base
+// must be > 0 and maxDelay >= base.
+func WithRetryBackoff(base, maxDelay time.Duration) STMOption {
+	return func(so *stmOptions) { so.backoffBase, so.backoffMax = base, maxDelay }
 }
 
 // WithMaxTxnOps sets how many compares or writes the transaction's commit
@@ -444,6 +455,10 @@ type stmTxn struct {
 	freshHdr    *pb.ResponseHeader
 
 	stale bool // fresh* aged during a backoff: refresh them first
+	// linear is set when the attempt's snapshot was current when it was
+	// read (a linearizable read or a commit's response); serialFirst makes
+	// the first read of the attempt serializable instead.
+	linear, serialFirst bool
 
 	attempts  int
 	conflicts int // consecutive failed attempts
@@ -460,7 +475,10 @@ func (t *stmTxn) reset() {
 	t.wops = nil
 	t.doomed = false
 	t.abort = nil
+	t.linear, t.serialFirst = false, false
 	if t.freshHdr != nil && !t.stale {
+		// A commit's response is as current as a linearizable read.
+		t.linear = true
 		t.hdr = t.freshHdr
 		if t.o.iso.snapshot() {
 			t.rev = t.freshHdr.Revision
@@ -761,6 +779,9 @@ func (t *stmTxn) refresh() {
 	if len(gets) == 0 || len(gets) > t.o.maxTxnOps {
 		return
 	}
+	// A serializable read: it does not wait for a raft round as a
+	// linearizable one does, and what it returns is checked at commit.
+	t.serialFirst = true
 	resps := t.fetch(gets)
 	t.fresh = make(map[string]*mvccpb.KeyValue, len(keys))
 	for i, k := range keys {
@@ -891,7 +912,11 @@ func (t *stmTxn) fetch(gets []stmGet) []*pb.RangeResponse {
 	switch {
 	case t.o.iso.snapshot() && t.rev > 0:
 		opts = []clientv3.OpOption{clientv3.WithRev(t.rev), clientv3.WithSerializable()}
-	case !t.o.iso.snapshot():
+	case t.o.iso.snapshot() && !t.serialFirst:
+		// The snapshot is read linearizably: a read-only transaction
+		// then needs no commit.
+		t.linear = true
+	default:
 		opts = []clientv3.OpOption{clientv3.WithSerializable()}
 	}
 	hdr, resps, err := t.send(gets, opts)
@@ -948,14 +973,15 @@ func (t *stmTxn) commit() (resp *clientv3.TxnResponse, retry bool, err error) {
 		return nil, true, nil
 	}
 	cmps := t.cmps()
-	if len(t.wops) == 0 && (len(cmps) == 0 || t.o.iso != RepeatableReads) {
-		// Nothing to write, and nothing to check: under the snapshot
-		// levels every read came from one snapshot that was current when
-		// it was read (the first read of an attempt is linearizable, or
-		// comes from a commit's own response), so a read-only transaction
+	validate := t.o.iso == RepeatableReads || (t.o.iso.snapshot() && !t.linear)
+	if len(t.wops) == 0 && (len(cmps) == 0 || !validate) {
+		// Nothing to write, and nothing to check: the attempt read one
+		// snapshot that was current when it was read (a linearizable
+		// read, or a commit's own response), so a read-only transaction
 		// is already serialized at that revision; ReadCommitted checks
-		// nothing. Only RepeatableReads, whose reads may come from
-		// different revisions, validates them with a compare-only Txn.
+		// nothing. A snapshot read serializably may be stale, and reads
+		// under RepeatableReads may come from different revisions: those
+		// are validated with a compare-only Txn, which writes nothing.
 		hdr := t.hdr
 		if hdr == nil {
 			hdr = &pb.ResponseHeader{}
@@ -1091,13 +1117,13 @@ func (t *stmTxn) commitError(err error) error {
 // stmBackoff is the pause before the next attempt after n consecutive
 // conflicts: none after the first (the failed commit returned fresh
 // values to retry on at once), then full jitter in
-// [0, min(max, base << (n-2))].
-func stmBackoff(base, max time.Duration, n int) time.Duration {
+// [0, min(maxDelay, base << (n-2))].
+func stmBackoff(base, maxDelay time.Duration, n int) time.Duration {
 	if n < 2 || base <= 0 {
 		return 0
 	}
-	d := max
-	if s := n - 2; s < 32 && base<<s < max && base<<s > 0 {
+	d := maxDelay
+	if s := n - 2; s < 32 && base<<s < maxDelay && base<<s > 0 {
 		d = base << s
 	}
 	return time.Duration(rand.Int64N(int64(d) + 1))

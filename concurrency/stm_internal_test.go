@@ -4,10 +4,14 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
 
 	"github.com/batonhq/baton/internal/testutil"
 )
@@ -111,5 +115,59 @@ func TestSTMBackoffSleepsAndHonoursAbort(t *testing.T) {
 	// The other writer's two puts, nothing of ours.
 	if r.Header.Revision != before+2 {
 		t.Fatalf("revision %d, want %d: the aborted transaction wrote", r.Header.Revision, before+2)
+	}
+}
+
+// TestSTMReadOnlyAfterBackoffIsValidated: after a pause the next attempt
+// reads its snapshot serializably, which may be stale, so an attempt that
+// turns out read-only is checked with a compare-only Txn before NewSTM
+// returns its reads as current.
+func TestSTMReadOnlyAfterBackoffIsValidated(t *testing.T) {
+	srv := testutil.Server(t)
+	var validations atomic.Int64
+	c := testutil.Client(t, srv.Endpoints())
+	vc, err := clientv3.New(clientv3.Config{
+		Endpoints: srv.Endpoints(),
+		Logger:    zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+			if r, ok := req.(*pb.TxnRequest); ok && len(r.Compare) > 0 && len(r.Success) == 0 {
+				validations.Add(1)
+			}
+			return invoker(ctx, method, req, reply, cc, opts...)
+		})},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	noSleep := func(so *stmOptions) { so.sleep = func(context.Context, time.Duration) error { return nil } }
+
+	attempts := 0
+	var last string
+	_, err = NewSTM(vc, func(s STM) error {
+		attempts++
+		last = s.Get("rov/k")
+		switch attempts {
+		case 1, 2:
+			// Conflict twice, so that a pause comes before attempt 3.
+			if _, err := c.Put(ctx, "rov/k", last+"x"); err != nil {
+				return err
+			}
+			s.Put("rov/k", last+"!")
+		case 3:
+			// Read-only from here on; make this attempt's snapshot stale.
+			if _, err := c.Put(ctx, "rov/k", "changed"); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, noSleep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if attempts != 4 || last != "changed" || validations.Load() != 2 {
+		t.Fatalf("%d attempts, last read %q, %d validations; want 4, \"changed\", 2", attempts, last, validations.Load())
 	}
 }
