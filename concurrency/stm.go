@@ -200,7 +200,8 @@ var (
 )
 
 // STMAttemptsError is the error of a transaction that conflicted on every
-// one of the attempts WithMaxAttempts allowed. It matches
+// one of the attempts WithMaxAttempts allowed (an attempt whose snapshot
+// was compacted away mid-apply counts as a conflict). It matches
 // ErrSTMTooManyAttempts.
 type STMAttemptsError struct {
 	// Attempts is how many times apply ran, each ending in a conflict.
@@ -793,8 +794,8 @@ func (t *stmTxn) refresh() {
 	}
 	for i, g := range gets[len(keys):] {
 		rr := resps[len(keys)+i]
-		if rr.More {
-			continue // too large: readRange fetches it again and fails
+		if stmTruncated(rr, g.limit) {
+			continue // too large: readRange reads it again and fails
 		}
 		t.freshRanges = append(t.freshRanges, &stmRange{key: g.key, end: g.end, kvs: rr.Kvs})
 	}
@@ -843,7 +844,7 @@ func (t *stmTxn) readRange(key, end string) *stmRange {
 			g.limit = int64(t.o.maxTxnOps) + 1
 		}
 		resp := t.fetch([]stmGet{g})[0]
-		if resp.More || (g.limit > 0 && int64(len(resp.Kvs)) >= g.limit) {
+		if stmTruncated(resp, g.limit) {
 			t.fail(fmt.Errorf("%w: range [%q, %q) holds %d keys; validating it needs a compare per key and one for the range, and a Txn holds at most %d",
 				ErrSTMTooManyOps, key, end, resp.Count, t.o.maxTxnOps), false)
 		}
@@ -1002,7 +1003,7 @@ func (t *stmTxn) commit() (resp *clientv3.TxnResponse, retry bool, err error) {
 			elses = append(elses, clientv3.OpGet(k))
 		}
 		for _, r := range t.ranges {
-			elses = append(elses, stmGet{key: r.key, end: r.end}.op(nil))
+			elses = append(elses, stmGet{key: r.key, end: r.end, limit: int64(t.o.maxTxnOps) + 1}.op(nil))
 		}
 	}
 	resp, err = t.client.Txn(t.o.ctx).If(cmps...).Then(thens...).Else(elses...).Commit()
@@ -1023,6 +1024,9 @@ func (t *stmTxn) commit() (resp *clientv3.TxnResponse, retry bool, err error) {
 		}
 		for i, r := range t.ranges {
 			rr := resp.Responses[len(t.rkeys)+i].GetResponseRange()
+			if stmTruncated(rr, int64(t.o.maxTxnOps)+1) {
+				continue // grew too large: readRange reads it again and fails
+			}
 			t.freshRanges = append(t.freshRanges, &stmRange{key: r.key, end: r.end, kvs: rr.Kvs})
 		}
 		t.freshHdr = resp.Header
@@ -1138,6 +1142,12 @@ func stmSleep(ctx context.Context, d time.Duration) error {
 	case <-tm.C:
 		return nil
 	}
+}
+
+// stmTruncated reports whether a range read with the given limit (0: none)
+// returned, or would have returned, more keys than a commit can validate.
+func stmTruncated(r *pb.RangeResponse, limit int64) bool {
+	return r.More || (limit > 0 && int64(len(r.Kvs)) >= limit)
 }
 
 func stmModRev(kv *mvccpb.KeyValue) int64 {

@@ -763,6 +763,29 @@ func TestSTMRangeBeyondTxnLimit(t *testing.T) {
 			}
 		})
 	}
+	t.Run("range grows past the limit between attempts", func(t *testing.T) {
+		e.put("grow/1", "1", "grow/2", "1", "grow/3", "1", "grow/4", "1", "grow/5", "1")
+		g := newSTMGate(1)
+		attempts := 0
+		before := e.rev()
+		ch := stmAsync(e.client(), func(s concurrency.STM) error {
+			attempts++
+			n := len(s.(concurrency.RangeSTM).GetPrefix("grow/"))
+			g.hold(attempts)
+			s.Put("growsum", strconv.Itoa(n))
+			return nil
+		}, concurrency.WithIsolation(concurrency.Serializable), concurrency.WithMaxTxnOps(8))
+		g.await(t)
+		e.put("grow/6", "1", "grow/7", "1", "grow/8", "1", "grow/9", "1")
+		g.open()
+		o := stmWait(t, ch)
+		if !errors.Is(o.err, concurrency.ErrSTMTooManyOps) || attempts != 2 {
+			t.Fatalf("err %v after %d attempts, want ErrSTMTooManyOps after 2", o.err, attempts)
+		}
+		if e.rev() != before+4 || e.get("growsum") != "" {
+			t.Fatal("the transaction wrote")
+		}
+	})
 	t.Run("ReadCommitted has no limit", func(t *testing.T) {
 		for i := 129; i < 200; i++ {
 			e.put(fmt.Sprintf("big/%03d", i), "1")
