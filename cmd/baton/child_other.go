@@ -11,6 +11,8 @@ import (
 // On systems without process groups CMD alone gets the signals.
 func prepareChild(*exec.Cmd) {}
 
+func lockThread() (unlock func()) { return func() {} }
+
 func signalGroup(p *os.Process, sig syscall.Signal) error {
 	if sig == syscall.SIGKILL {
 		return p.Kill()

@@ -5,17 +5,8 @@ package main
 import (
 	"errors"
 	"os"
-	"os/exec"
 	"syscall"
 )
-
-// prepareChild puts CMD in a process group of its own, so that a signal
-// reaches everything CMD started ("sh -c 'a; b'" and its children), not
-// only its first process. The price: CMD is not in the terminal's
-// foreground group, so it must not read from the terminal.
-func prepareChild(c *exec.Cmd) {
-	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-}
 
 // signalGroup sends sig to CMD's process group. A group that is already
 // gone is not an error.

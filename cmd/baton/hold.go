@@ -131,6 +131,7 @@ func (a *app) runChild(h held, argv, env []string, sigs <-chan os.Signal, grace 
 	// a grandchild that keeps the pipe open must not hold baton forever.
 	cmd.WaitDelay = 2 * time.Second
 	prepareChild(cmd)
+	defer lockThread()() // see prepareChild: CMD dies with this thread
 	if err := cmd.Start(); err != nil {
 		code := exitCannotRun
 		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, fs.ErrNotExist) {
