@@ -34,7 +34,8 @@ func TestUsageErrors(t *testing.T) {
 		code int
 		says string
 	}{
-		{[]string{"lock"}, exitUsage, "requires at least 1 arg"},
+		{[]string{"lock"}, exitUsage, "missing NAME"},
+		{[]string{"elect"}, exitUsage, "missing NAME"},
 		{[]string{"lock", "--ttl", "0s", "x"}, exitUsage, "--ttl"},
 		{[]string{"lock", "--try", "--timeout", "1s", "x"}, exitUsage, "exclude each other"},
 		{[]string{"lock", "--kill-grace", "-1s", "x"}, exitUsage, "--kill-grace"},

@@ -54,7 +54,12 @@ PROPOSAL exactly, as other etcd clients expect.
   baton elect web 10.0.0.5:8080 -- ./serve --port 8080
   baton elect --listen web
   baton elect --listen --json web`,
-		Args: cobra.MinimumNArgs(1),
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usageErrorf("missing NAME: baton elect NAME [PROPOSAL] [-- CMD ARGS...]")
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			pre := args
 			if dash := cmd.ArgsLenAtDash(); dash >= 0 {

@@ -123,8 +123,7 @@ func isDenied(err error) bool {
 	return status.Code(errors.Unwrap(err)) == codes.PermissionDenied || status.Code(err) == codes.PermissionDenied
 }
 
-// errorLine is the one line Main prints for err: no stack, no newlines, and
-// etcd's and gRPC's wrapping reduced to what a user can act on.
+// errorLine is the one line Main prints for err: no stack, no newlines.
 func errorLine(err error) string {
 	return "baton: " + strings.ReplaceAll(err.Error(), "\n", " ")
 }

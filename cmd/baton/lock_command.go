@@ -61,7 +61,12 @@ holds the lock until interrupted.`,
 		Example: `  baton lock nightly-backup -- ./backup.sh
   baton lock --try --note "migration v42" db-migrate -- ./migrate up
   baton lock --timeout 30s deploy -- sh -c 'echo "token $BATON_FENCING_TOKEN"'`,
-		Args: cobra.MinimumNArgs(1),
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usageErrorf("missing NAME: baton lock NAME [-- CMD ARGS...]")
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cmd.ArgsLenAtDash() == 0 {
 				return usageErrorf("NAME goes before --: baton lock NAME -- CMD")

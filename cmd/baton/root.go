@@ -77,7 +77,7 @@ func Main(args []string, stdio *IO) int {
 	a := &app{io: stdio}
 	root := newRootCommand(a)
 	root.SetArgs(args)
-	err := root.Execute()
+	cmd, err := root.ExecuteC()
 	if err == nil {
 		return exitOK
 	}
@@ -96,7 +96,7 @@ func Main(args []string, stdio *IO) int {
 		fmt.Fprintln(stdio.Err, line)
 	}
 	if code == exitUsage {
-		fmt.Fprintln(stdio.Err, "Run 'baton --help' for usage.")
+		fmt.Fprintf(stdio.Err, "Run '%s --help' for usage.\n", cmd.CommandPath())
 	}
 	return code
 }
