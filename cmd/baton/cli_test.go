@@ -62,7 +62,7 @@ func TestUsageErrors(t *testing.T) {
 }
 
 // TestUnreachable: a closed endpoint gives one line naming it, exit 69,
-// within the dial timeout (plus a short probe).
+// within the dial timeout.
 func TestUnreachable(t *testing.T) {
 	ports, err := embedded.FreePorts(1)
 	if err != nil {
@@ -81,7 +81,7 @@ func TestUnreachable(t *testing.T) {
 			!strings.Contains(stderr, "connection refused") {
 			t.Errorf("baton %s: exit %d, stderr %q; want exit %d and one line naming %s and the refusal", strings.Join(args, " "), code, stderr, exitUnavailable, ep)
 		}
-		if took > 10*time.Second {
+		if took > 3*time.Second { // the dial timeout, and slack for a busy machine
 			t.Errorf("baton %s took %v with a 1s dial timeout", strings.Join(args, " "), took)
 		}
 	}

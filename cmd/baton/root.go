@@ -248,7 +248,7 @@ func (a *app) connect(ctx context.Context) (*clientv3.Client, error) {
 	}
 	c, err := clientv3.New(clientv3.Config{
 		Endpoints:   eps,
-		DialTimeout: a.dialTimeout,
+		DialTimeout: a.askTimeout(),
 		TLS:         tlsCfg,
 		Username:    user,
 		Password:    password,
@@ -277,7 +277,7 @@ func (a *app) connect(ctx context.Context) (*clientv3.Client, error) {
 // reach asks every endpoint for its status at once and returns when one
 // answers, or with an error naming them all after the dial timeout.
 func (a *app) reach(ctx context.Context, c *clientv3.Client, eps []string, tlsCfg *tls.Config) error {
-	ctx, cancel := context.WithTimeout(ctx, a.dialTimeout)
+	ctx, cancel := context.WithTimeout(ctx, a.askTimeout())
 	defer cancel()
 	errc := make(chan error, len(eps))
 	for _, ep := range eps {
@@ -300,13 +300,20 @@ func (a *app) reach(ctx context.Context, c *clientv3.Client, eps []string, tlsCf
 	return a.unreachable(eps, tlsCfg, last)
 }
 
+// probeTimeout bounds the dial that explains an unreachable endpoint: a
+// quarter of the dial timeout, at most half a second. Asking etcd gets the
+// rest, so that the error comes within --dial-timeout.
+func (a *app) probeTimeout() time.Duration { return min(a.dialTimeout/4, 500*time.Millisecond) }
+
+func (a *app) askTimeout() time.Duration { return a.dialTimeout - a.probeTimeout() }
+
 // unreachable is the one-line error for endpoints that did not answer.
 // gRPC reports only "deadline exceeded"; a plain TCP (or TLS) dial to each
 // endpoint tells the user why.
 func (a *app) unreachable(eps []string, tlsCfg *tls.Config, err error) error {
 	causes := make([]string, len(eps))
 	for i, ep := range eps {
-		causes[i] = probe(ep, tlsCfg, err)
+		causes[i] = probe(ep, tlsCfg, err, a.probeTimeout())
 	}
 	why := causes[0]
 	if len(eps) > 1 {
@@ -321,7 +328,7 @@ func (a *app) unreachable(eps []string, tlsCfg *tls.Config, err error) error {
 
 // probe explains why ep did not answer: the dial's error, the TLS
 // handshake's error, or, when both work, that no etcd answered there.
-func probe(ep string, tlsCfg *tls.Config, err error) string {
+func probe(ep string, tlsCfg *tls.Config, err error, timeout time.Duration) string {
 	if cause := grpcCause(err); cause != "no answer" {
 		return cause
 	}
@@ -330,7 +337,7 @@ func probe(ep string, tlsCfg *tls.Config, err error) string {
 		host = u.Host
 		secure = u.Scheme == "https" || (secure && u.Scheme != "http")
 	}
-	d := &net.Dialer{Timeout: 500 * time.Millisecond}
+	d := &net.Dialer{Timeout: timeout}
 	if !secure {
 		conn, derr := d.Dial("tcp", host)
 		if derr != nil {
