@@ -79,9 +79,9 @@ func runSTM(ctx context.Context, o Options) ([]Row, error) {
 		return nil, err
 	}
 	defer e.close()
-	slices, slice := 8, 500*time.Millisecond
+	slices, slice := 16, 250*time.Millisecond
 	if o.Quick {
-		slices, slice = 4, 250*time.Millisecond
+		slices, slice = 8, 125*time.Millisecond
 	}
 	clients := make([]*clientv3.Client, stmWorkers)
 	for i := range clients {
