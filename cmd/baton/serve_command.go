@@ -25,6 +25,7 @@ type serveOptions struct {
 	initialClusterState string
 	initialClusterToken string
 	logLevel            string
+	clientTLS, peerTLS  embedded.TLS
 }
 
 // Defaults of serve.
@@ -67,6 +68,14 @@ cluster and point the other commands at it with --endpoints.`,
 	f.StringVar(&o.initialClusterState, "initial-cluster-state", "new", `"new" for a new cluster, "existing" to join one`)
 	f.StringVar(&o.initialClusterToken, "initial-cluster-token", "baton-cluster", "token that keeps clusters apart")
 	f.StringVar(&o.logLevel, "log-level", "error", "etcd's log level: debug, info, warn, error")
+	f.StringVar(&o.clientTLS.CertFile, "cert-file", "", "certificate for clients (serve https:// client URLs)")
+	f.StringVar(&o.clientTLS.KeyFile, "key-file", "", "key of --cert-file")
+	f.StringVar(&o.clientTLS.TrustedCAFile, "trusted-ca-file", "", "CA that signs client certificates")
+	f.BoolVar(&o.clientTLS.ClientCertAuth, "client-cert-auth", false, "require client certificates signed by --trusted-ca-file")
+	f.StringVar(&o.peerTLS.CertFile, "peer-cert-file", "", "certificate for peers (https:// peer URLs)")
+	f.StringVar(&o.peerTLS.KeyFile, "peer-key-file", "", "key of --peer-cert-file")
+	f.StringVar(&o.peerTLS.TrustedCAFile, "peer-trusted-ca-file", "", "CA that signs peer certificates")
+	f.BoolVar(&o.peerTLS.ClientCertAuth, "peer-client-cert-auth", false, "require peer certificates signed by --peer-trusted-ca-file")
 	return cmd
 }
 
@@ -109,6 +118,8 @@ func (o *serveOptions) run(context.Context) error {
 			InitialClusterState: o.initialClusterState,
 			InitialClusterToken: o.initialClusterToken,
 			LogLevel:            o.logLevel,
+			ClientTLS:           o.clientTLS,
+			PeerTLS:             o.peerTLS,
 			// A member of a new cluster is ready only once a majority
 			// has started, which may take a person a while: wait for as
 			// long as it takes, or until interrupted.

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"math/big"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,7 +19,6 @@ import (
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 
 	"github.com/batonhq/baton/embedded"
@@ -95,38 +93,22 @@ func makeCerts(t *testing.T, dir string) certs {
 	}
 }
 
-// startTLSEtcd starts etcd serving clients over TLS with client
-// certificates required. embedded.Config has no TLS settings, so this
-// uses etcd's embed package directly.
+// startTLSEtcd runs "baton serve" serving clients over TLS with client
+// certificates required, as a user would start it.
 func startTLSEtcd(t *testing.T, c certs) string {
 	t.Helper()
 	ports, err := embedded.FreePorts(2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	clientURL := url.URL{Scheme: "https", Host: fmt.Sprintf("127.0.0.1:%d", ports[0])}
-	peerURL := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[1])}
-	cfg := embed.NewConfig()
-	cfg.Dir = t.TempDir()
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{clientURL}, []url.URL{clientURL}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peerURL}, []url.URL{peerURL}
-	cfg.InitialCluster = cfg.Name + "=" + peerURL.String()
-	cfg.ClientTLSInfo = transport.TLSInfo{CertFile: c.serverCert, KeyFile: c.serverKey, TrustedCAFile: c.ca, ClientCertAuth: true}
-	cfg.LogLevel = "error"
-	cfg.LogOutputs = []string{"stderr"}
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	select {
-	case <-e.Server.ReadyNotify():
-	case err := <-e.Err():
-		t.Fatal(err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("etcd with TLS did not start")
-	}
-	return clientURL.String()
+	clientURL := fmt.Sprintf("https://127.0.0.1:%d", ports[0])
+	srv := start(t, testEnv(), "serve", "--data-dir", filepath.Join(t.TempDir(), "data"),
+		"--listen-client-urls", clientURL,
+		"--listen-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", ports[1]),
+		"--cert-file", c.serverCert, "--key-file", c.serverKey,
+		"--trusted-ca-file", c.ca, "--client-cert-auth")
+	srv.stdout.waitFor(t, srv.name, 0, "is ready", 60*time.Second)
+	return clientURL
 }
 
 // enableAuth creates root and alice, who may read and write team/ only,
