@@ -17,6 +17,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
@@ -88,7 +89,8 @@ func (t TLS) empty() bool { return t == TLS{} }
 
 // Server is one running (or stopped) embedded etcd member.
 type Server struct {
-	mu      sync.Mutex
+	stopping atomic.Bool // set while Stop or Close shuts etcd down
+	mu       sync.Mutex
 	cfg     Config
 	tempDir bool
 	etcd    *embed.Etcd
@@ -265,6 +267,12 @@ func (s *Server) start() error {
 	if err != nil {
 		return err
 	}
+	s.stopping.Store(false)
+	lg, err := newLogger(s.cfg.LogLevel, ec.LogOutputs, &s.stopping)
+	if err != nil {
+		return fmt.Errorf("embedded: logger: %w", err)
+	}
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(lg)
 	e, err := embed.StartEtcd(ec)
 	if err != nil {
 		return fmt.Errorf("embedded: start %s: %w", s.cfg.Name, err)
@@ -333,6 +341,7 @@ func (s *Server) Stop() error {
 	if s.etcd == nil {
 		return ErrStopped
 	}
+	s.stopping.Store(true)
 	s.etcd.Close()
 	s.etcd = nil
 	return nil
@@ -354,6 +363,7 @@ func (s *Server) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.etcd != nil {
+		s.stopping.Store(true)
 		s.etcd.Close()
 		s.etcd = nil
 	}
