@@ -112,7 +112,7 @@ func (b *Barrier) wait(ctx context.Context, watching func()) error {
 	defer w.cancel()
 	// 2. Read the key at the revision the watch starts after, so that no
 	//    release can fall between the read and the watch.
-	r, err := recipeGetAt(ctx, b.c, w.created, b.key)
+	r, _, err := recipeGetAt(ctx, b.c, w.created, b.key)
 	if err != nil {
 		return err
 	}
@@ -183,36 +183,47 @@ func recipeWatchErr(ctx context.Context, c *clientv3.Client, wr clientv3.WatchRe
 }
 
 // recipeGetAt reads key (with opts) as of revision at, from the member's
-// local store when it can. A member behind at falls back to a linearizable
-// read at at; a compacted at falls back to a read of now. Callers use it to
-// read state that decides a wait, which is equally valid at any later
-// revision.
-func recipeGetAt(ctx context.Context, c *clientv3.Client, at int64, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+// local store when it can, and returns the revision the answer reflects.
+// That is at itself, not the response header's revision, which is the
+// store's current revision whatever revision was read: a waiter that took
+// the header's revision for the state's would skip the changes in between
+// and could miss the one it waits for. A member behind at falls back to a
+// linearizable read at at; a compacted at (or at == 0) to a read of now.
+// Callers read state that decides a wait, which is equally valid at any
+// later revision.
+func recipeGetAt(ctx context.Context, c *clientv3.Client, at int64, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, int64, error) {
 	for {
-		r, err := recipeGetOnce(ctx, c, at, key, opts)
+		r, rev, err := recipeGetOnce(ctx, c, at, key, opts)
 		if err == nil || !transient(err) || ctx.Err() != nil {
-			return r, err
+			return r, rev, err
 		}
 		pause(ctx)
 	}
 }
 
-func recipeGetOnce(ctx context.Context, c *clientv3.Client, at int64, key string, opts []clientv3.OpOption) (*clientv3.GetResponse, error) {
+func recipeGetOnce(ctx context.Context, c *clientv3.Client, at int64, key string, opts []clientv3.OpOption) (*clientv3.GetResponse, int64, error) {
 	if at > 0 {
 		r, err := c.Get(ctx, key, append(opts, clientv3.WithRev(at), clientv3.WithSerializable())...)
 		switch {
 		case err == nil:
-			return r, nil
+			return r, at, nil
 		case errors.Is(err, rpctypes.ErrFutureRev):
 			r, err = c.Get(ctx, key, append(opts, clientv3.WithRev(at))...)
+			if err == nil {
+				return r, at, nil
+			}
 			if !errors.Is(err, rpctypes.ErrCompacted) {
-				return r, err
+				return nil, 0, err
 			}
 		case !errors.Is(err, rpctypes.ErrCompacted):
-			return nil, err
+			return nil, 0, err
 		}
 	}
-	return c.Get(ctx, key, opts...)
+	r, err := c.Get(ctx, key, opts...)
+	if err != nil {
+		return nil, 0, err
+	}
+	return r, r.Header.Revision, nil
 }
 
 // recipeWatchPair makes sure own watches ownKey and other watches

@@ -233,10 +233,11 @@ func (b *DoubleBarrier) fill(ctx context.Context, key string, rev, at int64, wai
 	}()
 	for {
 		if !have {
-			r, err := recipeGetAt(ctx, c, at, b.key+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+			r, rev, err := recipeGetAt(ctx, c, at, b.key+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
 			if err != nil {
 				return 0, err
 			}
+			at = rev
 			waiters = waiters[:0]
 			for _, kv := range r.Kvs {
 				k := string(kv.Key)
@@ -524,11 +525,11 @@ func (b *DoubleBarrier) closeLast(ctx context.Context, key string, rev int64, wa
 				return errors.Is(err, ErrSessionExpired), err
 			}
 		}
-		r, err := recipeGetAt(ctx, c, next, b.wdir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		r, rev, err := recipeGetAt(ctx, c, next, b.wdir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 		if err != nil {
 			return false, err
 		}
-		waiters, at = r.Kvs, r.Header.Revision
+		waiters, at = r.Kvs, rev
 	}
 }
 
@@ -575,11 +576,11 @@ func (b *DoubleBarrier) waitEmpty(ctx context.Context, waiters []*mvccpb.KeyValu
 				return err
 			}
 		}
-		r, err := recipeGetAt(ctx, c, next, b.wdir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		r, rev, err := recipeGetAt(ctx, c, next, b.wdir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 		if err != nil {
 			return err
 		}
-		waiters, at = r.Kvs, r.Header.Revision
+		waiters, at = r.Kvs, rev
 	}
 }
 

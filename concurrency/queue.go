@@ -252,15 +252,7 @@ func (q *queueCore) items(ctx context.Context, at int64) ([]*mvccpb.KeyValue, er
 	from := q.lo
 	for {
 		opts := []clientv3.OpOption{clientv3.WithRange(q.hi), clientv3.WithKeysOnly(), clientv3.WithLimit(queueBatch)}
-		var (
-			r   *clientv3.GetResponse
-			err error
-		)
-		if at > 0 {
-			r, err = recipeGetAt(ctx, q.c, at, from, opts...)
-		} else {
-			r, err = q.c.Get(ctx, from, opts...)
-		}
+		r, rev, err := recipeGetAt(ctx, q.c, at, from, opts...)
 		if err != nil {
 			return nil, err
 		}
@@ -270,7 +262,7 @@ func (q *queueCore) items(ctx context.Context, at int64) ([]*mvccpb.KeyValue, er
 		}
 		// Only foreign keys in this page: read on after them.
 		from = string(r.Kvs[len(r.Kvs)-1].Key) + "\x00"
-		at = r.Header.Revision
+		at = rev
 	}
 }
 

@@ -150,10 +150,8 @@ func (rw *RWMutex) acquire(ctx context.Context, key string, write, wait bool) (i
 			// through: give it up, as TryLock does.
 			err = ErrLocked
 		}
-	case write:
-		_, err = waitTurn(ctx, rw.s, rw.dir, key, j.rev, j.queue, at)
 	default:
-		err = rw.waitRead(ctx, key, j.rev, j.queue, at)
+		err = rw.wait(ctx, key, j.rev, write, j.queue, at)
 	}
 	if err != nil {
 		if lerr := leave(ctx, c, key, j.rev); lerr != nil && !errors.Is(err, ErrSessionExpired) {
@@ -211,11 +209,15 @@ func rwBlocker(queue []*mvccpb.KeyValue, key string, rev int64, writers string, 
 	return present, blocker
 }
 
-// waitRead blocks until the reader key created at rev has no older writer
-// left. Like waitTurn in key.go, it watches the one key that blocks it (the
-// youngest older writer) and its own key from now, and reads the queue
-// again at the revision the blocker went.
-func (rw *RWMutex) waitRead(ctx context.Context, key string, rev int64, queue []*mvccpb.KeyValue, at int64) error {
+// wait blocks until the key created at rev holds the lock: for a reader,
+// no older writer is left; for a writer, no older key. It watches the one
+// key that blocks it (the youngest such key) and its own key from now, and
+// reads the queue again at the revision the blocker went.
+//
+// The queue read at revision R is the state at R; the response header's
+// revision is the store's current one, later than R. Waiting from the
+// header's revision would skip a blocker that went between the two.
+func (rw *RWMutex) wait(ctx context.Context, key string, rev int64, write bool, queue []*mvccpb.KeyValue, at int64) error {
 	c := rw.s.Client()
 	var own, blk *keyWatch
 	defer func() {
@@ -227,7 +229,7 @@ func (rw *RWMutex) waitRead(ctx context.Context, key string, rev int64, queue []
 		}
 	}()
 	for {
-		present, b := rwBlocker(queue, key, rev, rw.dir+"write/", false)
+		present, b := rwBlocker(queue, key, rev, rw.dir+"write/", write)
 		if !present {
 			return ErrSessionExpired
 		}
@@ -240,19 +242,16 @@ func (rw *RWMutex) waitRead(ctx context.Context, key string, rev int64, queue []
 		}
 		next := max(own.created, blk.created)
 		if next <= at {
+			// Both watches cover every change after at: wait for one.
 			if next, err = waitEvent(ctx, rw.s, own, blk, rev, b.CreateRevision); err != nil {
 				return err
 			}
 		}
-		r, err := readQueue(ctx, c, rw.dir, rev, next)
-		for err != nil && transient(err) && ctx.Err() == nil {
-			pause(ctx)
-			r, err = readQueue(ctx, c, rw.dir, rev, 0)
-		}
+		r, got, err := recipeGetAt(ctx, c, next, rw.dir, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithMaxCreateRev(rev))
 		if err != nil {
 			return err
 		}
-		queue, at = r.Kvs, r.Header.Revision
+		queue, at = r.Kvs, got
 	}
 }
 

@@ -65,7 +65,7 @@ func TestRWMutexReadersShareWaitingWriterBlocksNewReaders(t *testing.T) {
 // writer is never inside together with anyone else.
 func TestRWMutexReadersNeverOverlapAWriter(t *testing.T) {
 	e := newEnv(t)
-	const clients, rounds = 8, 8
+	const clients, rounds = 8, 25
 	var readers, writers atomic.Int32
 	var reads, writes atomic.Int32
 	var wg sync.WaitGroup

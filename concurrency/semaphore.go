@@ -479,11 +479,11 @@ func (sm *Semaphore) wait(ctx context.Context, key string, rev, n int64, es []se
 				return err
 			}
 		}
-		r, err := recipeGetAt(ctx, c, next, sm.dir, clientv3.WithPrefix())
+		r, rev, err := recipeGetAt(ctx, c, next, sm.dir, clientv3.WithPrefix())
 		if err != nil {
 			return err
 		}
-		es, at = semEntries(r.Kvs), r.Header.Revision
+		es, at = semEntries(r.Kvs), rev
 	}
 }
 
@@ -551,7 +551,7 @@ var errWatchBroken = errors.New("semaphore: watch broken")
 
 func (sm *Semaphore) trackFirst(ctx context.Context, w *keyWatch, key string, rev, n int64) (bool, error) {
 	c := sm.s.Client()
-	r, err := recipeGetAt(ctx, c, w.created, sm.dir, clientv3.WithPrefix())
+	r, _, err := recipeGetAt(ctx, c, w.created, sm.dir, clientv3.WithPrefix())
 	if err != nil {
 		return false, err
 	}
