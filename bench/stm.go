@@ -57,7 +57,8 @@ type stmResult struct {
 	pfx            string
 	txns, attempts int64
 	elapsed        time.Duration
-	drift          int // final sum minus the initial sum
+	lat            []time.Duration // of each committed transaction, retries included
+	drift          int             // final sum minus the initial sum
 }
 
 func (r stmResult) rate() float64 { return float64(r.txns) / r.elapsed.Seconds() }
@@ -130,6 +131,14 @@ func runSTM(ctx context.Context, o Options) ([]Row, error) {
 			Row{Workload: w, Unit: "txn/s", Baton: b.rate(), Peer: p.rate(), PeerName: "etcd concurrency", HigherIsBetter: true, Note: note},
 			Row{Workload: w, Unit: "attempts/txn", Baton: b.perTxn(), Peer: p.perTxn(), PeerName: "etcd concurrency"},
 		)
+		if iso == concurrency.SerializableSnapshot {
+			// The default level: how long a transfer takes, retries and
+			// backoff pauses included.
+			rows = append(rows,
+				Row{Workload: w, Unit: "ms p50", Baton: Percentile(b.lat, 50), Peer: Percentile(p.lat, 50), PeerName: "etcd concurrency"},
+				Row{Workload: w, Unit: "ms p99", Baton: Percentile(b.lat, 99), Peer: Percentile(p.lat, 99), PeerName: "etcd concurrency"},
+			)
+		}
 	}
 	return rows, nil
 }
@@ -152,6 +161,7 @@ func stmOpenAccounts(ctx context.Context, c *clientv3.Client, pfx string) error 
 func stmBank(ctx context.Context, clients []*clientv3.Client, im stmImpl, iso concurrency.Isolation, dur time.Duration, r *stmResult) error {
 	var txns, attempts atomic.Int64
 	var wg sync.WaitGroup
+	var mu sync.Mutex
 	errc := make(chan error, len(clients))
 	start := time.Now()
 	deadline := start.Add(dur)
@@ -163,6 +173,7 @@ func stmBank(ctx context.Context, clients []*clientv3.Client, im stmImpl, iso co
 				from := rand.IntN(stmAccounts)
 				to := (from + 1 + rand.IntN(stmAccounts-1)) % stmAccounts
 				amount := 1 + rand.IntN(50)
+				t0 := time.Now()
 				err := im.run(ctx, c, iso, func(s stmView) error {
 					attempts.Add(1)
 					return stmTransfer(s, stmAccount(r.pfx, from), stmAccount(r.pfx, to), amount)
@@ -171,6 +182,10 @@ func stmBank(ctx context.Context, clients []*clientv3.Client, im stmImpl, iso co
 					errc <- err
 					return
 				}
+				d := time.Since(t0)
+				mu.Lock()
+				r.lat = append(r.lat, d)
+				mu.Unlock()
 				txns.Add(1)
 			}
 		}()

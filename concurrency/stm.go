@@ -222,7 +222,7 @@ const (
 	// DefaultSTMBackoffBase and DefaultSTMBackoffMax bound the pause
 	// before a retry; see WithRetryBackoff.
 	DefaultSTMBackoffBase = 2 * time.Millisecond
-	DefaultSTMBackoffMax  = 25 * time.Millisecond
+	DefaultSTMBackoffMax  = 10 * time.Millisecond
 )
 
 type stmOptions struct {
