@@ -51,11 +51,12 @@ var (
 // Permits held by a session that ends (Close, or its lease expires or is
 // revoked) come back by themselves: their keys go with the lease.
 //
-// Waiting wakes a client only when it may proceed. A waiter behind another
-// waiter watches only that one's key; the first waiter in line watches the
-// prefix, which changes only when permits are released or requests
-// arrive. A waiter that was granted after waiting rewrites its key, which
-// wakes the next one in line.
+// Waiting is quiet: only the first two waiters in line follow the queue
+// (a release wakes at most those two, one of which it usually lets in).
+// The others watch only their own key and their predecessor's, and are
+// woken when a grant moves them into the first two (the granted waiter
+// rewrites their key) or when their predecessor gives up. No release or
+// arrival wakes every waiter.
 //
 // A Semaphore value is safe for use by several goroutines; each Acquire is
 // a separate grant with its own key.
@@ -79,6 +80,7 @@ type semGrant struct {
 // semEntry is one key of the queue as read from the server.
 type semEntry struct {
 	key   string
+	value string
 	rev   int64
 	n     int64
 	limit int64 // 0 when the value is not a semaphore value
@@ -152,7 +154,7 @@ func (sm *Semaphore) Acquire(ctx context.Context, n int64) error {
 	err = sm.checkLimits(entries)
 	if err == nil {
 		// 2. Wait for our turn.
-		err = sm.wait(ctx, key, rev, n, entries, resp.Header.Revision)
+		err = sm.wait(ctx, key, rev, entries, resp.Header.Revision)
 	}
 	if err != nil {
 		if lerr := leave(ctx, c, key, rev); lerr != nil && !errors.Is(err, ErrSessionExpired) {
@@ -353,7 +355,7 @@ func semParse(v []byte) (n, limit int64) {
 
 func semEntry1(kv *mvccpb.KeyValue) semEntry {
 	n, limit := semParse(kv.Value)
-	return semEntry{key: string(kv.Key), rev: kv.CreateRevision, n: n, limit: limit}
+	return semEntry{key: string(kv.Key), value: string(kv.Value), rev: kv.CreateRevision, n: n, limit: limit}
 }
 
 func semEntries(kvs []*mvccpb.KeyValue) []semEntry {
@@ -376,184 +378,202 @@ func (sm *Semaphore) checkLimits(es []semEntry) error {
 	return nil
 }
 
-// semPlace is where a waiter stands in the queue.
-type semPlace struct {
-	present     bool
-	ahead       int64     // permits of all keys older than ours
-	pred        *semEntry // youngest key older than ours
-	predGranted bool      // pred's permits fit: it holds, it does not wait
-	younger     bool      // a key younger than ours exists
+// semWindow is how many waiters at the front of the line follow every
+// change to the queue (a release may let any of them in). The others wait
+// quietly until one of those in front is granted and calls them forward.
+// With 1, each grant would wait for the next waiter to get ready; 2 hides
+// that behind the wait of the second in line.
+const semWindow = 2
+
+// semQueue is the queue at one revision, in create-revision order.
+type semQueue struct {
+	entries []semEntry // sorted by create revision
+	granted int        // entries[:granted] hold permits
 }
 
-// semLocate computes our place from the queue. The grants are the longest
-// run of oldest keys whose permits fit within the limit: since the running
-// sum only grows, a key is granted exactly when every key ahead of it is.
-func semLocate(es []semEntry, key string, rev, limit int64) semPlace {
+// semOrder sorts the queue and finds the grants: the longest run of oldest
+// keys whose permits fit within the limit. Since the running sum only
+// grows, a key is granted exactly when every key ahead of it is, and a
+// granted key stays granted (keys ahead of it can only go or shrink).
+func semOrder(es []semEntry, limit int64) semQueue {
 	sorted := make([]semEntry, len(es))
 	copy(sorted, es)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].rev < sorted[j].rev })
-	var p semPlace
+	q := semQueue{entries: sorted}
 	var sum int64
-	for i := range sorted {
-		e := &sorted[i]
-		switch {
-		case e.rev < rev:
-			sum += e.n
-			p.pred = e
-			p.predGranted = sum <= limit
-		case e.rev == rev && e.key == key:
-			p.present = true
-		case e.rev > rev:
-			p.younger = true
+	for _, e := range sorted {
+		sum += e.n
+		if sum > limit {
+			break
+		}
+		q.granted++
+	}
+	return q
+}
+
+// find returns the index of our key, or -1.
+func (q semQueue) find(key string, rev int64) int {
+	for i, e := range q.entries {
+		if e.rev == rev && e.key == key {
+			return i
 		}
 	}
-	p.ahead = sum
-	return p
+	return -1
+}
+
+// window is the waiters at the front of the line.
+func (q semQueue) window() []semEntry {
+	w := q.entries[q.granted:]
+	return w[:min(len(w), semWindow)]
 }
 
 // wait blocks until the key created at rev is granted: the permits of the
-// keys ahead of it plus n fit within the limit. es is the queue at at.
+// keys ahead of it plus its own fit within the limit. es is the queue at
+// at.
 //
 // The steps:
 //  1. From the queue at a known revision, find our place. If our key is
 //     gone, the session is. If we fit, we hold the permits.
-//  2. If our predecessor waits too, we cannot be granted before it is:
-//     watch its key (and ours) from now, and on any change to it (it was
-//     granted and rewrote its key, or it left) read the queue again at
-//     that revision.
-//  3. Otherwise we are first in line, and only releases can let us in:
-//     watch the whole prefix from now, read the queue at the revision the
-//     watch starts after, and keep it up to date from the events (keys
-//     ahead of us can only go or shrink) until we fit.
-//  4. Once granted after waiting, rewrite our key if anyone is behind us,
-//     so that the next in line, which watches our key, looks again.
-func (sm *Semaphore) wait(ctx context.Context, key string, rev, n int64, es []semEntry, at int64) error {
+//  2. If we are among the first semWindow waiters, only releases can let
+//     us in: follow the queue (step 4).
+//  3. Otherwise watch our own key and our predecessor's from now. A write
+//     to our key means a waiter in front was granted and called us
+//     forward: follow the queue. The deletion of our predecessor (it gave
+//     up or its session ended) means our place changed: read the queue
+//     again at that revision and go to step 1.
+//  4. Follow the queue: watch the whole prefix from now, read it at the
+//     revision the watch starts after, and keep it up to date from the
+//     events until we fit.
+//  5. Once granted after waiting, rewrite the keys of the waiters now in
+//     the window (same value, their lease kept), so that those waiting
+//     quietly start following the queue.
+//
+// So a release wakes at most the semWindow waiters in front, and each
+// grant wakes the waiter that moves into the window.
+func (sm *Semaphore) wait(ctx context.Context, key string, rev int64, es []semEntry, at int64) error {
 	c := sm.s.Client()
-	waited := false
 	var own, pred *keyWatch
-	defer func() {
+	stop := func() {
 		if own != nil {
 			own.cancel()
 		}
 		if pred != nil {
 			pred.cancel()
 		}
-	}()
+		own, pred = nil, nil
+	}
+	defer stop()
 	for {
-		p := semLocate(es, key, rev, sm.limit)
-		if !p.present {
+		q := semOrder(es, sm.limit)
+		i := q.find(key, rev)
+		switch {
+		case i < 0:
 			return ErrSessionExpired
+		case i < q.granted:
+			return sm.callForward(ctx, key, rev, q)
+		case i-q.granted < semWindow:
+			stop()
+			return sm.follow(ctx, key, rev)
 		}
-		if p.ahead+n <= sm.limit {
-			if waited && p.younger {
-				return sm.wake(ctx, key, rev, n)
-			}
-			return nil
-		}
-		waited = true
-		if p.predGranted {
-			if own != nil {
-				own.cancel()
-				own = nil
-			}
-			if pred != nil {
-				pred.cancel()
-				pred = nil
-			}
-			younger, err := sm.waitFirst(ctx, key, rev, n)
-			if err != nil {
-				return err
-			}
-			if younger {
-				return sm.wake(ctx, key, rev, n)
-			}
-			return nil
-		}
+		p := q.entries[i-1]
 		var err error
-		if own, pred, err = recipeWatchPair(ctx, c, own, key, pred, p.pred.key); err != nil {
+		if own, pred, err = recipeWatchPair(ctx, c, own, key, pred, p.key); err != nil {
 			return err
 		}
 		next := max(own.created, pred.created)
 		if next <= at {
-			if next, err = semWaitChange(ctx, sm.s, own, pred, rev); err != nil {
+			var called bool
+			if next, called, err = semWaitQuietly(ctx, sm.s, own, pred, rev, p.rev); err != nil {
 				return err
 			}
+			if called {
+				stop()
+				return sm.follow(ctx, key, rev)
+			}
 		}
-		r, rev, err := recipeGetAt(ctx, c, next, sm.dir, clientv3.WithPrefix())
+		r, got, err := recipeGetAt(ctx, c, next, sm.dir, clientv3.WithPrefix())
 		if err != nil {
 			return err
 		}
-		es, at = semEntries(r.Kvs), rev
+		es, at = semEntries(r.Kvs), got
 	}
 }
 
-// semWaitChange waits until pred's key changes in any way or own's key
-// (created at ownRev) goes, and returns the revision to read the queue at.
-// A broken watch is remade and reported as "read again now".
-func semWaitChange(ctx context.Context, s *Session, own, pred *keyWatch, ownRev int64) (int64, error) {
+// semWaitQuietly waits until our own key (created at ownRev) is written
+// to (called is set) or deleted, or our predecessor's key (created at
+// predRev) is deleted, and returns the revision to read the queue at. A
+// broken watch is remade and reported as "read again now".
+func semWaitQuietly(ctx context.Context, s *Session, own, pred *keyWatch, ownRev, predRev int64) (next int64, called bool, err error) {
 	c := s.Client()
 	for {
 		select {
 		case <-ctx.Done():
-			return 0, ctx.Err()
+			return 0, false, ctx.Err()
 		case <-s.Done():
-			return 0, ErrSessionExpired
+			return 0, false, ErrSessionExpired
 		case wr, ok := <-own.ch:
 			if !ok || wr.Err() != nil {
 				if err := remake(ctx, c, own, wr, ok); err != nil {
-					return 0, err
+					return 0, false, err
 				}
-				return own.created, nil
+				return own.created, false, nil
 			}
 			if _, gone := deleted(wr, ownRev); gone {
-				return 0, ErrSessionExpired
+				return 0, false, ErrSessionExpired
+			}
+			if len(wr.Events) > 0 {
+				return wr.Events[len(wr.Events)-1].Kv.ModRevision, true, nil
 			}
 		case wr, ok := <-pred.ch:
 			if !ok || wr.Err() != nil {
 				if err := remake(ctx, c, pred, wr, ok); err != nil {
-					return 0, err
+					return 0, false, err
 				}
-				return pred.created, nil
+				return pred.created, false, nil
 			}
-			if len(wr.Events) > 0 {
-				return wr.Events[len(wr.Events)-1].Kv.ModRevision, nil
+			if d, gone := deleted(wr, predRev); gone {
+				return d, false, nil
 			}
 		}
 	}
 }
 
-// waitFirst is step 3 of wait, for the first waiter in line. It returns
-// once the key created at rev fits, and reports whether any key was
-// younger than ours then.
-func (sm *Semaphore) waitFirst(ctx context.Context, key string, rev, n int64) (younger bool, err error) {
+// follow is step 4 of wait: it returns once the key created at rev fits,
+// having called the next waiters forward.
+func (sm *Semaphore) follow(ctx context.Context, key string, rev int64) error {
 	c := sm.s.Client()
 	for {
 		w, err := recipeWatch(ctx, c, sm.dir, clientv3.WithPrefix())
 		if err != nil {
-			return false, err
+			return err
 		}
-		younger, err := sm.trackFirst(ctx, w, key, rev, n)
+		q, err := sm.track(ctx, w, key, rev)
 		w.cancel()
-		if !errors.Is(err, errWatchBroken) {
-			return younger, err
+		switch {
+		case err == nil:
+			return sm.callForward(ctx, key, rev, q)
+		case !errors.Is(err, errWatchBroken):
+			return err
 		}
 		// The watch broke (a member lost its leader, or it could not
 		// resume after a reconnect): start over from now.
 		if c.Ctx().Err() != nil {
-			return false, errClientClosed
+			return errClientClosed
 		}
 		pause(ctx)
 	}
 }
 
-// errWatchBroken tells waitFirst to remake its watch.
+// errWatchBroken tells follow to remake its watch.
 var errWatchBroken = errors.New("semaphore: watch broken")
 
-func (sm *Semaphore) trackFirst(ctx context.Context, w *keyWatch, key string, rev, n int64) (bool, error) {
+// track reads the queue at the revision w starts after and applies w's
+// events to it until our key is granted, and returns the queue then.
+func (sm *Semaphore) track(ctx context.Context, w *keyWatch, key string, rev int64) (semQueue, error) {
 	c := sm.s.Client()
 	r, _, err := recipeGetAt(ctx, c, w.created, sm.dir, clientv3.WithPrefix())
 	if err != nil {
-		return false, err
+		return semQueue{}, err
 	}
 	queue := make(map[string]semEntry, len(r.Kvs))
 	for _, kv := range r.Kvs {
@@ -562,32 +582,32 @@ func (sm *Semaphore) trackFirst(ctx context.Context, w *keyWatch, key string, re
 	for {
 		mine, ok := queue[key]
 		if !ok || mine.rev != rev {
-			return false, ErrSessionExpired
+			return semQueue{}, ErrSessionExpired
 		}
 		var ahead int64
-		younger := false
 		for _, e := range queue {
-			switch {
-			case e.rev < rev:
+			if e.rev < rev {
 				ahead += e.n
-			case e.rev > rev:
-				younger = true
 			}
 		}
-		if ahead+n <= sm.limit {
-			return younger, nil
+		if ahead+mine.n <= sm.limit {
+			es := make([]semEntry, 0, len(queue))
+			for _, e := range queue {
+				es = append(es, e)
+			}
+			return semOrder(es, sm.limit), nil
 		}
 		select {
 		case <-ctx.Done():
-			return false, ctx.Err()
+			return semQueue{}, ctx.Err()
 		case <-sm.s.Done():
-			return false, ErrSessionExpired
+			return semQueue{}, ErrSessionExpired
 		case wr, ok := <-w.ch:
 			if !ok && (ctx.Err() != nil || c.Ctx().Err() != nil) {
-				return false, watchClosedErr(ctx, c)
+				return semQueue{}, watchClosedErr(ctx, c)
 			}
 			if !ok || wr.Err() != nil || wr.Canceled {
-				return false, errWatchBroken
+				return semQueue{}, errWatchBroken
 			}
 			// Events arrive in revision order, so the map is the queue as
 			// of the last event.
@@ -603,17 +623,28 @@ func (sm *Semaphore) trackFirst(ctx context.Context, w *keyWatch, key string, re
 	}
 }
 
-// wake rewrites our key (same value, same lease) so that the waiter
-// behind us, which watches it, reads the queue again. It runs even if ctx
-// has just ended, since we hold the permits by now. A failed rewrite only
-// delays the next waiter until we release, so its error is dropped, unless
-// our key is gone: then we hold nothing.
-func (sm *Semaphore) wake(ctx context.Context, key string, rev, n int64) error {
+// callForward is step 5 of wait, for our key (created at rev) granted in
+// queue q: it rewrites the keys of the waiters in the window, guarded on
+// their create revisions and on our own key, in one transaction. It runs
+// even if ctx has just ended, since we hold the permits by now. A failed
+// request only delays those waiters until the next grant or release, so
+// its error is dropped, unless our key is gone: then we hold nothing.
+func (sm *Semaphore) callForward(ctx context.Context, key string, rev int64, q semQueue) error {
+	window := q.window()
+	if len(window) == 0 {
+		return nil
+	}
+	ops := make([]clientv3.Op, len(window))
+	for i, e := range window {
+		ops[i] = clientv3.OpTxn(
+			[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(e.key), "=", e.rev)},
+			[]clientv3.Op{clientv3.OpPut(e.key, e.value, clientv3.WithIgnoreLease())}, nil)
+	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
 	r, err := sm.s.Client().Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
-		Then(clientv3.OpPut(key, semValue(n, sm.limit), clientv3.WithLease(sm.s.Lease()))).
+		Then(ops...).
 		Commit()
 	if err == nil && !r.Succeeded {
 		return ErrSessionExpired
