@@ -67,6 +67,7 @@ func Suites() []Suite {
 		{Name: "core", Run: runCore},
 		{Name: "stm", Run: runSTM},
 		{Name: "memlock", Run: runMemlock},
+		{Name: "recipes", Run: runRecipes},
 	}
 }
 

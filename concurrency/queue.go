@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -28,6 +29,12 @@ var (
 const (
 	// queueBatch is how many items a consumer reads at once.
 	queueBatch = 16
+	// queueSpread is how many of the oldest items a consumer that competes
+	// with others picks from.
+	queueSpread = 4
+	// queueContendedFor is how many Dequeue calls without a lost race it
+	// takes a consumer to go back to always taking the oldest item.
+	queueContendedFor = 16
 	// claimTimeout bounds the request that takes an item, which does not
 	// obey the caller's context (an item taken must be returned).
 	claimTimeout = 10 * time.Second
@@ -48,9 +55,9 @@ const (
 // does not return: the taking request is not cancelled by ctx, and when
 // it fails in transit Dequeue says so (ErrClaimUnknown).
 //
-// Under competition, a consumer that loses the race for the oldest item
-// tries another of the oldest few, so items taken at the same time may be
-// returned slightly out of order; a single consumer sees strict FIFO.
+// Under competition, a consumer that has lost the race for the oldest item
+// tries one of the oldest few, so items taken at about the same time may
+// be returned slightly out of order; a single consumer sees strict FIFO.
 // A consumer waiting on an empty queue watches the item range: each new
 // item wakes every waiting consumer, one of which takes it (the queue has
 // no session to register waiters with).
@@ -125,6 +132,10 @@ type queueCore struct {
 	mu     sync.Mutex
 	seqVal string // "" when the counter is believed absent
 	next   int64
+
+	// contended counts down the Dequeue calls for which this consumer
+	// still spreads its claims (see claimAny).
+	contended atomic.Int32
 }
 
 func newQueueCore(c *clientv3.Client, key string, priority bool) *queueCore {
@@ -354,21 +365,30 @@ func (q *queueCore) watch(ctx context.Context) (*keyWatch, error) {
 	return recipeWatch(ctx, q.c, q.lo, clientv3.WithRange(q.hi), clientv3.WithFilterDelete())
 }
 
-// claimAny tries to take one of kvs, oldest first; after losing a race it
-// tries one of the oldest few of what is left. ok is false when every
-// item was taken by others.
+// claimAny tries to take one of kvs, oldest first, and returns false when
+// every item was taken by others.
+//
+// Consumers that compete all go for the oldest item, and all but one lose
+// a round trip. So a consumer that lost a race recently starts at one of
+// the queueSpread oldest items at random instead, which spreads competing
+// consumers over different items; a consumer alone always takes the
+// oldest, so it sees strict FIFO order.
 func (q *queueCore) claimAny(ctx context.Context, kvs []*mvccpb.KeyValue) (string, bool, error) {
-	losses := 0
+	lost := false
 	for len(kvs) > 0 {
 		i := 0
-		if losses > 0 {
-			i = rand.IntN(min(len(kvs), losses+1))
+		if lost || q.contended.Load() > 0 {
+			i = rand.IntN(min(len(kvs), queueSpread))
 		}
 		val, ok, rest, err := q.claim(ctx, kvs[i])
 		if ok || err != nil {
+			if ok && !lost && q.contended.Load() > 0 {
+				q.contended.Add(-1)
+			}
 			return val, ok, err
 		}
-		losses++
+		lost = true
+		q.contended.Store(queueContendedFor)
 		kvs = q.filter(rest)
 	}
 	return "", false, nil
