@@ -1194,6 +1194,13 @@ func TestSTMClusterSnapshotReads(t *testing.T) {
 							s.Put(to, strconv.Itoa(g+1))
 							return nil
 						}, concurrency.WithIsolation(iso), concurrency.WithAbortContext(ctx))
+						if errors.Is(err, concurrency.ErrSTMIndeterminate) {
+							// A commit cut off by a leader change on a
+							// loaded machine: applied once or not at all,
+							// so the sum still holds.
+							t.Logf("indeterminate commit: %v", err)
+							continue
+						}
 						if err != nil {
 							errs <- err
 							return
@@ -1217,7 +1224,7 @@ func TestSTMClusterSnapshotReads(t *testing.T) {
 			if sum != accounts*100 {
 				t.Fatalf("sum %d, want %d", sum, accounts*100)
 			}
-			t.Logf("%d transactions committed; %d future-revision replies met and got past", workers*transfers, future.Load())
+			t.Logf("%d transfers; %d future-revision replies met and got past", workers*transfers, future.Load())
 		})
 	}
 }
