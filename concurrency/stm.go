@@ -59,18 +59,26 @@ type STM interface {
 // ReadCommitted nothing is.
 //
 // Range size is bounded. etcd caps the compares of one Txn at --max-txn-ops
-// (default 128), and validating a range takes one compare per key it holds
-// plus one for the range. A range read that would make the commit need more
-// compares than WithMaxTxnOps allows aborts the transaction with
-// ErrSTMTooManyOps; it never commits with a weaker check. ReadCommitted
-// validates nothing, so its range reads have no such bound.
+// (default 128). Validating a range takes one compare per key it holds
+// (deletions leave no trace in a compare over a range, which only sees live
+// keys) plus one for the range (no key in it modified or created after the
+// snapshot; RepeatableReads skips this one). Every other key read takes
+// one compare, and so does every key written but not read under
+// SerializableSnapshot: with the default limit, a SerializableSnapshot
+// transaction that reads one range and writes one key outside it can read
+// at most 126 keys. A read or write that would make the commit need more
+// compares (or writes) than WithMaxTxnOps allows aborts the transaction
+// with ErrSTMTooManyOps at once, with nothing written; it never commits
+// with a weaker check. ReadCommitted validates nothing, so its range reads
+// have no such bound.
 type RangeSTM interface {
 	STM
 	// GetPrefix returns the key-values whose keys start with prefix, sorted
 	// by key, with the transaction's own buffered writes applied (a key it
 	// put shows the new value and the revisions of the stored version, or
 	// zero revisions if it is new; a key it deleted is absent). The
-	// returned slice and its elements are the caller's.
+	// returned slice and its elements are the caller's. GetPrefix("")
+	// reads the whole keyspace.
 	GetPrefix(prefix string) []*mvccpb.KeyValue
 	// GetRange is GetPrefix for the keys in [key, end). end "\x00" means
 	// every key >= key, as in etcd.
