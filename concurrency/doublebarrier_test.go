@@ -348,3 +348,23 @@ func TestDoubleBarrierBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// etcd #6278/#16156 family: participants of "db2" do not count for "db".
+func TestDoubleBarrierPrefixSibling(t *testing.T) {
+	e := newEnv(t)
+	admin := e.client()
+	other := concurrency.NewDoubleBarrier(e.session(), "dbs2", 2)
+	eo := async(func() error { return other.Enter(e.ctx) })
+	waitKeys(t, e.ctx, admin, "dbs2/waiters", 1)
+	b := concurrency.NewDoubleBarrier(e.session(), "dbs", 2)
+	if err := b.TryEnter(e.ctx); !errors.Is(err, concurrency.ErrBarrierNotFull) {
+		t.Fatalf("TryEnter on dbs with a participant on dbs2: %v", err)
+	}
+	mustNotReturn(t, eo, "Enter on dbs2")
+	if err := concurrency.NewDoubleBarrier(e.session(), "dbs2", 2).Enter(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := recv(t, eo, "Enter on dbs2"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -376,6 +376,9 @@ func (q *queueCore) watch(ctx context.Context) (*keyWatch, error) {
 func (q *queueCore) claimAny(ctx context.Context, kvs []*mvccpb.KeyValue) (string, bool, error) {
 	lost := false
 	for len(kvs) > 0 {
+		if err := ctx.Err(); err != nil {
+			return "", false, err // nothing taken yet
+		}
 		i := 0
 		if lost || q.contended.Load() > 0 {
 			i = rand.IntN(min(len(kvs), queueSpread))

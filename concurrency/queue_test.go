@@ -524,3 +524,15 @@ func TestQueueClusterMemberRestart(t *testing.T) {
 	}
 	t.Logf("%d items enqueued (%d acknowledged), %d unknown claims, %d items lost", len(enqueued), producers*per, unknownClaims, missing)
 }
+
+// etcd #6278/#16156 family: items of "jobs2" are not items of "jobs".
+func TestQueuePrefixSibling(t *testing.T) {
+	e := newEnv(t)
+	if err := concurrency.NewQueue(e.client(), "jobs2").Enqueue(e.ctx, "other"); err != nil {
+		t.Fatal(err)
+	}
+	q := concurrency.NewQueue(e.client(), "jobs")
+	if v, err := q.TryDequeue(e.ctx); !errors.Is(err, concurrency.ErrQueueEmpty) {
+		t.Fatalf("TryDequeue on jobs took %q, %v", v, err)
+	}
+}

@@ -259,3 +259,22 @@ func TestRWMutexBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// etcd #6278/#16156 family: a write lock on "rwx" does not block "rw".
+func TestRWMutexPrefixSibling(t *testing.T) {
+	e := newEnv(t)
+	other := concurrency.NewRWMutex(e.session(), "rwx")
+	if err := other.Lock(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	rw := concurrency.NewRWMutex(e.session(), "rw")
+	if err := rw.TryLock(e.ctx); err != nil {
+		t.Fatalf("write lock on rw blocked by rwx: %v", err)
+	}
+	if err := rw.Unlock(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := rw.TryRLock(e.ctx); err != nil {
+		t.Fatalf("read lock on rw blocked by rwx: %v", err)
+	}
+}

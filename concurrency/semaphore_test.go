@@ -414,3 +414,17 @@ func TestSemaphoreClusterMemberRestart(t *testing.T) {
 		t.Fatalf("keys left after every session closed: %v %v", r, err)
 	}
 }
+
+// etcd #6278/#16156 family: a semaphore on "sem" must not count the keys
+// of one on "sem2" (its keys live under "sem/").
+func TestSemaphorePrefixSibling(t *testing.T) {
+	e := newEnv(t)
+	other := concurrency.NewSemaphore(e.session(), "sib2", 1)
+	if err := other.Acquire(e.ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	s := concurrency.NewSemaphore(e.session(), "sib", 1)
+	if err := s.TryAcquire(e.ctx, 1); err != nil {
+		t.Fatalf("semaphore on sib blocked by sib2: %v", err)
+	}
+}
