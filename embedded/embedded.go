@@ -91,9 +91,9 @@ func (t TLS) empty() bool { return t == TLS{} }
 type Server struct {
 	stopping atomic.Bool // set while Stop or Close shuts etcd down
 	mu       sync.Mutex
-	cfg     Config
-	tempDir bool
-	etcd    *embed.Etcd
+	cfg      Config
+	tempDir  bool
+	etcd     *embed.Etcd
 }
 
 // FreePorts returns n distinct free TCP ports on 127.0.0.1. A port is free
