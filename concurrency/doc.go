@@ -65,6 +65,47 @@
 // etcd refreshes every lease to its full TTL when its raft leader changes,
 // so the lock of a dead client can outlive its TTL during elections.
 //
+// # Software transactional memory
+//
+// NewSTM runs apply against an STM, a view of the keyspace, and commits its
+// writes in one transaction guarded by compares on what it read. If another
+// writer got in between, the commit fails, writes nothing, and apply runs
+// again on fresh data. The API is etcd's; the STM also implements RangeSTM
+// (GetPrefix, GetRange). Below, R is the revision of an attempt's snapshot.
+//
+//   - SerializableSnapshot (the default). Reads: one snapshot R, fixed by
+//     the attempt's first (linearizable) read; later reads are at R on any
+//     member, and a member that lacks R is asked again linearizably, so
+//     there are no "future revision" errors (etcd #11963). Commit compares:
+//     every key read is unchanged (an absent key still absent); every range
+//     has no key created or modified after R and none of its keys deleted;
+//     every key written but not read is unwritten since R. Anomalies: none;
+//     committed transactions are strict serializable. A read-only
+//     transaction sends no commit.
+//   - Serializable. The same without the check on keys written but not
+//     read: two blind writes both commit, the later one wins, which is still
+//     a serial order.
+//   - RepeatableReads. Reads: each key once, at the latest revision of the
+//     member serving it. Commit compares: every key read, and every key a
+//     range returned, is unchanged; keys inserted into a range are not
+//     checked. Anomalies: phantoms, and write skew through phantoms.
+//   - ReadCommitted. Reads as RepeatableReads; compares nothing, so it always
+//     commits. Anomalies: lost updates, read skew, write skew, phantoms.
+//
+// etcd caps one transaction at --max-txn-ops compares (default 128). A
+// range costs one compare per key it returned plus one, every other key
+// read costs one, and under SerializableSnapshot so does every key written
+// but not read: a transaction reading one range and writing one other key
+// can read at most 126 keys. Past WithMaxTxnOps the transaction fails with
+// ErrSTMTooManyOps and writes nothing; it never commits with a weaker check.
+//
+// The first retry after a conflict is immediate; later ones pause with
+// jitter (WithRetryBackoff). WithMaxAttempts bounds the attempts, unlimited
+// by default as in etcd. A commit whose outcome is unknown (the connection
+// dropped after the request left) returns ErrSTMIndeterminate and is never
+// retried, since a retry could apply it twice (etcd #14890, #18424). A panic
+// in apply reaches the caller in its own goroutine, with nothing written.
+//
 // # Differences from etcd's package
 //
 //   - Invalid options and arguments are errors (ErrInvalidTTL,
