@@ -624,11 +624,12 @@ func (sm *Semaphore) track(ctx context.Context, w *keyWatch, key string, rev int
 }
 
 // callForward is step 5 of wait, for our key (created at rev) granted in
-// queue q: it rewrites the keys of the waiters in the window, guarded on
-// their create revisions and on our own key, in one transaction. It runs
-// even if ctx has just ended, since we hold the permits by now. A failed
-// request only delays those waiters until the next grant or release, so
-// its error is dropped, unless our key is gone: then we hold nothing.
+// queue q: it rewrites the keys of the waiters in the window, each guarded
+// on its create revision, in one transaction. The request runs in the
+// background, with its own timeout, and Acquire does not wait for it: the
+// grant does not depend on it, and it is not on the critical path of the
+// next grant. A lost request only delays those waiters until the next
+// grant, or until their predecessor's key goes.
 func (sm *Semaphore) callForward(ctx context.Context, key string, rev int64, q semQueue) error {
 	window := q.window()
 	if len(window) == 0 {
@@ -640,14 +641,12 @@ func (sm *Semaphore) callForward(ctx context.Context, key string, rev int64, q s
 			[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(e.key), "=", e.rev)},
 			[]clientv3.Op{clientv3.OpPut(e.key, e.value, clientv3.WithIgnoreLease())}, nil)
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
-	defer cancel()
-	r, err := sm.s.Client().Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
-		Then(ops...).
-		Commit()
-	if err == nil && !r.Succeeded {
-		return ErrSessionExpired
-	}
+	c := sm.s.Client()
+	ctx = context.WithoutCancel(ctx)
+	go func() {
+		ctx, cancel := context.WithTimeout(ctx, cleanupTimeout)
+		defer cancel()
+		c.Txn(ctx).Then(ops...).Commit()
+	}()
 	return nil
 }
