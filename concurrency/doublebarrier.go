@@ -48,7 +48,8 @@ var (
 //     leaves;
 //   - withdrawn: rewritten whenever a participant gives up before the
 //     barrier filled, so that a participant about to fill the barrier
-//     notices that one it counted has gone.
+//     notices that one it counted has gone. It is not attached to a lease
+//     and stays, empty, between rounds.
 //
 // Participants whose session ends (the lease expires or is revoked):
 //   - before the barrier fills: its key goes with the lease, so it no
@@ -115,8 +116,10 @@ func (b *DoubleBarrier) Enter(ctx context.Context) error {
 }
 
 // TryEnter enters only if this arrival fills the barrier, and otherwise
-// returns ErrBarrierNotFull and leaves nothing behind. It never waits for
-// other participants.
+// returns ErrBarrierNotFull. It never waits for other participants. It
+// joins and withdraws when the barrier is not full, so it writes, but it
+// leaves no participant key behind (and if the barrier filled in between
+// with it counted, it is in and returns nil).
 func (b *DoubleBarrier) TryEnter(ctx context.Context) error {
 	return b.enter(ctx, false)
 }
@@ -233,11 +236,11 @@ func (b *DoubleBarrier) fill(ctx context.Context, key string, rev, at int64, wai
 	}()
 	for {
 		if !have {
-			r, rev, err := recipeGetAt(ctx, c, at, b.key+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+			r, got, err := recipeGetAt(ctx, c, at, b.key+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
 			if err != nil {
 				return 0, err
 			}
-			at = rev
+			at = got
 			waiters = waiters[:0]
 			for _, kv := range r.Kvs {
 				k := string(kv.Key)
