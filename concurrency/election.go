@@ -89,8 +89,9 @@ func (e *Election) Campaign(ctx context.Context, val string) error {
 	key := e.s.claimName(e.pfx)
 	j, err := join(ctx, e.s, e.pfx, key, val)
 	if err != nil {
+		abandon(ctx, e.s, key)
 		e.s.releaseName(key)
-		return err
+		return ctxErr(ctx, err)
 	}
 	at := j.hdr.Revision
 	if j.existed && string(j.value) != val {
@@ -99,7 +100,7 @@ func (e *Election) Campaign(ctx context.Context, val string) error {
 		if r, err = guard(ctx, c, key, j.rev, ErrSessionExpired, []clientv3.Op{clientv3.OpPut(key, val, clientv3.WithIgnoreLease())}); err == nil {
 			at = r.Header.Revision
 			var q *clientv3.GetResponse
-			if q, err = readQueue(ctx, c, e.pfx, j.rev, at); err == nil {
+			if q, at, err = readQueue(ctx, c, e.pfx, j.rev, at); err == nil {
 				j.queue = q.Kvs
 			}
 		}
@@ -110,7 +111,7 @@ func (e *Election) Campaign(ctx context.Context, val string) error {
 	if err != nil {
 		leave(ctx, c, key, j.rev)
 		e.s.releaseName(key)
-		return err
+		return ctxErr(ctx, err)
 	}
 	hdr := headerAt(j.hdr, at)
 	e.mu.Lock()

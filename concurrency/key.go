@@ -100,29 +100,41 @@ func place(queue []*mvccpb.KeyValue, key string, rev int64) (present bool, pred 
 }
 
 // readQueue reads the keys under dir created no later than rev, as of
-// revision at (0 = now). It reads locally first; a member behind at falls
-// back to a linearizable read, and a compacted at to a read of now, which is
-// equally valid for deciding whose turn it is.
-func readQueue(ctx context.Context, c *clientv3.Client, dir string, rev, at int64) (*clientv3.GetResponse, error) {
+// revision at (0 = now), and returns the revision the result describes. It
+// reads locally first; a member behind at falls back to a linearizable read,
+// and a compacted at to a read of now, which is equally valid for deciding
+// whose turn it is.
+//
+// The revision returned is not the response header's: a read at an older
+// revision carries the store's current revision in its header, and taking
+// that for the state's revision would skip the changes in between.
+func readQueue(ctx context.Context, c *clientv3.Client, dir string, rev, at int64) (*clientv3.GetResponse, int64, error) {
 	opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithMaxCreateRev(rev)}
 	if at > 0 {
 		r, err := c.Get(ctx, dir, append(opts, clientv3.WithRev(at), clientv3.WithSerializable())...)
 		if err == nil {
-			return r, nil
+			return r, at, nil
 		}
 		switch {
 		case errors.Is(err, rpctypes.ErrFutureRev):
 			// The member that served us is behind the one that sent the
 			// event; a linearizable read waits for it.
 			r, err = c.Get(ctx, dir, append(opts, clientv3.WithRev(at))...)
+			if err == nil {
+				return r, at, nil
+			}
 			if !errors.Is(err, rpctypes.ErrCompacted) {
-				return r, err
+				return nil, 0, err
 			}
 		case !errors.Is(err, rpctypes.ErrCompacted):
-			return nil, err
+			return nil, 0, err
 		}
 	}
-	return c.Get(ctx, dir, opts...)
+	r, err := c.Get(ctx, dir, opts...)
+	if err != nil {
+		return nil, 0, err
+	}
+	return r, r.Header.Revision, nil
 }
 
 // keyWatch is a watch on one key, started at the current revision.
@@ -254,15 +266,15 @@ func waitTurn(ctx context.Context, s *Session, dir, key string, rev int64, queue
 				return 0, err
 			}
 		}
-		r, err := readQueue(ctx, c, dir, rev, next)
+		r, readAt, err := readQueue(ctx, c, dir, rev, next)
 		for err != nil && transient(err) && ctx.Err() == nil {
 			pause(ctx)
-			r, err = readQueue(ctx, c, dir, rev, 0)
+			r, readAt, err = readQueue(ctx, c, dir, rev, 0)
 		}
 		if err != nil {
 			return 0, err
 		}
-		queue, at = r.Kvs, r.Header.Revision
+		queue, at = r.Kvs, readAt
 	}
 }
 
@@ -334,6 +346,33 @@ func transient(err error) bool {
 		return true
 	}
 	return false
+}
+
+// abandon deletes key if it is attached to the session's lease. It cleans
+// up after a join whose outcome is unknown: a request that timed out or was
+// cancelled after it was sent may have created the key, which would then
+// sit in the queue, never take its turn, and block everyone behind it until
+// the session ends. The key name is this handle's alone within the session
+// (claimName), so the lease compare is enough.
+func abandon(ctx context.Context, s *Session, key string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	_, err := s.Client().Txn(ctx).
+		If(clientv3.Compare(clientv3.LeaseValue(key), "=", s.Lease())).
+		Then(clientv3.OpDelete(key)).
+		Commit()
+	return err
+}
+
+// ctxErr returns ctx's error when ctx has ended, and err otherwise: a
+// request cut short by the caller's deadline comes back from the server as
+// "request timed out" or a cancelled RPC, and the caller should see the
+// reason it can act on.
+func ctxErr(ctx context.Context, err error) error {
+	if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) && !errors.Is(err, ErrSessionExpired) {
+		return cerr
+	}
+	return err
 }
 
 // leave deletes key if it is still the one created at rev. It runs with its

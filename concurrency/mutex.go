@@ -140,8 +140,9 @@ func (m *Mutex) lock(ctx context.Context, wait bool) error {
 		j, err = tryJoin(ctx, m.s, m.pfx, key, m.val)
 	}
 	if err != nil {
+		abandon(ctx, m.s, key)
 		m.s.releaseName(key)
-		return err
+		return ctxErr(ctx, err)
 	}
 	if j == nil { // TryLock found the lock taken and wrote nothing
 		m.s.releaseName(key)
@@ -164,7 +165,7 @@ func (m *Mutex) lock(ctx context.Context, wait bool) error {
 			err = fmt.Errorf("%w (and deleting the waiter key %q failed: %v; it goes with the session)", err, key, lerr)
 		}
 		m.s.releaseName(key)
-		return err
+		return ctxErr(ctx, err)
 	}
 	hdr := headerAt(j.hdr, at)
 	m.mu.Lock()

@@ -584,3 +584,69 @@ func TestHoldContext(t *testing.T) {
 		t.Fatalf("election cause %v", context.Cause(ectx))
 	}
 }
+
+// Waiters that give up while others queue behind them make the queue
+// change under every waiter at once: each must follow its new predecessor
+// without missing a departure, and nobody may hang or overlap. (A waiter
+// once took a read's header revision, the store's current one, for the
+// revision of a read made at an older revision, and missed the departure
+// of a predecessor that left in between.)
+func TestMutexChurnOfGivingUpWaiters(t *testing.T) {
+	e := newEnv(t)
+	const workers = 8
+	deadline := time.Now().Add(3 * time.Second)
+	var inside atomic.Int32
+	var acquired, gaveUp atomic.Int64
+	var wg sync.WaitGroup
+	for i := range workers {
+		m := concurrency.NewMutex(e.session(), "churn")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; time.Now().Before(deadline); n++ {
+				// Odd workers give up quickly, so they leave from the
+				// middle of the queue; even ones wait it out.
+				wait := 20 * time.Second
+				if i%2 == 1 {
+					wait = time.Duration(1+n%5) * time.Millisecond
+				}
+				ctx, cancel := context.WithTimeout(e.ctx, wait)
+				err := m.Lock(ctx)
+				cancel()
+				if err != nil {
+					// A patient waiter must never time out: the queue
+					// ahead of it is a few short critical sections.
+					if i%2 == 0 || !errors.Is(err, context.DeadlineExceeded) {
+						t.Errorf("worker %d: %v", i, err)
+						return
+					}
+					gaveUp.Add(1)
+					continue
+				}
+				if inside.Add(1) != 1 {
+					t.Error("two holders")
+				}
+				acquired.Add(1)
+				inside.Add(-1)
+				if err := m.Unlock(e.ctx); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(45 * time.Second):
+		t.Fatalf("waiters hung: %d acquisitions, %d gave up", acquired.Load(), gaveUp.Load())
+	}
+	if acquired.Load() == 0 {
+		t.Fatal("nobody acquired")
+	}
+	if ks := e.keys("churn"); len(ks) != 0 {
+		t.Fatalf("keys left: %v", ks)
+	}
+	t.Logf("%d acquisitions, %d gave up", acquired.Load(), gaveUp.Load())
+}
