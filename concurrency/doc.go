@@ -65,6 +65,38 @@
 // etcd refreshes every lease to its full TTL when its raft leader changes,
 // so the lock of a dead client can outlive its TTL during elections.
 //
+// # Barriers, semaphores, read-write locks and queues
+//
+// Every waiting call takes ctx and has a Try form. Waiters watch from the
+// current revision, so they see changes without etcd's 100 ms catch-up
+// delay, and only the waiters that may proceed wake up (a Semaphore release
+// wakes at most two). A watch that ends (compaction after a reconnect, a
+// member without a leader, a closed client) is an error, never a success.
+//
+//   - Barrier holds processes until one releases it. It is the exact key
+//     given, not a prefix, and not leased, so a held barrier outlives its
+//     holder. Wait returns nil only once it has seen the key absent or
+//     deleted.
+//   - DoubleBarrier lets count participants start together and finish
+//     together. Participants are leased keys: one whose session ends before
+//     the barrier fills stops counting; one whose session ends after it
+//     filled counts as having left. A participant beyond count gets
+//     ErrTooManyParticipants and leaves nothing behind.
+//   - Semaphore is a weighted, strictly FIFO counting semaphore. Permits
+//     come back by themselves when the holder's session ends; clients that
+//     disagree on the limit get ErrLimitMismatch; each grant's create
+//     revision is its fencing token (Rev).
+//   - RWMutex shares among readers and excludes writers; a waiting writer
+//     blocks later readers. A waiter whose session ends never takes the
+//     lock.
+//   - Queue and PriorityQueue deliver each item to exactly one consumer. A
+//     Dequeue whose ctx ends never drops an item, but a consumer whose claim
+//     is lost in a member crash may lose one, reported as ErrClaimUnknown:
+//     at-most-once, not exactly-once, under crashes. Items are not leased.
+//
+// As with Mutex, permits and locks are leases, not fences: pass Rev to the
+// protected resource.
+//
 // # Software transactional memory
 //
 // NewSTM runs apply against an STM, a view of the keyspace, and commits its
