@@ -268,7 +268,7 @@ func queueRate(ctx context.Context, e *etcdEnv, impl queueImpl, k, n int) (float
 	)
 	start := time.Now()
 	for i := range k {
-		_, dequeue := impl(cs[i+1], key)
+		requeue, dequeue := impl(cs[i+1], key)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -279,7 +279,17 @@ func queueRate(ctx context.Context, e *etcdEnv, impl queueImpl, k, n int) (float
 					return
 				}
 				if v == "stop" {
-					return
+					// baton's consumers spread their claims over the oldest
+					// items once contended, so a stop marker can be taken
+					// while items remain: put it back until all are taken.
+					if taken.Load() == int64(n) {
+						return
+					}
+					if err := requeue(ctx, "stop"); err != nil {
+						fe.set(err)
+						return
+					}
+					continue
 				}
 				if _, dup := seen.LoadOrStore(v, true); dup {
 					fe.set(fmt.Errorf("item %s delivered twice", v))
@@ -350,7 +360,7 @@ func queueDrain(ctx context.Context, e *etcdEnv, impl queueImpl, k, n int) (floa
 	)
 	start := time.Now()
 	for i := range k {
-		_, dequeue := impl(cs[i], key)
+		requeue, dequeue := impl(cs[i], key)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -361,7 +371,17 @@ func queueDrain(ctx context.Context, e *etcdEnv, impl queueImpl, k, n int) (floa
 					return
 				}
 				if v == "stop" {
-					return
+					// baton's consumers spread their claims over the oldest
+					// items once contended, so a stop marker can be taken
+					// while items remain: put it back until all are taken.
+					if taken.Load() == int64(n) {
+						return
+					}
+					if err := requeue(ctx, "stop"); err != nil {
+						fe.set(err)
+						return
+					}
+					continue
 				}
 				if taken.Add(1) == int64(n) {
 					last.Store(time.Now().UnixNano())
