@@ -46,6 +46,10 @@ type Mutex struct {
 	// Unlock (or a failed Lock): one acquisition at a time per Mutex.
 	local chan struct{}
 
+	// unlockMu serializes Unlock calls, so that two racing Unlocks of one
+	// acquisition release it once: the second finds it released.
+	unlockMu sync.Mutex
+
 	mu    sync.Mutex // guards the fields below
 	myKey string
 	myRev int64
@@ -214,6 +218,8 @@ func (m *Mutex) Unlock(ctx context.Context) error {
 	if m.err != nil {
 		return m.err
 	}
+	m.unlockMu.Lock()
+	defer m.unlockMu.Unlock()
 	m.mu.Lock()
 	key, rev := m.myKey, m.myRev
 	m.mu.Unlock()

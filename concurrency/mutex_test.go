@@ -650,3 +650,33 @@ func TestMutexChurnOfGivingUpWaiters(t *testing.T) {
 	}
 	t.Logf("%d acquisitions, %d gave up", acquired.Load(), gaveUp.Load())
 }
+
+func TestMutexConcurrentUnlocksReleaseOnce(t *testing.T) {
+	e := newEnv(t)
+	m := concurrency.NewMutex(e.session(), "double-unlock")
+	if err := m.Lock(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() { errs <- m.Unlock(e.ctx) }()
+	}
+	var ok, released int
+	for range 2 {
+		switch err := recv(t, errs, "Unlock"); {
+		case err == nil:
+			ok++
+		case errors.Is(err, concurrency.ErrLockReleased), errors.Is(err, concurrency.ErrLockLost):
+			released++
+		default:
+			t.Fatal(err)
+		}
+	}
+	if ok != 1 || released != 1 {
+		t.Fatalf("%d successful Unlocks and %d refused, want 1 and 1", ok, released)
+	}
+	// The Mutex is free for the next Lock.
+	if err := m.TryLock(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+}
