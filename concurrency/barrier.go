@@ -6,7 +6,6 @@ import (
 	"fmt"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -182,79 +181,13 @@ func recipeWatchErr(ctx context.Context, c *clientv3.Client, wr clientv3.WatchRe
 	return nil
 }
 
-// recipeGetAt reads key (with opts) as of revision at, from the member's
-// local store when it can, and returns the revision the answer reflects.
-// That is at itself, not the response header's revision, which is the
-// store's current revision whatever revision was read: a waiter that took
-// the header's revision for the state's would skip the changes in between
-// and could miss the one it waits for. A member behind at falls back to a
-// linearizable read at at; a compacted at (or at == 0) to a read of now.
-// Callers read state that decides a wait, which is equally valid at any
-// later revision.
+// recipeGetAt is getAt, retried while the cluster is between leaders.
 func recipeGetAt(ctx context.Context, c *clientv3.Client, at int64, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, int64, error) {
 	for {
-		r, rev, err := recipeGetOnce(ctx, c, at, key, opts)
+		r, rev, err := getAt(ctx, c, at, key, opts...)
 		if err == nil || !transient(err) || ctx.Err() != nil {
 			return r, rev, err
 		}
 		pause(ctx)
 	}
-}
-
-func recipeGetOnce(ctx context.Context, c *clientv3.Client, at int64, key string, opts []clientv3.OpOption) (*clientv3.GetResponse, int64, error) {
-	if at > 0 {
-		r, err := c.Get(ctx, key, append(opts, clientv3.WithRev(at), clientv3.WithSerializable())...)
-		switch {
-		case err == nil:
-			return r, at, nil
-		case errors.Is(err, rpctypes.ErrFutureRev):
-			r, err = c.Get(ctx, key, append(opts, clientv3.WithRev(at))...)
-			if err == nil {
-				return r, at, nil
-			}
-			if !errors.Is(err, rpctypes.ErrCompacted) {
-				return nil, 0, err
-			}
-		case !errors.Is(err, rpctypes.ErrCompacted):
-			return nil, 0, err
-		}
-	}
-	r, err := c.Get(ctx, key, opts...)
-	if err != nil {
-		return nil, 0, err
-	}
-	return r, r.Header.Revision, nil
-}
-
-// recipeWatchPair makes sure own watches ownKey and other watches
-// otherKey, creating the missing watches from now in one round trip
-// (replacing other if it watches another key). It returns the watches to
-// keep, which the caller cancels, also on error.
-func recipeWatchPair(ctx context.Context, c *clientv3.Client, own *keyWatch, ownKey string, other *keyWatch, otherKey string) (*keyWatch, *keyWatch, error) {
-	var ownP, otherP *pendingWatch
-	if own == nil {
-		ownP = startWatch(ctx, c, ownKey)
-	}
-	if other != nil && other.key != otherKey {
-		other.cancel()
-		other = nil
-	}
-	if other == nil {
-		otherP = startWatch(ctx, c, otherKey)
-	}
-	var err error
-	if ownP != nil {
-		if own, err = ownP.created(ctx, c); err != nil {
-			if otherP != nil {
-				otherP.cancel()
-			}
-			return nil, other, err
-		}
-	}
-	if otherP != nil {
-		if other, err = otherP.created(ctx, c); err != nil {
-			return own, nil, err
-		}
-	}
-	return own, other, nil
 }

@@ -519,7 +519,7 @@ func (b *DoubleBarrier) closeLast(ctx context.Context, key string, rev int64, wa
 			continue
 		}
 		var err error
-		if own, other, err = recipeWatchPair(ctx, c, own, key, other, string(youngest.Key)); err != nil {
+		if own, other, err = watchPair(ctx, c, own, key, other, string(youngest.Key)); err != nil {
 			return false, err
 		}
 		next := max(own.created, other.created)
@@ -626,7 +626,7 @@ type dbEvent struct {
 
 func (b *DoubleBarrier) watchEnter(ctx context.Context, key string) (*dbWatch, error) {
 	c := b.s.Client()
-	own, ready, err := recipeWatchPair(ctx, c, nil, key, nil, b.ready)
+	own, ready, err := watchPair(ctx, c, nil, key, nil, b.ready)
 	if err != nil {
 		if own != nil {
 			own.cancel()

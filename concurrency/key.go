@@ -100,26 +100,30 @@ func place(queue []*mvccpb.KeyValue, key string, rev int64) (present bool, pred 
 }
 
 // readQueue reads the keys under dir created no later than rev, as of
-// revision at (0 = now), and returns the revision the result describes. It
-// reads locally first; a member behind at falls back to a linearizable read,
-// and a compacted at to a read of now, which is equally valid for deciding
-// whose turn it is.
+// revision at (0 = now), and returns the revision the result describes.
+func readQueue(ctx context.Context, c *clientv3.Client, dir string, rev, at int64) (*clientv3.GetResponse, int64, error) {
+	return getAt(ctx, c, at, dir, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithMaxCreateRev(rev))
+}
+
+// getAt reads key (with opts) as of revision at (0 = now), and returns the
+// revision the answer describes. It reads locally first; a member behind at
+// falls back to a linearizable read, and a compacted at to a read of now.
+// Callers read state that decides a wait, which is equally valid at any
+// later revision.
 //
 // The revision returned is not the response header's: a read at an older
 // revision carries the store's current revision in its header, and taking
 // that for the state's revision would skip the changes in between.
-func readQueue(ctx context.Context, c *clientv3.Client, dir string, rev, at int64) (*clientv3.GetResponse, int64, error) {
-	opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithMaxCreateRev(rev)}
+func getAt(ctx context.Context, c *clientv3.Client, at int64, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, int64, error) {
 	if at > 0 {
-		r, err := c.Get(ctx, dir, append(opts, clientv3.WithRev(at), clientv3.WithSerializable())...)
-		if err == nil {
-			return r, at, nil
-		}
+		r, err := c.Get(ctx, key, append(opts, clientv3.WithRev(at), clientv3.WithSerializable())...)
 		switch {
+		case err == nil:
+			return r, at, nil
 		case errors.Is(err, rpctypes.ErrFutureRev):
 			// The member that served us is behind the one that sent the
 			// event; a linearizable read waits for it.
-			r, err = c.Get(ctx, dir, append(opts, clientv3.WithRev(at))...)
+			r, err = c.Get(ctx, key, append(opts, clientv3.WithRev(at))...)
 			if err == nil {
 				return r, at, nil
 			}
@@ -130,7 +134,7 @@ func readQueue(ctx context.Context, c *clientv3.Client, dir string, rev, at int6
 			return nil, 0, err
 		}
 	}
-	r, err := c.Get(ctx, dir, opts...)
+	r, err := c.Get(ctx, key, opts...)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -150,6 +154,39 @@ type keyWatch struct {
 // with an error instead of going silent.
 func watchKey(ctx context.Context, c *clientv3.Client, key string) (*keyWatch, error) {
 	return startWatch(ctx, c, key).created(ctx, c)
+}
+
+// watchPair makes sure own watches ownKey and other watches otherKey,
+// creating the missing watches from now in one round trip (replacing other
+// if it watches another key). It returns the watches to keep, which the
+// caller cancels, also on error.
+func watchPair(ctx context.Context, c *clientv3.Client, own *keyWatch, ownKey string, other *keyWatch, otherKey string) (*keyWatch, *keyWatch, error) {
+	var ownP, otherP *pendingWatch
+	if own == nil {
+		ownP = startWatch(ctx, c, ownKey)
+	}
+	if other != nil && other.key != otherKey {
+		other.cancel()
+		other = nil
+	}
+	if other == nil {
+		otherP = startWatch(ctx, c, otherKey)
+	}
+	var err error
+	if ownP != nil {
+		if own, err = ownP.created(ctx, c); err != nil {
+			if otherP != nil {
+				otherP.cancel()
+			}
+			return nil, other, err
+		}
+	}
+	if otherP != nil {
+		if other, err = otherP.created(ctx, c); err != nil {
+			return own, nil, err
+		}
+	}
+	return own, other, nil
 }
 
 // pendingWatch is a watch whose creation has been requested but not yet
@@ -234,29 +271,8 @@ func waitTurn(ctx context.Context, s *Session, dir, key string, rev int64, queue
 		// at once (etcd #19597: etcd's waiter waits for its predecessors
 		// first).
 		var err error
-		var ownP, predP *pendingWatch
-		if own == nil {
-			ownP = startWatch(ctx, c, key)
-		}
-		if pred == nil || pred.key != string(p.Key) {
-			if pred != nil {
-				pred.cancel()
-				pred = nil
-			}
-			predP = startWatch(ctx, c, string(p.Key))
-		}
-		if ownP != nil {
-			if own, err = ownP.created(ctx, c); err != nil {
-				if predP != nil {
-					predP.cancel()
-				}
-				return 0, err
-			}
-		}
-		if predP != nil {
-			if pred, err = predP.created(ctx, c); err != nil {
-				return 0, err
-			}
+		if own, pred, err = watchPair(ctx, c, own, key, pred, string(p.Key)); err != nil {
+			return 0, err
 		}
 		next := max(own.created, pred.created)
 		if next <= at {

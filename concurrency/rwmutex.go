@@ -237,7 +237,7 @@ func (rw *RWMutex) wait(ctx context.Context, key string, rev int64, write bool, 
 			return nil
 		}
 		var err error
-		if own, blk, err = recipeWatchPair(ctx, c, own, key, blk, string(b.Key)); err != nil {
+		if own, blk, err = watchPair(ctx, c, own, key, blk, string(b.Key)); err != nil {
 			return err
 		}
 		next := max(own.created, blk.created)

@@ -477,7 +477,7 @@ func (sm *Semaphore) wait(ctx context.Context, key string, rev int64, es []semEn
 		}
 		p := q.entries[i-1]
 		var err error
-		if own, pred, err = recipeWatchPair(ctx, c, own, key, pred, p.key); err != nil {
+		if own, pred, err = watchPair(ctx, c, own, key, pred, p.key); err != nil {
 			return err
 		}
 		next := max(own.created, pred.created)

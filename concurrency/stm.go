@@ -156,6 +156,7 @@ const (
 	ReadCommitted
 )
 
+// String names the level as its constant does.
 func (iso Isolation) String() string {
 	switch iso {
 	case SerializableSnapshot:
@@ -216,6 +217,7 @@ type STMAttemptsError struct {
 	Attempts int
 }
 
+// Error says how many attempts were made.
 func (e *STMAttemptsError) Error() string {
 	return fmt.Sprintf("concurrency: stm: transaction conflicted on all %d attempts", e.Attempts)
 }
