@@ -93,6 +93,10 @@
 //     Dequeue whose ctx ends never drops an item, but a consumer whose claim
 //     is lost in a member crash may lose one, reported as ErrClaimUnknown:
 //     at-most-once, not exactly-once, under crashes. Items are not leased.
+//     Waiting consumers stand in line on short leases of their own: an
+//     arriving item wakes the consumer it is for, not all of them; a
+//     consumer that dies while waiting holds the line up for at most its
+//     lease's TTL (10 s).
 //
 // As with Mutex, permits and locks are leases, not fences: pass Rev to the
 // protected resource.

@@ -11,7 +11,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -38,6 +40,9 @@ const (
 	// claimTimeout bounds the request that takes an item, which does not
 	// obey the caller's context (an item taken must be returned).
 	claimTimeout = 10 * time.Second
+	// queueWaiterTTL is the lease TTL of waiting consumers' keys: how long
+	// a consumer that died while waiting holds up those behind it.
+	queueWaiterTTL = 10 * time.Second
 )
 
 // Queue is a distributed first-in, first-out queue of strings, shared by
@@ -58,9 +63,16 @@ const (
 // Under competition, a consumer that has lost the race for the oldest item
 // tries one of the oldest few, so items taken at about the same time may
 // be returned slightly out of order; a single consumer sees strict FIFO.
-// A consumer waiting on an empty queue watches the item range: each new
-// item wakes every waiting consumer, one of which takes it (the queue has
-// no session to register waiters with).
+//
+// Consumers that find no item for them wait in line, first come first
+// served, under key/w/ with keys on a short lease of the handle
+// (queueWaiterTTL, kept alive while a Dequeue waits). The first in line
+// watches the item range; the one of rank r watches only the key of the
+// r-th item still to come (items are numbered by the counter) and the key
+// of the waiter ahead of it. So an arriving item wakes the waiter it is
+// for, and a waiter that leaves or takes its item wakes only the one
+// behind it: no herd. A consumer that dies while waiting holds up the line
+// until its lease ends, at most queueWaiterTTL.
 //
 // A Queue is safe for use by several goroutines.
 type Queue struct{ q *queueCore }
@@ -124,8 +136,23 @@ type queueCore struct {
 	dir      string // key + "/"
 	seqKey   string // key + "/seq"
 	lo, hi   string // items are in [lo, hi): their names start with a digit
+	wdir     string // key + "/w/": waiting consumers
+	ndir     string // key + "/n/": arrival keys of a priority queue's items
 	priority bool
 	err      error
+
+	// The lease of this handle's waiter keys, granted when a Dequeue first
+	// waits and renewed while one does; a new one is granted once it has
+	// expired.
+	lmu     sync.Mutex
+	lease   clientv3.LeaseID
+	leaseAt time.Time // when the lease's TTL last restarted (at the latest)
+	ttl     time.Duration
+	waiterN atomic.Int64
+
+	// trace, when set (by tests), is told when a waiter blocks ("wait")
+	// and when a watch event wakes it ("wake").
+	trace func(what string)
 
 	// Producer state: what this handle believes the counter holds. A wrong
 	// guess costs one failed transaction, which returns the truth.
@@ -139,7 +166,7 @@ type queueCore struct {
 }
 
 func newQueueCore(c *clientv3.Client, key string, priority bool) *queueCore {
-	q := &queueCore{c: c, dir: key + "/", seqKey: key + "/seq", priority: priority, next: 1}
+	q := &queueCore{c: c, dir: key + "/", seqKey: key + "/seq", wdir: key + "/w/", ndir: key + "/n/", priority: priority, next: 1, ttl: queueWaiterTTL}
 	q.lo, q.hi = q.dir+"0", q.dir+":" // ':' follows '9'
 	switch {
 	case c == nil:
@@ -156,6 +183,17 @@ func (q *queueCore) itemKey(seq int64, pr uint16) string {
 		return fmt.Sprintf("%s%05d/%020d", q.dir, pr, seq)
 	}
 	return fmt.Sprintf("%s%020d", q.dir, seq)
+}
+
+// arrivalKey is the key whose creation announces the item with sequence
+// seq: the item itself in a FIFO queue, whose keys follow the sequence; a
+// key of its own in a priority queue, whose item keys start with the
+// priority, which a waiter cannot know in advance.
+func (q *queueCore) arrivalKey(seq int64) string {
+	if q.priority {
+		return fmt.Sprintf("%s%020d", q.ndir, seq)
+	}
+	return q.itemKey(seq, 0)
 }
 
 // itemSeq parses an item key, and reports false for a key in the item
@@ -209,9 +247,13 @@ func (q *queueCore) enqueue(ctx context.Context, val string, pr uint16) error {
 		}
 		item := q.itemKey(seq, pr)
 		seqVal := strconv.FormatInt(seq, 10)
+		puts := []clientv3.Op{clientv3.OpPut(q.seqKey, seqVal), clientv3.OpPut(item, val)}
+		if q.priority {
+			puts = append(puts, clientv3.OpPut(q.arrivalKey(seq), ""))
+		}
 		resp, err := q.c.Txn(ctx).
 			If(counter, clientv3.Compare(clientv3.CreateRevision(item), "=", 0)).
-			Then(clientv3.OpPut(q.seqKey, seqVal), clientv3.OpPut(item, val)).
+			Then(puts...).
 			Else(clientv3.OpGet(q.seqKey)).
 			Commit()
 		if err != nil {
@@ -289,13 +331,14 @@ func (q *queueCore) filter(kvs []*mvccpb.KeyValue) []*mvccpb.KeyValue {
 
 // dequeue takes the oldest item it can.
 //
-//  1. Read the oldest items (keys only) and try to take the first.
+//  1. Read the oldest items (keys only) and the waiting consumers. Items
+//     beyond those the waiters are owed are free: try to take one.
 //  2. Taking is one transaction: delete the item if its revision is still
 //     the one read, and return its value; otherwise return the oldest
 //     items now, and try one of those.
-//  3. When there is none, watch the item range for new items from now,
-//     read it at the revision the watch starts after, and take the items
-//     that appear.
+//  3. When none is free, wait in line (await).
+//
+// TryDequeue skips the line: it takes any item present.
 func (q *queueCore) dequeue(ctx context.Context, wait bool) (string, error) {
 	if q.err != nil {
 		return "", q.err
@@ -303,62 +346,337 @@ func (q *queueCore) dequeue(ctx context.Context, wait bool) (string, error) {
 	if err := ctx.Err(); err != nil {
 		return "", err
 	}
-	var w *keyWatch
-	defer func() {
-		if w != nil {
-			w.cancel()
+	if !wait {
+		kvs, err := q.items(ctx, 0)
+		if err != nil {
+			return "", err
 		}
-	}()
-	read, at := true, int64(0)
-	for {
-		if read {
-			kvs, err := q.items(ctx, at)
-			if err != nil {
-				return "", err
-			}
-			if val, ok, err := q.claimAny(ctx, kvs); ok || err != nil {
-				return val, err
-			}
-			if !wait {
-				return "", ErrQueueEmpty
-			}
-			if w == nil {
-				if w, err = q.watch(ctx); err != nil {
-					return "", err
-				}
-				at = w.created // read again where the watch starts
-				continue
-			}
-			read = false
+		if val, ok, err := q.claimAny(ctx, kvs); ok || err != nil {
+			return val, err
 		}
-		select {
-		case <-ctx.Done():
-			return "", ctx.Err()
-		case wr, ok := <-w.ch:
-			if err := recipeWatchErr(ctx, q.c, wr, ok); err != nil {
-				if !ok && (ctx.Err() != nil || q.c.Ctx().Err() != nil) {
-					return "", err
-				}
-				// Items are state, not events: a new watch and a read at
-				// its start lose nothing.
-				w.cancel()
-				if w, err = q.watch(ctx); err != nil {
-					return "", err
-				}
-				read, at = true, w.created
-				continue
-			}
-			var fresh []*mvccpb.KeyValue
-			for _, ev := range wr.Events {
-				fresh = append(fresh, ev.Kv)
-			}
-			// When every race is lost, the last failed claim saw the queue
-			// empty; later items come through the watch.
-			if val, ok, err := q.claimAny(ctx, q.filter(fresh)); ok || err != nil {
-				return val, err
-			}
+		return "", ErrQueueEmpty
+	}
+	st, err := q.state(ctx, 0)
+	if err != nil {
+		return "", err
+	}
+	if len(st.items) > len(st.waiters) {
+		if val, ok, err := q.claimAny(ctx, st.items[len(st.waiters):]); ok || err != nil {
+			return val, err
 		}
 	}
+	for {
+		val, again, err := q.await(ctx)
+		if !again {
+			return val, err
+		}
+	}
+}
+
+// queueState is what a consumer decides on: the oldest items, the counter
+// and the waiting consumers, all as of one revision.
+type queueState struct {
+	items   []*mvccpb.KeyValue // the oldest items, at most queueBatch
+	more    bool               // there are items beyond those
+	last    int64              // the counter: the sequence of the newest item enqueued
+	waiters []*mvccpb.KeyValue // by create revision
+}
+
+// rank is the place in line of the waiter created at rev, counting from 0,
+// and the key of the waiter ahead of it; -1 when the waiter is not in line
+// (its lease ended).
+func (st queueState) rank(rev int64) (int, string) {
+	for i, w := range st.waiters {
+		if w.CreateRevision == rev {
+			if i == 0 {
+				return 0, ""
+			}
+			return i, string(st.waiters[i-1].Key)
+		}
+	}
+	return -1, ""
+}
+
+// stateOps read a queueState in one transaction.
+func (q *queueCore) stateOps(opts ...clientv3.OpOption) []clientv3.Op {
+	with := func(o ...clientv3.OpOption) []clientv3.OpOption { return append(o, opts...) }
+	return []clientv3.Op{
+		clientv3.OpGet(q.lo, with(clientv3.WithRange(q.hi), clientv3.WithKeysOnly(), clientv3.WithLimit(queueBatch))...),
+		clientv3.OpGet(q.seqKey, opts...),
+		clientv3.OpGet(q.wdir, with(clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))...),
+	}
+}
+
+func (q *queueCore) parseState(ctx context.Context, rs []*etcdserverpb.ResponseOp, rev int64) (queueState, error) {
+	items, counter, waiters := rs[0].GetResponseRange(), rs[1].GetResponseRange(), rs[2].GetResponseRange()
+	st := queueState{items: q.filter(items.Kvs), more: items.More, waiters: waiters.Kvs}
+	if len(st.items) == 0 && items.More {
+		// Only foreign keys in the first page: page on past them.
+		kvs, err := q.items(ctx, rev)
+		if err != nil {
+			return st, err
+		}
+		st.items = kvs
+	}
+	if len(counter.Kvs) > 0 {
+		st.last, _ = strconv.ParseInt(string(counter.Kvs[0].Value), 10, 64)
+	}
+	return st, nil
+}
+
+// state reads the queue as of revision at (0: now, linearizable), served
+// locally when the member has applied at; it retries while the cluster is
+// between leaders.
+func (q *queueCore) state(ctx context.Context, at int64) (queueState, error) {
+	for {
+		var r *clientv3.TxnResponse
+		var err error
+		if at > 0 {
+			r, err = q.c.Txn(ctx).Then(q.stateOps(clientv3.WithRev(at), clientv3.WithSerializable())...).Commit()
+			if errors.Is(err, rpctypes.ErrFutureRev) {
+				r, err = q.c.Txn(ctx).Then(q.stateOps(clientv3.WithRev(at))...).Commit()
+			}
+			if errors.Is(err, rpctypes.ErrCompacted) {
+				at = 0
+				continue
+			}
+		} else {
+			r, err = q.c.Txn(ctx).Then(q.stateOps()...).Commit()
+		}
+		if err == nil {
+			rev := at
+			if rev == 0 {
+				rev = r.Header.Revision
+			}
+			return q.parseState(ctx, r.Responses, rev)
+		}
+		if !transient(err) || ctx.Err() != nil {
+			return queueState{}, err
+		}
+		pause(ctx)
+	}
+}
+
+// await waits in line for an item and takes it. It returns again when its
+// place in line was lost with the handle's lease, to join the line anew.
+//
+// The waiter of rank r is owed the r-th item of the queue: it takes that
+// one when present. Otherwise the first in line watches the item range,
+// which wakes it for any item; a waiter further back watches the arrival
+// key of the item it will be owed when all ahead of it have theirs, and
+// the waiter ahead of it, whose leaving changes what it is owed. Neither
+// watch is needed for safety, which rests on the guarded delete of claim;
+// the first one's watch alone guarantees progress.
+func (q *queueCore) await(ctx context.Context) (val string, again bool, err error) {
+	lease, err := q.waiterLease(ctx)
+	if err != nil {
+		return "", false, err
+	}
+	wkey := fmt.Sprintf("%s%016x-%d", q.wdir, int64(lease), q.waiterN.Add(1))
+	resp, err := q.c.Txn(ctx).Then(append([]clientv3.Op{clientv3.OpPut(wkey, "", clientv3.WithLease(lease))}, q.stateOps()...)...).Commit()
+	if err != nil {
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			q.dropLease(lease)
+			return "", true, nil
+		}
+		// The key may have been created: take it out of line.
+		q.unwait(ctx, wkey, lease)
+		return "", false, err
+	}
+	rev := resp.Header.Revision
+	taken := false
+	defer func() {
+		if !taken {
+			_ = leave(ctx, q.c, wkey, rev)
+		}
+	}()
+	st, err := q.parseState(ctx, resp.Responses[1:], rev)
+	if err != nil {
+		return "", false, err
+	}
+	var head, arrive, pred *keyWatch
+	stop := func(w **keyWatch) {
+		if *w != nil {
+			(*w).cancel()
+			*w = nil
+		}
+	}
+	defer func() { stop(&head); stop(&arrive); stop(&pred) }()
+	renew := time.NewTicker(q.ttl / 3)
+	defer renew.Stop()
+	for {
+		rank, predKey := st.rank(rev)
+		if rank < 0 {
+			return "", true, nil
+		}
+		if rank < len(st.items) || (st.more && len(st.items) > 0) {
+			val, ok, _, err := q.claim(ctx, st.items[min(rank, len(st.items)-1)], wkey)
+			if err != nil {
+				return "", false, err
+			}
+			if ok {
+				taken = true
+				return val, false, nil
+			}
+			if st, err = q.state(ctx, 0); err != nil {
+				return "", false, err
+			}
+			continue
+		}
+		// Nothing for us yet: make sure the right watches run. New ones
+		// start now; the state is read again where they start.
+		created := int64(0)
+		if rank == 0 {
+			stop(&arrive)
+			stop(&pred)
+			if head == nil {
+				if head, err = q.watch(ctx); err != nil {
+					return "", false, err
+				}
+				created = head.created
+			}
+		} else {
+			stop(&head)
+			akey := q.arrivalKey(st.last + 1 + int64(rank-len(st.items)))
+			if arrive != nil && arrive.key != akey {
+				stop(&arrive)
+			}
+			if pred != nil && pred.key != predKey {
+				stop(&pred)
+			}
+			if arrive == nil || pred == nil {
+				if arrive, pred, err = watchPair(ctx, q.c, arrive, akey, pred, predKey); err != nil {
+					return "", false, err
+				}
+				created = max(arrive.created, pred.created)
+			}
+		}
+		if created > 0 {
+			if st, err = q.state(ctx, created); err != nil {
+				return "", false, err
+			}
+			continue
+		}
+		var (
+			wr     clientv3.WatchResponse
+			ok     bool
+			source **keyWatch
+		)
+		q.traceEvent("wait")
+		select {
+		case <-ctx.Done():
+			return "", false, ctx.Err()
+		case <-renew.C:
+			if gone, err := q.renewLease(ctx, lease); gone || err != nil {
+				return "", gone, err
+			}
+			continue
+		case wr, ok = <-wchan(head):
+			source = &head
+		case wr, ok = <-wchan(arrive):
+			source = &arrive
+		case wr, ok = <-wchan(pred):
+			source = &pred
+		}
+		q.traceEvent("wake")
+		at := int64(0)
+		if err := recipeWatchErr(ctx, q.c, wr, ok); err != nil {
+			if !ok && (ctx.Err() != nil || q.c.Ctx().Err() != nil) {
+				return "", false, err
+			}
+			stop(source) // made again on the next turn
+		} else if len(wr.Events) > 0 {
+			at = wr.Events[len(wr.Events)-1].Kv.ModRevision
+		} else {
+			continue // a progress notification
+		}
+		if st, err = q.state(ctx, at); err != nil {
+			return "", false, err
+		}
+	}
+}
+
+func (q *queueCore) traceEvent(what string) {
+	if q.trace != nil {
+		q.trace(what)
+	}
+}
+
+// wchan is w's channel, nil (never ready) without a watch.
+func wchan(w *keyWatch) clientv3.WatchChan {
+	if w == nil {
+		return nil
+	}
+	return w.ch
+}
+
+// waiterLease returns the lease for this handle's waiter keys, renewing it
+// when half its TTL has passed, or granting a new one.
+func (q *queueCore) waiterLease(ctx context.Context) (clientv3.LeaseID, error) {
+	q.lmu.Lock()
+	defer q.lmu.Unlock()
+	if q.lease != 0 && time.Since(q.leaseAt) < q.ttl/2 {
+		return q.lease, nil
+	}
+	now := time.Now()
+	if q.lease != 0 {
+		_, err := q.c.KeepAliveOnce(ctx, q.lease)
+		if err == nil {
+			q.leaseAt = now
+			return q.lease, nil
+		}
+		if !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			return 0, err
+		}
+	}
+	r, err := q.c.Grant(ctx, int64((q.ttl+time.Second-1)/time.Second))
+	if err != nil {
+		return 0, err
+	}
+	q.lease, q.leaseAt = r.ID, now
+	return r.ID, nil
+}
+
+// renewLease keeps lease alive while a Dequeue waits; gone reports that it
+// has expired, taking the waiter's key with it.
+func (q *queueCore) renewLease(ctx context.Context, lease clientv3.LeaseID) (gone bool, err error) {
+	now := time.Now()
+	_, err = q.c.KeepAliveOnce(ctx, lease)
+	switch {
+	case err == nil:
+		q.lmu.Lock()
+		if q.lease == lease {
+			q.leaseAt = now
+		}
+		q.lmu.Unlock()
+		return false, nil
+	case errors.Is(err, rpctypes.ErrLeaseNotFound):
+		q.dropLease(lease)
+		return true, nil
+	case transient(err) && ctx.Err() == nil:
+		return false, nil // the next tick tries again
+	}
+	return false, err
+}
+
+func (q *queueCore) dropLease(lease clientv3.LeaseID) {
+	q.lmu.Lock()
+	if q.lease == lease {
+		q.lease = 0
+	}
+	q.lmu.Unlock()
+}
+
+// unwait deletes the waiter key wkey if a request whose outcome is unknown
+// created it; the name is this handle's alone, so the lease compare is
+// enough.
+func (q *queueCore) unwait(ctx context.Context, wkey string, lease clientv3.LeaseID) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	_, _ = q.c.Txn(ctx).
+		If(clientv3.Compare(clientv3.LeaseValue(wkey), "=", lease)).
+		Then(clientv3.OpDelete(wkey)).
+		Commit()
 }
 
 func (q *queueCore) watch(ctx context.Context) (*keyWatch, error) {
@@ -383,7 +701,7 @@ func (q *queueCore) claimAny(ctx context.Context, kvs []*mvccpb.KeyValue) (strin
 		if lost || q.contended.Load() > 0 {
 			i = rand.IntN(min(len(kvs), queueSpread))
 		}
-		val, ok, rest, err := q.claim(ctx, kvs[i])
+		val, ok, rest, err := q.claim(ctx, kvs[i], "")
 		if ok || err != nil {
 			if ok && !lost && q.contended.Load() > 0 {
 				q.contended.Add(-1)
@@ -400,13 +718,25 @@ func (q *queueCore) claimAny(ctx context.Context, kvs []*mvccpb.KeyValue) (strin
 // claim deletes kv if it is still there, and returns its value. Otherwise
 // it returns the oldest items now. The request does not obey ctx: once it
 // is sent, its answer decides whether we own an item.
-func (q *queueCore) claim(ctx context.Context, kv *mvccpb.KeyValue) (string, bool, []*mvccpb.KeyValue, error) {
+//
+// A waiter passes its key (wkey), which leaves the line in the same
+// transaction; a priority queue's item takes its arrival key along.
+func (q *queueCore) claim(ctx context.Context, kv *mvccpb.KeyValue, wkey string) (string, bool, []*mvccpb.KeyValue, error) {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), claimTimeout)
 	defer cancel()
 	key := string(kv.Key)
+	dels := []clientv3.Op{clientv3.OpDelete(key, clientv3.WithPrevKV())}
+	if q.priority {
+		if seq, ok := q.itemSeq(key); ok {
+			dels = append(dels, clientv3.OpDelete(q.arrivalKey(seq)))
+		}
+	}
+	if wkey != "" {
+		dels = append(dels, clientv3.OpDelete(wkey))
+	}
 	resp, err := q.c.Txn(cctx).
 		If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
-		Then(clientv3.OpDelete(key, clientv3.WithPrevKV())).
+		Then(dels...).
 		Else(clientv3.OpGet(q.lo, clientv3.WithRange(q.hi), clientv3.WithKeysOnly(), clientv3.WithLimit(queueBatch))).
 		Commit()
 	if err != nil {
