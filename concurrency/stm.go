@@ -230,9 +230,15 @@ const (
 	// DefaultSTMMaxTxnOps is etcd's default --max-txn-ops.
 	DefaultSTMMaxTxnOps = 128
 	// DefaultSTMBackoffBase and DefaultSTMBackoffMax bound the pause
-	// before a retry; see WithRetryBackoff.
-	DefaultSTMBackoffBase = 2 * time.Millisecond
-	DefaultSTMBackoffMax  = 10 * time.Millisecond
+	// before a retry; see WithRetryBackoff. They are about one commit's
+	// latency on a local server: enough to move colliding transactions
+	// into different raft batches. Longer pauses cut attempts further but
+	// stretch the slowest transactions: with 2 ms and 10 ms, a bank
+	// workload of 8 workers on 8 accounts had a p99 of about 40 ms against
+	// 25 ms with these, at the same throughput. Across a network, scale
+	// both with the commit latency.
+	DefaultSTMBackoffBase = 500 * time.Microsecond
+	DefaultSTMBackoffMax  = 2 * time.Millisecond
 )
 
 type stmOptions struct {
