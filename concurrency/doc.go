@@ -90,9 +90,13 @@
 //     blocks later readers. A waiter whose session ends never takes the
 //     lock.
 //   - Queue and PriorityQueue deliver each item to exactly one consumer. A
-//     Dequeue whose ctx ends never drops an item, but a consumer whose claim
-//     is lost in a member crash may lose one, reported as ErrClaimUnknown:
-//     at-most-once, not exactly-once, under crashes. Items are not leased.
+//     Dequeue whose ctx ends never drops an item. When the answer to a
+//     claim is lost in a member crash, a claim record written with it
+//     tells whether the item was taken: it is returned, or left for
+//     others. Only if the cluster stays out of reach for 10 s, or the
+//     record expires with the consumer's lease, is the outcome unknown
+//     (ErrClaimUnknown), and the item may be lost. Items are not leased:
+//     an item taken by a consumer that then dies is gone.
 //     Waiting consumers stand in line on short leases of their own: an
 //     arriving item wakes the consumer it is for, not all of them; a
 //     consumer that dies while waiting holds the line up for at most its

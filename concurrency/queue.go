@@ -21,10 +21,12 @@ import (
 var (
 	// ErrQueueEmpty is returned by TryDequeue when the queue has no item.
 	ErrQueueEmpty = errors.New("queue: empty")
-	// ErrClaimUnknown is returned by Dequeue when the request that takes
-	// an item failed in transit (not because ctx ended: that request is
-	// never cancelled) and the item is gone: it may have been taken by
-	// this call, with the answer lost, or by another consumer.
+	// ErrClaimUnknown is returned by Dequeue when the answer to the
+	// request that takes an item was lost (not because ctx ended: that
+	// request is never cancelled) and its outcome could not be learned:
+	// the cluster stayed out of reach for claimTimeout (10 s), or the
+	// claim record that tells expired with the consumer's lease. The item
+	// may have been taken by this call, or by another consumer.
 	ErrClaimUnknown = errors.New("queue: outcome of a claim is unknown")
 )
 
@@ -58,7 +60,11 @@ const (
 // by deleting it in a transaction guarded on its revision, and only the
 // one whose delete succeeded returns it. Dequeue never deletes an item it
 // does not return: the taking request is not cancelled by ctx, and when
-// it fails in transit Dequeue says so (ErrClaimUnknown).
+// its answer is lost (a member crashed, a connection broke) Dequeue learns
+// the outcome from a claim record the same transaction wrote, and makes
+// sure a request still on its way can no longer take effect: the item is
+// returned, or left for others. Only when that cannot be learned does
+// Dequeue say so (ErrClaimUnknown).
 //
 // Under competition, a consumer that has lost the race for the oldest item
 // tries one of the oldest few, so items taken at about the same time may
@@ -149,6 +155,13 @@ type queueCore struct {
 	leaseAt time.Time // when the lease's TTL last restarted (at the latest)
 	ttl     time.Duration
 	waiterN atomic.Int64
+
+	// Claim records: slots in use are not in freeSlots; claimN numbers
+	// claims.
+	smu       sync.Mutex
+	slots     int
+	freeSlots []int
+	claimN    atomic.Int64
 
 	// trace, when set (by tests), is told when a waiter blocks ("wait")
 	// and when a watch event wakes it ("wake").
@@ -721,38 +734,130 @@ func (q *queueCore) claimAny(ctx context.Context, kvs []*mvccpb.KeyValue) (strin
 //
 // A waiter passes its key (wkey), which leaves the line in the same
 // transaction; a priority queue's item takes its arrival key along.
+//
+// The same transaction writes a claim record: a key of this handle's (one
+// per claim in progress, on the handle's lease) holding a claim ID. When
+// the answer is lost, settle reads the record to learn whether the claim
+// took effect.
 func (q *queueCore) claim(ctx context.Context, kv *mvccpb.KeyValue, wkey string) (string, bool, []*mvccpb.KeyValue, error) {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), claimTimeout)
 	defer cancel()
 	key := string(kv.Key)
-	dels := []clientv3.Op{clientv3.OpDelete(key, clientv3.WithPrevKV())}
-	if q.priority {
-		if seq, ok := q.itemSeq(key); ok {
-			dels = append(dels, clientv3.OpDelete(q.arrivalKey(seq)))
+	slot := q.takeSlot()
+	defer q.putSlot(slot)
+	for {
+		if err := q.c.Ctx().Err(); err != nil {
+			return "", false, nil, errClientClosed
 		}
-	}
-	if wkey != "" {
-		dels = append(dels, clientv3.OpDelete(wkey))
-	}
-	resp, err := q.c.Txn(cctx).
-		If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
-		Then(dels...).
-		Else(clientv3.OpGet(q.lo, clientv3.WithRange(q.hi), clientv3.WithKeysOnly(), clientv3.WithLimit(queueBatch))).
-		Commit()
-	if err != nil {
-		// Did the delete happen? If the item is still there, it did not.
-		r, gerr := q.c.Get(cctx, key)
-		if gerr == nil && len(r.Kvs) > 0 && r.Kvs[0].ModRevision == kv.ModRevision {
+		// The caller's ctx: nothing has been sent yet.
+		lease, err := q.waiterLease(ctx)
+		if err != nil {
 			return "", false, nil, err
 		}
-		return "", false, nil, fmt.Errorf("%w: item %q: %w", ErrClaimUnknown, key, err)
+		rec := fmt.Sprintf("%sc/%016x-%d", q.dir, int64(lease), slot)
+		id := strconv.FormatInt(q.claimN.Add(1), 10)
+		ops := []clientv3.Op{clientv3.OpDelete(key, clientv3.WithPrevKV()), clientv3.OpPut(rec, id, clientv3.WithLease(lease))}
+		if q.priority {
+			if seq, ok := q.itemSeq(key); ok {
+				ops = append(ops, clientv3.OpDelete(q.arrivalKey(seq)))
+			}
+		}
+		if wkey != "" {
+			ops = append(ops, clientv3.OpDelete(wkey))
+		}
+		resp, err := q.c.Txn(cctx).
+			If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
+			Then(ops...).
+			Else(clientv3.OpGet(q.lo, clientv3.WithRange(q.hi), clientv3.WithKeysOnly(), clientv3.WithLimit(queueBatch))).
+			Commit()
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			q.dropLease(lease) // the transaction was refused whole
+			continue
+		}
+		if err != nil {
+			return q.settle(cctx, kv, rec, id, lease, err)
+		}
+		if !resp.Succeeded {
+			return "", false, resp.Responses[0].GetResponseRange().Kvs, nil
+		}
+		prev := resp.Responses[0].GetResponseDeleteRange().PrevKvs
+		if len(prev) == 0 {
+			return "", false, nil, fmt.Errorf("queue: item %q vanished inside a transaction", key)
+		}
+		return string(prev[0].Value), true, nil, nil
 	}
-	if !resp.Succeeded {
-		return "", false, resp.Responses[0].GetResponseRange().Kvs, nil
+}
+
+// settle finds out what became of a claim whose answer was lost (cerr).
+// One transaction does two things: if the item is still there, it touches
+// it (a new mod revision, same value), so that the claim, should it still
+// be on its way, can no longer take effect: the item stays for others and
+// the claim failed. Otherwise it reads the claim record: ours means the
+// claim took effect, at the record's revision, and the item's value is
+// read as it was just before. A record missing while the lease still lives
+// means the claim never took effect; with the lease gone too (the answer
+// came later than the lease's TTL), the outcome is unknown.
+func (q *queueCore) settle(ctx context.Context, kv *mvccpb.KeyValue, rec, id string, lease clientv3.LeaseID, cerr error) (string, bool, []*mvccpb.KeyValue, error) {
+	key := string(kv.Key)
+	unknown := func(err error) (string, bool, []*mvccpb.KeyValue, error) {
+		return "", false, nil, fmt.Errorf("%w: item %q: %w (then: %w)", ErrClaimUnknown, key, cerr, err)
 	}
-	prev := resp.Responses[0].GetResponseDeleteRange().PrevKvs
-	if len(prev) == 0 {
-		return "", false, nil, fmt.Errorf("queue: item %q vanished inside a transaction", key)
+	for {
+		resp, err := q.c.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
+			Then(clientv3.OpPut(key, "", clientv3.WithIgnoreValue())).
+			Else(clientv3.OpGet(rec)).
+			Commit()
+		if err != nil {
+			if transient(err) && ctx.Err() == nil {
+				pause(ctx)
+				continue
+			}
+			return unknown(err)
+		}
+		if resp.Succeeded {
+			return "", false, nil, cerr // fenced: not taken, and never will be
+		}
+		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+			if string(kvs[0].Value) != id {
+				return "", false, nil, cerr // another claim of this slot: ours never took effect
+			}
+			old, err := q.c.Get(ctx, key, clientv3.WithRev(kvs[0].ModRevision-1))
+			if err != nil || len(old.Kvs) == 0 {
+				if err == nil {
+					err = errors.New("no value before the claim")
+				}
+				return unknown(err)
+			}
+			return string(old.Kvs[0].Value), true, nil, nil
+		}
+		ttl, err := q.c.TimeToLive(ctx, lease)
+		if err != nil {
+			return unknown(err)
+		}
+		if ttl.TTL > 0 {
+			return "", false, nil, cerr
+		}
+		return unknown(errors.New("the claim record expired with its lease"))
 	}
-	return string(prev[0].Value), true, nil, nil
+}
+
+// takeSlot returns a claim-record slot no other claim of this handle is
+// using; putSlot gives it back.
+func (q *queueCore) takeSlot() int {
+	q.smu.Lock()
+	defer q.smu.Unlock()
+	if n := len(q.freeSlots); n > 0 {
+		s := q.freeSlots[n-1]
+		q.freeSlots = q.freeSlots[:n-1]
+		return s
+	}
+	q.slots++
+	return q.slots - 1
+}
+
+func (q *queueCore) putSlot(s int) {
+	q.smu.Lock()
+	q.freeSlots = append(q.freeSlots, s)
+	q.smu.Unlock()
 }

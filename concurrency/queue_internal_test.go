@@ -2,12 +2,17 @@ package concurrency
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/batonhq/baton/internal/testutil"
 )
@@ -286,8 +291,158 @@ func TestPriorityQueueWaitersLeaveNoArrivalKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, kv := range r.Kvs {
-		if string(kv.Key) != "pq/seq" {
-			t.Errorf("left behind: %s", kv.Key)
+		// Claim records stay until their consumer's lease ends.
+		if string(kv.Key) != "pq/seq" && (!strings.HasPrefix(string(kv.Key), "pq/c/") || kv.Lease == 0) {
+			t.Errorf("left behind: %s (lease %x)", kv.Key, kv.Lease)
 		}
+	}
+}
+
+// claimFault loses the answer to this client's first claim (a transaction
+// that deletes and puts): "after" sends it and then fails; "before" fails
+// at once and keeps the request, which the test sends later (a request
+// delayed in the network); "revoke" sends it, revokes the consumer's lease
+// (taking the claim record with it) and then fails.
+type claimFault struct {
+	clientv3.KV
+	mode   string
+	fired  atomic.Bool
+	revoke func()
+	held   func() (*clientv3.TxnResponse, error)
+}
+
+func (f *claimFault) Txn(ctx context.Context) clientv3.Txn {
+	return &faultTxn{Txn: f.KV.Txn(ctx), f: f}
+}
+
+type faultTxn struct {
+	clientv3.Txn
+	f             *claimFault
+	cmps          []clientv3.Cmp
+	thens, elses  []clientv3.Op
+	deletes, puts bool
+}
+
+func (t *faultTxn) If(cs ...clientv3.Cmp) clientv3.Txn {
+	t.cmps = append(t.cmps, cs...)
+	t.Txn = t.Txn.If(cs...)
+	return t
+}
+
+func (t *faultTxn) Then(ops ...clientv3.Op) clientv3.Txn {
+	for _, op := range ops {
+		t.deletes = t.deletes || op.IsDelete()
+		t.puts = t.puts || op.IsPut()
+	}
+	t.thens = append(t.thens, ops...)
+	t.Txn = t.Txn.Then(ops...)
+	return t
+}
+
+func (t *faultTxn) Else(ops ...clientv3.Op) clientv3.Txn {
+	t.elses = append(t.elses, ops...)
+	t.Txn = t.Txn.Else(ops...)
+	return t
+}
+
+var errAnswerLost = status.Error(codes.Unavailable, "injected: the answer was lost")
+
+func (t *faultTxn) Commit() (*clientv3.TxnResponse, error) {
+	if !t.deletes || !t.puts || !t.f.fired.CompareAndSwap(false, true) {
+		return t.Txn.Commit()
+	}
+	switch t.f.mode {
+	case "before":
+		t.f.held = func() (*clientv3.TxnResponse, error) {
+			return t.f.KV.Txn(context.Background()).If(t.cmps...).Then(t.thens...).Else(t.elses...).Commit()
+		}
+		return nil, errAnswerLost
+	case "revoke":
+		if _, err := t.Txn.Commit(); err != nil {
+			return nil, err
+		}
+		t.f.revoke()
+		return nil, errAnswerLost
+	default:
+		if _, err := t.Txn.Commit(); err != nil {
+			return nil, err
+		}
+		return nil, errAnswerLost
+	}
+}
+
+// claimFaultQueue makes a queue "lost" holding one item, and a consumer
+// of it whose first claim meets a fault of the given mode.
+func claimFaultQueue(t *testing.T, ctx context.Context, mode string) (*Queue, *claimFault, *clientv3.Client) {
+	srv := testutil.Server(t)
+	admin := testutil.Client(t, srv.Endpoints())
+	if err := NewQueue(admin, "lost").Enqueue(ctx, "item"); err != nil {
+		t.Fatal(err)
+	}
+	c := testutil.Client(t, srv.Endpoints())
+	f := &claimFault{KV: c.KV, mode: mode}
+	c.KV = f
+	q := NewQueue(c, "lost")
+	f.revoke = func() {
+		q.q.lmu.Lock()
+		lease := q.q.lease
+		q.q.lmu.Unlock()
+		if _, err := admin.Revoke(ctx, lease); err != nil {
+			t.Error(err)
+		}
+	}
+	return q, f, admin
+}
+
+// The claim took effect but its answer was lost: the claim record says
+// so, and Dequeue returns the item (it used to report ErrClaimUnknown,
+// and the item was lost to everyone).
+func TestQueueClaimAnswerLostAfterItTookEffect(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	q, f, admin := claimFaultQueue(t, ctx, "after")
+	v, err := q.TryDequeue(ctx)
+	if err != nil || v != "item" {
+		t.Fatalf("TryDequeue: %q, %v; want the item", v, err)
+	}
+	if !f.fired.Load() {
+		t.Fatal("no fault was injected")
+	}
+	if _, err := NewQueue(admin, "lost").TryDequeue(ctx); !errors.Is(err, ErrQueueEmpty) {
+		t.Fatalf("the item is still in the queue: %v", err)
+	}
+}
+
+// The claim's answer was lost before it took effect, and the request is
+// still on its way: Dequeue fails without the item, the request can no
+// longer take it when it arrives, and the item stays for other consumers.
+func TestQueueClaimDelayedCannotTakeEffectLater(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	q, f, admin := claimFaultQueue(t, ctx, "before")
+	v, err := q.TryDequeue(ctx)
+	if !errors.Is(err, errAnswerLost) || errors.Is(err, ErrClaimUnknown) {
+		t.Fatalf("TryDequeue: %q, %v; want the lost answer's error, the outcome known", v, err)
+	}
+	late, err := f.held()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if late.Succeeded {
+		t.Fatal("the delayed claim took the item after Dequeue had reported it not taken")
+	}
+	if v, err := NewQueue(admin, "lost").TryDequeue(ctx); err != nil || v != "item" {
+		t.Fatalf("another consumer: %q, %v; want the item", v, err)
+	}
+}
+
+// With the claim record gone with its lease, the outcome is unknown, and
+// Dequeue says so.
+func TestQueueClaimOutcomeUnknownWithoutRecord(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	q, _, _ := claimFaultQueue(t, ctx, "revoke")
+	if v, err := q.TryDequeue(ctx); !errors.Is(err, ErrClaimUnknown) {
+		t.Fatalf("TryDequeue: %q, %v; want ErrClaimUnknown", v, err)
 	}
 }
