@@ -341,16 +341,24 @@ func semValue(n, limit int64) string {
 }
 
 func semParse(v []byte) (n, limit int64) {
-	a, b, ok := strings.Cut(string(v), "/")
-	if !ok {
-		return 0, 0
+	n, limit, _ = ParseSemaphoreValue(v)
+	return n, limit
+}
+
+// ParseSemaphoreValue parses the value a Semaphore writes in each holder's
+// and waiter's key, "permits/limit", for tools that list holders (baton
+// status). ok is false, with zeros, for any other value.
+func ParseSemaphoreValue(v []byte) (n, limit int64, ok bool) {
+	a, b, found := strings.Cut(string(v), "/")
+	if !found {
+		return 0, 0, false
 	}
 	n, err1 := strconv.ParseInt(a, 10, 64)
 	limit, err2 := strconv.ParseInt(b, 10, 64)
 	if err1 != nil || err2 != nil || n <= 0 || limit <= 0 {
-		return 0, 0
+		return 0, 0, false
 	}
-	return n, limit
+	return n, limit, true
 }
 
 func semEntry1(kv *mvccpb.KeyValue) semEntry {

@@ -14,6 +14,8 @@ import (
 	"github.com/spf13/cobra"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/batonhq/baton/concurrency"
 )
 
 // statusOptions are the flags and arguments of "baton status".
@@ -184,18 +186,9 @@ func queueKind(q []*mvccpb.KeyValue) string {
 	return kindElection
 }
 
-// semPermits parses a semaphore key's value, "permits/limit"; 0, 0 when it
-// is not one.
+// semPermits parses a semaphore key's value; 0, 0 when it is not one.
 func semPermits(v []byte) (n, limit int64) {
-	a, b, ok := strings.Cut(string(v), "/")
-	if !ok {
-		return 0, 0
-	}
-	n, err1 := strconv.ParseInt(a, 10, 64)
-	limit, err2 := strconv.ParseInt(b, 10, 64)
-	if err1 != nil || err2 != nil || n <= 0 || limit <= 0 {
-		return 0, 0
-	}
+	n, limit, _ = concurrency.ParseSemaphoreValue(v)
 	return n, limit
 }
 
