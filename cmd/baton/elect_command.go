@@ -142,22 +142,12 @@ func (o *electOptions) run(ctx context.Context) error {
 			fmt.Fprintf(o.io.Err, "baton: %s: could not record the time: %v\n", what, err)
 		}
 	}
-	lost, stopWatch := watchLoss(s, e.Key(), e.Rev(), from)
-	defer stopWatch()
-	h := held{what: what, lost: lost, key: o.prefix + e.Key(), token: e.Rev()}
+	h := held{what: what, key: o.prefix + e.Key(), watched: e.Key(), token: e.Rev()}
 	token := strconv.FormatInt(h.token, 10)
 	fmt.Fprintf(o.io.Err, "baton: leading %s (token %s)\n", o.name, token)
-
-	var herr error
-	if len(o.argv) == 0 {
-		fmt.Fprintf(o.io.Out, "BATON_ELECTION_KEY=%s\nBATON_FENCING_TOKEN=%s\n", h.key, token)
-		herr = o.holdUntilInterrupted(h, sigs)
-	} else {
-		env := []string{"BATON_ELECTION_KEY=" + h.key, "BATON_FENCING_TOKEN=" + token, "BATON_PROPOSAL=" + proposal}
-		herr = o.runChild(h, o.argv, env, sigs, o.killGrace)
-	}
-	stopWatch()
-	if exitCode(herr) == exitLost {
+	vars := []string{"BATON_ELECTION_KEY=" + h.key, "BATON_FENCING_TOKEN=" + token}
+	lost, herr := o.holdWhile(s, h, e.Rev(), from, o.argv, vars, []string{"BATON_PROPOSAL=" + proposal}, "", sigs, o.killGrace)
+	if lost {
 		return herr
 	}
 	rctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)

@@ -21,10 +21,11 @@ import (
 
 // held is a lock or a leadership this process holds.
 type held struct {
-	what  string          // "lock backup", "leadership of web"
-	lost  <-chan struct{} // closed when it is lost
-	key   string          // the key, with --prefix
-	token int64           // its create revision: the fencing token
+	what    string          // "lock backup", "leadership of web"
+	lost    <-chan struct{} // closed when it is lost
+	key     string          // the key, with --prefix
+	watched string          // the key as the session's client names it
+	token   int64           // its create revision: the fencing token
 }
 
 // watchLoss returns a channel that is closed when key, created at rev, is
@@ -106,6 +107,30 @@ func waitLoss(ctx context.Context, s *concurrency.Session, key string, rev, from
 			}
 		}
 	}
+}
+
+// holdWhile holds h (whose lost field it fills) until it is lost: it
+// watches key, created at rev, from revision from, and runs argv with
+// vars and childEnv in its environment, or without argv prints vars and
+// waits for an interrupt (idle, said on stderr). lost reports that the
+// hold ended by loss (exit 71); the caller releases otherwise.
+func (a *app) holdWhile(s *concurrency.Session, h held, rev, from int64, argv, vars, childEnv []string, idle string, sigs <-chan os.Signal, grace time.Duration) (lost bool, err error) {
+	var stopWatch func()
+	h.lost, stopWatch = watchLoss(s, h.watched, rev, from)
+	defer stopWatch()
+	if len(argv) == 0 {
+		for _, v := range vars {
+			fmt.Fprintln(a.io.Out, v)
+		}
+		if idle != "" {
+			fmt.Fprintf(a.io.Err, "baton: %s\n", idle)
+		}
+		err = a.holdUntilInterrupted(h, sigs)
+	} else {
+		err = a.runChild(h, argv, append(vars, childEnv...), sigs, grace)
+	}
+	stopWatch()
+	return exitCode(err) == exitLost, err
 }
 
 // holdUntilInterrupted waits for a signal (then the caller releases

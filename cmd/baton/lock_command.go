@@ -151,25 +151,13 @@ func (o *lockOptions) run(ctx context.Context) error {
 		fmt.Fprintf(o.io.Err, "baton: %s: could not record the acquisition time: %v\n", what, err)
 	}
 
-	lost, stopWatch := watchLoss(s, m.Key(), m.Rev(), hdr.Revision+1)
-	defer stopWatch()
-	h := held{what: what, lost: lost, key: o.prefix + m.Key(), token: m.Rev()}
+	h := held{what: what, key: o.prefix + m.Key(), watched: m.Key(), token: m.Rev()}
 	token := strconv.FormatInt(h.token, 10)
-
-	var herr error
-	if len(o.argv) == 0 {
-		fmt.Fprintf(o.io.Out, "BATON_LOCK_KEY=%s\nBATON_FENCING_TOKEN=%s\n", h.key, token)
-		fmt.Fprintf(o.io.Err, "baton: holding %s (token %s) until interrupted\n", what, token)
-		herr = o.holdUntilInterrupted(h, sigs)
-	} else {
-		env := []string{
-			"BATON_LOCK_KEY=" + h.key, "BATON_FENCING_TOKEN=" + token,
-			"ETCD_LOCK_KEY=" + h.key, "ETCD_LOCK_REV=" + token,
-		}
-		herr = o.runChild(h, o.argv, env, sigs, o.killGrace)
-	}
-	stopWatch()
-	if exitCode(herr) == exitLost {
+	vars := []string{"BATON_LOCK_KEY=" + h.key, "BATON_FENCING_TOKEN=" + token}
+	etcdVars := []string{"ETCD_LOCK_KEY=" + h.key, "ETCD_LOCK_REV=" + token}
+	idle := fmt.Sprintf("holding %s (token %s) until interrupted", what, token)
+	lost, herr := o.holdWhile(s, h, m.Rev(), hdr.Revision+1, o.argv, vars, etcdVars, idle, sigs, o.killGrace)
+	if lost {
 		return herr
 	}
 
