@@ -47,6 +47,12 @@ func runRecipes(ctx context.Context, o Options) ([]Row, error) {
 			note:  "bound by the producer's one durable write per item on both sides",
 		},
 		{
+			workload: "Queue, 1 producer, no consumers", unit: "items/s", higher: true, peer: "etcd recipes",
+			baton: func() (float64, error) { return queueProduce(ctx, e, batonQueue, items) },
+			etcd:  func() (float64, error) { return queueProduce(ctx, e, etcdQueue, items) },
+			note:  "the ceiling of the row above: no consumer design delivers faster than one producer enqueues",
+		},
+		{
 			workload: fmt.Sprintf("Queue, drain %d queued items, 4 consumers", items), unit: "items/s", higher: true, peer: "etcd recipes",
 			baton: func() (float64, error) { return queueDrain(ctx, e, batonQueue, 4, items) },
 			etcd:  func() (float64, error) { return queueDrain(ctx, e, etcdQueue, 4, items) },
@@ -318,6 +324,23 @@ func queueRate(ctx context.Context, e *etcdEnv, impl queueImpl, k, n int) (float
 		return 0, fmt.Errorf("%d of %d items taken", taken.Load(), n)
 	}
 	return float64(n) / time.Unix(0, last.Load()).Sub(start).Seconds(), nil
+}
+
+// queueProduce has one producer enqueue n items with nobody consuming, and
+// returns items per second.
+func queueProduce(ctx context.Context, e *etcdEnv, impl queueImpl, n int) (float64, error) {
+	cs, err := recipeClients(e, 1)
+	if err != nil {
+		return 0, err
+	}
+	enqueue, _ := impl(cs[0], uniquePrefix("produce"))
+	start := time.Now()
+	for i := range n {
+		if err := enqueue(ctx, fmt.Sprint(i)); err != nil {
+			return 0, err
+		}
+	}
+	return float64(n) / time.Since(start).Seconds(), nil
 }
 
 // queueDrain fills a queue with n items (4 producers, not timed), then has
