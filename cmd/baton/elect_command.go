@@ -127,7 +127,6 @@ func (o *electOptions) run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	from := e.Header().Revision + 1
 	if ownValue {
 		// Say since when we lead; Proclaim keeps the create revision.
 		id.Acquired = time.Now().UTC()
@@ -142,11 +141,11 @@ func (o *electOptions) run(ctx context.Context) error {
 			fmt.Fprintf(o.io.Err, "baton: %s: could not record the time: %v\n", what, err)
 		}
 	}
-	h := held{what: what, key: o.prefix + e.Key(), watched: e.Key(), token: e.Rev()}
+	h := held{what: what, key: o.prefix + e.Key(), token: e.Rev()}
 	token := strconv.FormatInt(h.token, 10)
 	fmt.Fprintf(o.io.Err, "baton: leading %s (token %s)\n", o.name, token)
 	vars := []string{"BATON_ELECTION_KEY=" + h.key, "BATON_FENCING_TOKEN=" + token}
-	lost, herr := o.holdWhile(s, h, e.Rev(), from, o.argv, vars, []string{"BATON_PROPOSAL=" + proposal}, "", sigs, o.killGrace)
+	lost, herr := o.holdWhile(e.HoldContext, h, o.argv, vars, []string{"BATON_PROPOSAL=" + proposal}, "", sigs, o.killGrace)
 	if lost {
 		return herr
 	}

@@ -13,7 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/batonhq/baton/concurrency"
@@ -21,103 +20,22 @@ import (
 
 // held is a lock or a leadership this process holds.
 type held struct {
-	what    string          // "lock backup", "leadership of web"
-	lost    <-chan struct{} // closed when it is lost
-	key     string          // the key, with --prefix
-	watched string          // the key as the session's client names it
-	token   int64           // its create revision: the fencing token
+	what  string          // "lock backup", "leadership of web"
+	lost  <-chan struct{} // closed when it is lost
+	key   string          // the key, with --prefix
+	token int64           // its create revision: the fencing token
 }
 
-// watchLoss returns a channel that is closed when key, created at rev, is
-// deleted or replaced, or the session ends; and a function that stops the
-// watch. from is the revision the hold started at plus one: the watch sees
-// every change after it, so a deletion that happens before the watch is
-// set up is not missed.
-func watchLoss(s *concurrency.Session, key string, rev, from int64) (<-chan struct{}, func()) {
-	ctx, cancel := context.WithCancel(context.Background())
-	lost := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if waitLoss(ctx, s, key, rev, from) {
-			close(lost)
-		}
-	}()
-	return lost, func() {
-		cancel()
-		<-done
-	}
-}
-
-// waitLoss returns true when the hold ends, false when ctx ends first.
-func waitLoss(ctx context.Context, s *concurrency.Session, key string, rev, from int64) bool {
-	c := s.Client()
-	for {
-		// WithRequireLeader: a member cut off from the cluster ends the
-		// watch with an error instead of going silent.
-		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		wch := c.Watch(wctx, key, clientv3.WithRev(from))
-	watch:
-		for {
-			select {
-			case <-ctx.Done():
-				cancel()
-				return false
-			case <-s.Done():
-				cancel()
-				return true
-			case wr, ok := <-wch:
-				if !ok || wr.Err() != nil {
-					break watch
-				}
-				for _, ev := range wr.Events {
-					// A put that keeps the create revision is the holder
-					// updating its own value; anything else ends the hold.
-					if ev.Type == mvccpb.DELETE || ev.Kv.CreateRevision != rev {
-						cancel()
-						return true
-					}
-				}
-			}
-		}
-		cancel()
-		// The watch broke (a compaction, a member without a leader):
-		// read the key itself, then watch again from after that read.
-		for {
-			r, err := c.Get(ctx, key)
-			if err == nil {
-				if len(r.Kvs) == 0 || r.Kvs[0].CreateRevision != rev {
-					return true
-				}
-				from = r.Header.Revision + 1
-				break
-			}
-			if c.Ctx().Err() != nil {
-				return true // the client is gone: nobody can vouch for the hold
-			}
-			t := time.NewTimer(100 * time.Millisecond)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return false
-			case <-s.Done():
-				t.Stop()
-				return true
-			case <-t.C:
-			}
-		}
-	}
-}
-
-// holdWhile holds h (whose lost field it fills) until it is lost: it
-// watches key, created at rev, from revision from, and runs argv with
-// vars and childEnv in its environment, or without argv prints vars and
-// waits for an interrupt (idle, said on stderr). lost reports that the
-// hold ended by loss (exit 71); the caller releases otherwise.
-func (a *app) holdWhile(s *concurrency.Session, h held, rev, from int64, argv, vars, childEnv []string, idle string, sigs <-chan os.Signal, grace time.Duration) (lost bool, err error) {
-	var stopWatch func()
-	h.lost, stopWatch = watchLoss(s, h.watched, rev, from)
-	defer stopWatch()
+// holdWhile holds h until it is lost or released: hold is the lock's or
+// the leadership's HoldContext, which ends when the key goes or the
+// session ends. It runs argv with vars and childEnv in its environment,
+// or without argv prints vars and waits for an interrupt (idle, said on
+// stderr). lost reports that the hold ended by loss (exit 71); the caller
+// releases otherwise.
+func (a *app) holdWhile(hold func(context.Context) (context.Context, context.CancelFunc), h held, argv, vars, childEnv []string, idle string, sigs <-chan os.Signal, grace time.Duration) (lost bool, err error) {
+	hctx, stop := hold(context.Background())
+	defer stop()
+	h.lost = hctx.Done()
 	if len(argv) == 0 {
 		for _, v := range vars {
 			fmt.Fprintln(a.io.Out, v)
@@ -129,7 +47,7 @@ func (a *app) holdWhile(s *concurrency.Session, h held, rev, from int64, argv, v
 	} else {
 		err = a.runChild(h, argv, append(vars, childEnv...), sigs, grace)
 	}
-	stopWatch()
+	stop()
 	return exitCode(err) == exitLost, err
 }
 

@@ -136,7 +136,6 @@ func (o *lockOptions) run(ctx context.Context) error {
 	} else if err := o.acquire(c, s, o.name, what, o.timeout, sigs, m.Lock); err != nil {
 		return err
 	}
-	hdr := m.Header()
 
 	// Say since when we hold it. The put keeps the key's create
 	// revision, so the token and the queue order do not change.
@@ -151,12 +150,12 @@ func (o *lockOptions) run(ctx context.Context) error {
 		fmt.Fprintf(o.io.Err, "baton: %s: could not record the acquisition time: %v\n", what, err)
 	}
 
-	h := held{what: what, key: o.prefix + m.Key(), watched: m.Key(), token: m.Rev()}
+	h := held{what: what, key: o.prefix + m.Key(), token: m.Rev()}
 	token := strconv.FormatInt(h.token, 10)
 	vars := []string{"BATON_LOCK_KEY=" + h.key, "BATON_FENCING_TOKEN=" + token}
 	etcdVars := []string{"ETCD_LOCK_KEY=" + h.key, "ETCD_LOCK_REV=" + token}
 	idle := fmt.Sprintf("holding %s (token %s) until interrupted", what, token)
-	lost, herr := o.holdWhile(s, h, m.Rev(), hdr.Revision+1, o.argv, vars, etcdVars, idle, sigs, o.killGrace)
+	lost, herr := o.holdWhile(m.HoldContext, h, o.argv, vars, etcdVars, idle, sigs, o.killGrace)
 	if lost {
 		return herr
 	}
