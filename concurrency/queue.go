@@ -80,6 +80,10 @@ const (
 // behind it: no herd. A consumer that dies while waiting holds up the line
 // until its lease ends, at most queueWaiterTTL.
 //
+// The keys under key/: items (key/<sequence>), the counter (key/seq),
+// waiting consumers (key/w/), claim records (key/c/, on the consumers'
+// leases) and, for a PriorityQueue, arrival keys (key/n/<sequence>).
+//
 // A Queue is safe for use by several goroutines.
 type Queue struct{ q *queueCore }
 
@@ -147,9 +151,10 @@ type queueCore struct {
 	priority bool
 	err      error
 
-	// The lease of this handle's waiter keys, granted when a Dequeue first
-	// waits and renewed while one does; a new one is granted once it has
-	// expired.
+	// The lease of this handle's waiter keys and claim records, granted
+	// by the first Dequeue that waits or claims, renewed while one waits
+	// (and by any claim once half its TTL has passed); a new one is
+	// granted once it has expired.
 	lmu     sync.Mutex
 	lease   clientv3.LeaseID
 	leaseAt time.Time // when the lease's TTL last restarted (at the latest)
