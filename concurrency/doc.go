@@ -99,8 +99,8 @@
 //     an item taken by a consumer that then dies is gone.
 //     Waiting consumers stand in line on short leases of their own: an
 //     arriving item wakes the consumer it is for, not all of them; a
-//     consumer that dies while waiting holds the line up for at most its
-//     lease's TTL (10 s).
+//     consumer that dies while waiting holds the line up until its lease
+//     ends (10 s, or more if the raft leader changes meanwhile, #9395).
 //
 // As with Mutex, permits and locks are leases, not fences: pass Rev to the
 // protected resource.

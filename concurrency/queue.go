@@ -78,7 +78,9 @@ const (
 // of the waiter ahead of it. So an arriving item wakes the waiter it is
 // for, and a waiter that leaves or takes its item wakes only the one
 // behind it: no herd. A consumer that dies while waiting holds up the line
-// until its lease ends, at most queueWaiterTTL.
+// until its lease ends: queueWaiterTTL after its last renewal, or longer
+// if the raft leader changes meanwhile (a new leader restarts every
+// lease's TTL, etcd #9395).
 //
 // The keys under key/: items (key/<sequence>), the counter (key/seq),
 // waiting consumers (key/w/), claim records (key/c/, on the consumers'
