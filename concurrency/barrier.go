@@ -144,8 +144,17 @@ func (b *Barrier) wait(ctx context.Context, watching func()) error {
 
 // recipeWatch watches key (with opts, for a prefix or a range) from the
 // current revision and waits until the watch is created. See watchKey in
-// key.go for why "from now" matters.
-func recipeWatch(ctx context.Context, c *clientv3.Client, key string, opts ...clientv3.OpOption) (*keyWatch, error) {
+// key.go for why "from now" matters. A watch refused while the cluster is
+// between leaders is asked for again (untilLeader).
+func recipeWatch(ctx context.Context, c *clientv3.Client, key string, opts ...clientv3.OpOption) (w *keyWatch, err error) {
+	err = untilLeader(ctx, c, func() error {
+		w, err = recipeWatchOnce(ctx, c, key, opts...)
+		return err
+	})
+	return w, err
+}
+
+func recipeWatchOnce(ctx context.Context, c *clientv3.Client, key string, opts ...clientv3.OpOption) (*keyWatch, error) {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	ch := c.Watch(wctx, key, append([]clientv3.OpOption{clientv3.WithCreatedNotify()}, opts...)...)
 	select {

@@ -152,15 +152,49 @@ type keyWatch struct {
 // watchKey watches key from now and waits for the watch to be created.
 // WithRequireLeader makes a watch on a member cut off from the cluster end
 // with an error instead of going silent.
-func watchKey(ctx context.Context, c *clientv3.Client, key string) (*keyWatch, error) {
-	return startWatch(ctx, c, key).created(ctx, c)
+// A watch refused while the cluster is between leaders is asked for again
+// (untilLeader).
+func watchKey(ctx context.Context, c *clientv3.Client, key string) (w *keyWatch, err error) {
+	err = untilLeader(ctx, c, func() error {
+		w, err = startWatch(ctx, c, key).created(ctx, c)
+		return err
+	})
+	return w, err
+}
+
+// leaderWait is how long untilLeader asks again for a watch that a member
+// between leaders refuses: long enough for an election, short enough that
+// a waiter on a member cut off from the cluster gives up with the error.
+var leaderWait = 5 * time.Second
+
+// untilLeader runs start until it succeeds, fails with an error that is not
+// transient, or has failed for leaderWait.
+func untilLeader(ctx context.Context, c *clientv3.Client, start func() error) error {
+	deadline := time.Now().Add(leaderWait)
+	for {
+		err := start()
+		if err == nil || !transient(err) || ctx.Err() != nil || c.Ctx().Err() != nil || time.Now().After(deadline) {
+			return err
+		}
+		pause(ctx)
+	}
 }
 
 // watchPair makes sure own watches ownKey and other watches otherKey,
 // creating the missing watches from now in one round trip (replacing other
 // if it watches another key). It returns the watches to keep, which the
-// caller cancels, also on error.
+// caller cancels, also on error. A member between leaders refuses watches
+// that require a leader: those are asked for again (untilLeader), so that
+// a leader election does not fail a waiter.
 func watchPair(ctx context.Context, c *clientv3.Client, own *keyWatch, ownKey string, other *keyWatch, otherKey string) (*keyWatch, *keyWatch, error) {
+	err := untilLeader(ctx, c, func() (err error) {
+		own, other, err = watchPairOnce(ctx, c, own, ownKey, other, otherKey)
+		return err
+	})
+	return own, other, err
+}
+
+func watchPairOnce(ctx context.Context, c *clientv3.Client, own *keyWatch, ownKey string, other *keyWatch, otherKey string) (*keyWatch, *keyWatch, error) {
 	var ownP, otherP *pendingWatch
 	if own == nil {
 		ownP = startWatch(ctx, c, ownKey)

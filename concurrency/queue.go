@@ -551,9 +551,6 @@ func (q *queueCore) await(ctx context.Context) (val string, again bool, err erro
 			stop(&pred)
 			if head == nil {
 				if head, err = q.watch(ctx); err != nil {
-					if q.retryable(ctx, err) {
-						continue
-					}
 					return "", false, err
 				}
 				created = head.created
@@ -569,11 +566,6 @@ func (q *queueCore) await(ctx context.Context) (val string, again bool, err erro
 			}
 			if arrive == nil || pred == nil {
 				if arrive, pred, err = watchPair(ctx, q.c, arrive, akey, pred, predKey); err != nil {
-					stop(&arrive)
-					stop(&pred)
-					if q.retryable(ctx, err) {
-						continue
-					}
 					return "", false, err
 				}
 				created = max(arrive.created, pred.created)
@@ -628,17 +620,6 @@ func (q *queueCore) traceEvent(what string) {
 	if q.trace != nil {
 		q.trace(what)
 	}
-}
-
-// retryable reports whether a waiter should try again after err, a
-// failure to start a watch: the cluster is between leaders or a member is
-// down. It pauses first.
-func (q *queueCore) retryable(ctx context.Context, err error) bool {
-	if !transient(err) || ctx.Err() != nil || q.c.Ctx().Err() != nil {
-		return false
-	}
-	pause(ctx)
-	return true
 }
 
 // wchan is w's channel, nil (never ready) without a watch.

@@ -1,0 +1,64 @@
+package concurrency
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/batonhq/baton/internal/testutil"
+)
+
+// A member between leaders refuses the watches waiters start (they require
+// a leader). Waiters ask again, for up to leaderWait, so that a leader
+// election does not fail a Lock or a Campaign. TestClusterElectionFailover
+// failed once with "etcdserver: no leader" before this: its candidate was
+// starting its watches as the raft leader's member stopped.
+func TestWatchWaitsOutLeaderElection(t *testing.T) {
+	old := leaderWait
+	leaderWait = time.Minute // the member restart below must fit in it
+	t.Cleanup(func() { leaderWait = old })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cl := testutil.Cluster(t)
+	c := testutil.Client(t, cl.Members[1].Endpoints())
+	for _, i := range []int{0, 2} {
+		if err := cl.Members[i].Stop(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Member 1 notices it has no leader after an election timeout; until
+	// then it may still accept watches.
+	for {
+		w, err := startWatch(ctx, c, "k").created(ctx, c)
+		if err != nil {
+			if !transient(err) {
+				t.Fatalf("a watch on a member without a leader: %v, want a transient error", err)
+			}
+			break
+		}
+		w.cancel()
+		pause(ctx)
+		if ctx.Err() != nil {
+			t.Fatal("member 1 never refused a watch without a leader")
+		}
+	}
+	done := make(chan error, 1)
+	go func() {
+		w, err := watchKey(ctx, c, "k")
+		if w != nil {
+			w.cancel()
+		}
+		done <- err
+	}()
+	if err := cl.Members[0].Restart(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("watchKey across a leader election: %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("watchKey did not return after a leader was elected")
+	}
+}
