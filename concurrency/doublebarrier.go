@@ -170,7 +170,11 @@ func (b *DoubleBarrier) join(ctx context.Context, key string, wait bool) (int64,
 			clientv3.OpGet(b.wdir, clientv3.WithPrefix(), clientv3.WithCountOnly())).
 		Commit()
 	if err != nil {
-		return 0, 0, err
+		// The request may have created the key (cancelled or timed out
+		// after it was sent): withdraw it, or it would count as a
+		// participant until the session ends.
+		abandon(ctx, b.s, key)
+		return 0, 0, ctxErr(ctx, err)
 	}
 	if !resp.Succeeded {
 		ready := resp.Responses[0].GetResponseRange().Kvs

@@ -49,6 +49,19 @@ const cleanupTimeout = 5 * time.Second
 // errClientClosed is returned when the client closes under a waiter.
 var errClientClosed = errors.New("concurrency: client closed")
 
+// withClient returns ctx, also cancelled when c closes. etcd's client
+// retries a unary call that the closing connection cancels for as long as
+// the call's own context lives, a few seconds; a call under this context
+// fails at once instead.
+func withClient(ctx context.Context, c *clientv3.Client) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(c.Ctx(), cancel)
+	return ctx, func() {
+		stop()
+		cancel()
+	}
+}
+
 // joined is the result of joining a queue.
 type joined struct {
 	hdr     *pb.ResponseHeader
@@ -165,6 +178,7 @@ func watchKey(ctx context.Context, c *clientv3.Client, key string) (w *keyWatch,
 // leaderWait is how long untilLeader asks again for a watch that a member
 // between leaders refuses: long enough for an election, short enough that
 // a waiter on a member cut off from the cluster gives up with the error.
+// A variable only so that a test can stretch it.
 var leaderWait = 5 * time.Second
 
 // untilLeader runs start until it succeeds, fails with an error that is not

@@ -633,6 +633,8 @@ func wchan(w *keyWatch) clientv3.WatchChan {
 // waiterLease returns the lease for this handle's waiter keys, renewing it
 // when half its TTL has passed, or granting a new one.
 func (q *queueCore) waiterLease(ctx context.Context) (clientv3.LeaseID, error) {
+	ctx, stop := withClient(ctx, q.c)
+	defer stop()
 	q.lmu.Lock()
 	defer q.lmu.Unlock()
 	if q.lease != 0 && time.Since(q.leaseAt) < q.ttl/2 {

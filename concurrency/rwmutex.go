@@ -137,7 +137,10 @@ func (rw *RWMutex) acquire(ctx context.Context, key string, write, wait bool) (i
 		j, err = rw.tryJoin(ctx, key, write)
 	}
 	if err != nil {
-		return 0, err
+		// The request may have created the key (cancelled or timed out
+		// after it was sent): take it out of the queue.
+		abandon(ctx, rw.s, key)
+		return 0, ctxErr(ctx, err)
 	}
 	if j == nil {
 		return 0, ErrLocked

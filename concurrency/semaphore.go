@@ -136,8 +136,12 @@ func (sm *Semaphore) Acquire(ctx context.Context, n int64) error {
 		Else(clientv3.OpGet(key), queue).
 		Commit()
 	if err != nil {
+		// The request may have created the key (cancelled or timed out
+		// after it was sent): take it out of the queue, or its permits
+		// would stay taken until the session ends.
+		abandon(ctx, sm.s, key)
 		sm.s.releaseName(key)
-		return err
+		return ctxErr(ctx, err)
 	}
 	rev := resp.Header.Revision
 	if !resp.Succeeded {
@@ -207,8 +211,9 @@ func (sm *Semaphore) TryAcquire(ctx context.Context, n int64) error {
 			Else(clientv3.OpGet(key)).
 			Commit()
 		if err != nil {
+			abandon(ctx, sm.s, key) // it may have taken the permits
 			sm.s.releaseName(key)
-			return err
+			return ctxErr(ctx, err)
 		}
 		if t.Succeeded {
 			sm.mu.Lock()
