@@ -84,17 +84,20 @@ func (b *Barrier) TryWait(ctx context.Context) error {
 // Wait blocks until the barrier is released, and returns nil at once if it
 // is not held.
 //
+// A member that loses its raft leader cancels Wait's watch; Wait then
+// watches again from the revision after the last one it saw, so that a
+// leader election costs it nothing and no release can slip through the gap.
 // It returns an error, never nil, when it cannot tell that the barrier was
-// released: ctx ended, the client closed, or the watch ended before the
-// release was seen (for example it could not resume after a reconnect
-// because the revisions it missed were compacted: the error wraps
-// rpctypes.ErrCompacted). etcd's recipe returned nil in those cases.
-// Calling Wait again after such an error is safe.
+// released: ctx ended, the client closed, the cluster stayed without a
+// leader, or the revisions it missed were compacted before it could resume
+// (the error wraps rpctypes.ErrCompacted). etcd's recipe returned nil in
+// those cases. Calling Wait again after such an error is safe.
 func (b *Barrier) Wait(ctx context.Context) error { return b.wait(ctx, nil) }
 
-// wait is Wait; watching, when set, is called once the watch is in place
-// and the barrier was seen held (tests use it to act at that moment).
-func (b *Barrier) wait(ctx context.Context, watching func()) error {
+// wait is Wait; trace, when set, is called with "watching" once the watch
+// is in place and the barrier was seen held, and with "rewatch" when the
+// watch broke and is about to be made again (tests act at those moments).
+func (b *Barrier) wait(ctx context.Context, trace func(event string)) error {
 	if b.err != nil {
 		return b.err
 	}
@@ -108,7 +111,7 @@ func (b *Barrier) wait(ctx context.Context, watching func()) error {
 	if err != nil {
 		return fmt.Errorf("barrier: watch %q: %w", b.key, err)
 	}
-	defer w.cancel()
+	defer func() { w.cancel() }()
 	// 2. Read the key at the revision the watch starts after, so that no
 	//    release can fall between the read and the watch.
 	r, _, err := recipeGetAt(ctx, b.c, w.created, b.key)
@@ -118,22 +121,39 @@ func (b *Barrier) wait(ctx context.Context, watching func()) error {
 	if len(r.Kvs) == 0 {
 		return nil
 	}
-	if watching != nil {
-		watching()
+	if trace != nil {
+		trace("watching")
 	}
-	// 3. Wait for the deletion of the key.
+	// 3. Wait for the deletion of the key. Invariant: the key was held at
+	//    revision seen, and the watch reports every change after seen.
+	seen := w.created
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case wr, ok := <-w.ch:
-			if err := recipeWatchErr(ctx, b.c, wr, ok); err != nil {
+			err := recipeWatchErr(ctx, b.c, wr, ok)
+			if err != nil && transient(err) && ctx.Err() == nil && b.c.Ctx().Err() == nil {
+				// Cancelled by a member without a leader (the watch
+				// requires one): resume after seen.
+				if trace != nil {
+					trace("rewatch")
+				}
+				w.cancel()
+				var nw *keyWatch
+				if nw, err = recipeWatch(ctx, b.c, b.key, clientv3.WithRev(seen+1)); err == nil {
+					w = nw
+					continue
+				}
+			}
+			if err != nil {
 				return fmt.Errorf("barrier: wait on %q: %w", b.key, err)
 			}
 			for _, ev := range wr.Events {
 				if ev.Type == mvccpb.DELETE {
 					return nil
 				}
+				seen = ev.Kv.ModRevision
 			}
 		}
 	}

@@ -34,7 +34,13 @@ func TestBarrierWaitCompactedIsError(t *testing.T) {
 	waiter := testutil.Client(t, []string{p.endpoint()})
 	watching := make(chan struct{})
 	errc := make(chan error, 1)
-	go func() { errc <- NewBarrier(waiter, "compacted").wait(ctx, func() { close(watching) }) }()
+	go func() {
+		errc <- NewBarrier(waiter, "compacted").wait(ctx, func(ev string) {
+			if ev == "watching" {
+				close(watching)
+			}
+		})
+	}()
 	select {
 	case <-watching:
 	case err := <-errc:
@@ -153,4 +159,77 @@ func (p *proxy) restore() {
 	p.mu.Lock()
 	p.cutOff = false
 	p.mu.Unlock()
+}
+
+// A Wait whose member loses its raft leader rides out the election: the
+// member cancels the watch (it requires a leader), Wait watches again from
+// where it stopped, and it returns nil for the release made once a leader
+// is back, not before. etcd's recipe returned nil as soon as the watch
+// ended (#16156), and ours used to return the "no leader" error.
+func TestBarrierWaitRidesOutLeaderLoss(t *testing.T) {
+	old := leaderWait
+	leaderWait = time.Minute // the member restart below must fit in it
+	t.Cleanup(func() { leaderWait = old })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cl := testutil.Cluster(t)
+	holder := NewBarrier(testutil.Client(t, cl.Endpoints()), "leaderless")
+	if err := holder.Hold(ctx); err != nil {
+		t.Fatal(err)
+	}
+	events := make(chan string, 8)
+	errc := make(chan error, 1)
+	waiter := testutil.Client(t, cl.Members[1].Endpoints())
+	go func() {
+		errc <- NewBarrier(waiter, "leaderless").wait(ctx, func(ev string) { events <- ev })
+	}()
+	next := func(want string) {
+		t.Helper()
+		select {
+		case ev := <-events:
+			if ev != want {
+				t.Fatalf("Wait traced %q, want %q", ev, want)
+			}
+		case err := <-errc:
+			t.Fatalf("Wait returned %v before %q", err, want)
+		case <-ctx.Done():
+			t.Fatalf("no %q from Wait", want)
+		}
+	}
+	next("watching")
+	// Member 1 alone has no leader: after a few election timeouts it
+	// cancels the watches that require one.
+	for _, i := range []int{0, 2} {
+		if err := cl.Members[i].Stop(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next("rewatch")
+	if err := cl.Members[0].Restart(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errc:
+		t.Fatalf("Wait returned %v while the barrier is held", err)
+	default:
+	}
+	for {
+		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+		err := holder.Release(rctx)
+		rcancel()
+		if err == nil {
+			break
+		}
+		if !transient(err) || ctx.Err() != nil {
+			t.Fatalf("Release: %v", err)
+		}
+	}
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatalf("Wait across the leader loss: %v, want nil after the release", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("Wait did not return after the release")
+	}
 }
