@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/batonhq/baton/concurrency"
+	"github.com/batonhq/baton/embedded"
 	"github.com/batonhq/baton/internal/testutil"
 )
 
@@ -26,6 +27,59 @@ func retry(t *testing.T, ctx context.Context, what string, f func(ctx context.Co
 			t.Fatalf("%s: %v", what, err)
 		}
 	}
+}
+
+// untilDone calls f, each time with a fresh 5 s timeout, until it returns
+// nil or an error that fatal says no retry can cure; it returns that last
+// error. It is for calls made from a test's worker goroutines (no
+// t.Fatal there) while the cluster elects a new leader.
+func untilDone(ctx context.Context, f func(ctx context.Context) error, fatal func(error) bool) error {
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := f(rctx)
+		cancel()
+		if err == nil || fatal(err) || ctx.Err() != nil {
+			return err
+		}
+	}
+}
+
+// progress counts the operations a cluster test's workers complete, so
+// that the test can wait for some before, during and after an outage.
+type progress chan struct{}
+
+func newProgress() progress { return make(progress, 1024) }
+
+func (p progress) done() {
+	select {
+	case p <- struct{}{}:
+	default:
+	}
+}
+
+// await waits for n more operations, with a generous liveness bound.
+func (p progress) await(t *testing.T, n int, when string) {
+	t.Helper()
+	for range n {
+		select {
+		case <-p:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("no progress %s", when)
+		}
+	}
+}
+
+// stopLeader stops the raft leader's member and returns its index.
+func stopLeader(t *testing.T, cl *embedded.Cluster) int {
+	t.Helper()
+	lead := cl.Leader()
+	if lead < 0 {
+		t.Fatal("no raft leader")
+	}
+	if err := cl.Members[lead].Stop(); err != nil {
+		t.Fatal(err)
+	}
+	return lead
 }
 
 // A lock held while the raft leader dies stays held, the waiter keeps

@@ -3,6 +3,7 @@ package concurrency_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/batonhq/baton/concurrency"
+	"github.com/batonhq/baton/internal/testutil"
 )
 
 // async runs f in a goroutine and returns its result channel.
@@ -366,5 +368,103 @@ func TestDoubleBarrierPrefixSibling(t *testing.T) {
 	}
 	if err := recv(t, eo, "Enter on dbs2"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// On a 3-member cluster, a double barrier of 3 fills and empties across a
+// stop and a restart of the raft leader's member: the member stops while
+// two participants wait in Enter and the third enters during the outage;
+// it restarts while two wait in Leave. Every participant gets through
+// (retrying what the outage failed), Enter and Leave return only once all
+// three have called them, and a second round runs after the restart.
+func TestDoubleBarrierClusterMemberRestart(t *testing.T) {
+	cl := testutil.Cluster(t)
+	ctx := testCtx(t)
+	admin := testutil.Client(t, cl.Endpoints())
+	const n = 3
+	var ps []*concurrency.DoubleBarrier
+	var sessions []*concurrency.Session
+	for range n {
+		s, err := concurrency.NewSession(testutil.Client(t, cl.Endpoints()), concurrency.WithTTL(10))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sessions = append(sessions, s)
+		ps = append(ps, concurrency.NewDoubleBarrier(s, "cdb", n))
+	}
+	bad := func(err error) bool {
+		return errors.Is(err, concurrency.ErrTooManyParticipants) || errors.Is(err, concurrency.ErrAlreadyEntered) ||
+			errors.Is(err, concurrency.ErrNotEntered)
+	}
+	var entering, leaving atomic.Int32
+	enter := func(p *concurrency.DoubleBarrier) <-chan error {
+		entering.Add(1)
+		return async(func() error {
+			err := untilDone(ctx, p.Enter, bad)
+			if err == nil && entering.Load() < n {
+				err = fmt.Errorf("Enter returned with %d of %d participants arrived", entering.Load(), n)
+			}
+			return err
+		})
+	}
+	leave := func(p *concurrency.DoubleBarrier) <-chan error {
+		leaving.Add(1)
+		return async(func() error {
+			failed := false
+			err := untilDone(ctx, func(ctx context.Context) error {
+				err := p.Leave(ctx)
+				if errors.Is(err, concurrency.ErrNotEntered) && failed {
+					return nil // an earlier try took us out, then failed waiting
+				}
+				failed = err != nil
+				if err == nil && leaving.Load() < n {
+					err = fmt.Errorf("Leave returned with %d of %d participants leaving", leaving.Load(), n)
+					t.Error(err)
+				}
+				return err
+			}, bad)
+			return err
+		})
+	}
+	all := func(what string, chs ...<-chan error) {
+		t.Helper()
+		for _, ch := range chs {
+			if err := recv(t, ch, what); err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+		}
+	}
+
+	e0, e1 := enter(ps[0]), enter(ps[1])
+	waitKeys(t, ctx, admin, "cdb/waiters", 2)
+	mustNotReturn(t, e0, "Enter with 2 of 3 in")
+	lead := stopLeader(t, cl)
+	all("Enter across the leader's stop", e0, e1, enter(ps[2]))
+
+	l0, l1 := leave(ps[0]), leave(ps[1])
+	waitKeys(t, ctx, admin, "cdb/waiters", 2) // the oldest stays in while it waits
+	if err := cl.Members[lead].Restart(); err != nil {
+		t.Fatal(err)
+	}
+	mustNotReturn(t, l0, "Leave with one participant in")
+	all("Leave across the member's restart", l0, l1, leave(ps[2]))
+
+	entering.Store(0)
+	leaving.Store(0)
+	all("Enter after the restart", enter(ps[0]), enter(ps[1]), enter(ps[2]))
+	all("Leave after the restart", leave(ps[0]), leave(ps[1]), leave(ps[2]))
+	for _, s := range sessions {
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := admin.Get(ctx, "cdb/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range r.Kvs {
+		if string(kv.Key) != "cdb/withdrawn" {
+			t.Fatalf("key %s left after the rounds", kv.Key)
+		}
 	}
 }

@@ -7,8 +7,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/batonhq/baton/concurrency"
+	"github.com/batonhq/baton/internal/testutil"
 )
 
 func TestRWMutexReadersShareWaitingWriterBlocksNewReaders(t *testing.T) {
@@ -276,5 +280,107 @@ func TestRWMutexPrefixSibling(t *testing.T) {
 	}
 	if err := rw.TryRLock(e.ctx); err != nil {
 		t.Fatalf("read lock on rw blocked by rwx: %v", err)
+	}
+}
+
+// On a 3-member cluster, two writers and three readers keep locking while
+// the raft leader is stopped and later restarted: a writer never shares
+// the lock, and it keeps being granted throughout. Each worker keeps to
+// one kind of lock, as a handle in an application does.
+func TestRWMutexClusterMemberRestart(t *testing.T) {
+	cl := testutil.Cluster(t)
+	ctx := testCtx(t)
+	var (
+		mu               sync.Mutex
+		readers, writers int
+	)
+	// hold records a holder for its time in the lock, a round trip to the
+	// cluster, and reports a holder let in beside a writer, or a writer
+	// beside anyone.
+	hold := func(c *clientv3.Client, write bool) {
+		n := &readers
+		if write {
+			n = &writers
+		}
+		mu.Lock()
+		if writers > 0 || (write && readers > 0) {
+			t.Errorf("a holder (writer: %v) let in beside %d readers and %d writers", write, readers, writers)
+		}
+		*n++
+		mu.Unlock()
+		gctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, _ = c.Get(gctx, "crw-probe") // may fail during the outage
+		cancel()
+		mu.Lock()
+		*n--
+		mu.Unlock()
+	}
+	misuse := func(err error) bool {
+		return errors.Is(err, concurrency.ErrNotLocked) || errors.Is(err, concurrency.ErrNotRLocked)
+	}
+	prog := newProgress()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var sessions []*concurrency.Session
+	for i := range 5 {
+		s, err := concurrency.NewSession(testutil.Client(t, cl.Endpoints()), concurrency.WithTTL(10))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sessions = append(sessions, s)
+		rw := concurrency.NewRWMutex(s, "crw")
+		write := i < 2
+		lock, unlock := rw.RLock, rw.RUnlock
+		if write {
+			lock, unlock = rw.Lock, rw.Unlock
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				lctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+				err := lock(lctx)
+				cancel()
+				if err != nil {
+					if misuse(err) {
+						t.Error(err)
+						return
+					}
+					continue // a leader change or a timeout: try again
+				}
+				hold(s.Client(), write)
+				prog.done()
+				err = untilDone(ctx, unlock, func(err error) bool {
+					return misuse(err) || errors.Is(err, concurrency.ErrLockLost)
+				})
+				if err != nil && !errors.Is(err, concurrency.ErrLockLost) { // lost: an earlier try landed
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	prog.await(t, 20, "before the outage")
+	lead := stopLeader(t, cl)
+	prog.await(t, 20, "with the leader stopped")
+	if err := cl.Members[lead].Restart(); err != nil {
+		t.Fatal(err)
+	}
+	prog.await(t, 20, "after the restart")
+	close(stop)
+	wg.Wait()
+	for _, s := range sessions {
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := testutil.Client(t, cl.Endpoints()).Get(ctx, "crw/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || r.Count != 0 {
+		t.Fatalf("keys left after every session closed: %v %v", r, err)
 	}
 }

@@ -326,7 +326,7 @@ func TestSemaphoreClusterMemberRestart(t *testing.T) {
 	ctx := testCtx(t)
 	const limit, workers = 2, 4
 	var out atomic.Int64
-	progress := make(chan struct{}, 1024)
+	prog := newProgress()
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	var sessions []*concurrency.Session
@@ -360,10 +360,7 @@ func TestSemaphoreClusterMemberRestart(t *testing.T) {
 					t.Errorf("%d permits out, limit %d", n, limit)
 				}
 				out.Add(-1)
-				select {
-				case progress <- struct{}{}:
-				default:
-				}
+				prog.done()
 				for ctx.Err() == nil {
 					rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 					err := sem.Release(rctx, 1)
@@ -379,29 +376,13 @@ func TestSemaphoreClusterMemberRestart(t *testing.T) {
 			}
 		}()
 	}
-	grants := func(n int, when string) {
-		t.Helper()
-		for range n {
-			select {
-			case <-progress:
-			case <-time.After(30 * time.Second):
-				t.Fatalf("no grant %s", when)
-			}
-		}
-	}
-	grants(10, "before the outage")
-	lead := cl.Leader()
-	if lead < 0 {
-		t.Fatal("no raft leader")
-	}
-	if err := cl.Members[lead].Stop(); err != nil {
-		t.Fatal(err)
-	}
-	grants(10, "with the leader stopped")
+	prog.await(t, 10, "before the outage")
+	lead := stopLeader(t, cl)
+	prog.await(t, 10, "with the leader stopped")
 	if err := cl.Members[lead].Restart(); err != nil {
 		t.Fatal(err)
 	}
-	grants(10, "after the restart")
+	prog.await(t, 10, "after the restart")
 	close(stop)
 	wg.Wait()
 	for _, s := range sessions {
