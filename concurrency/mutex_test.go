@@ -159,7 +159,9 @@ func TestMutexWaiterAheadDiesStillWaitsForHolder(t *testing.T) {
 }
 
 // etcd #19597: a waiter whose own session expires kept waiting for its
-// predecessors. Ours returns ErrSessionExpired as soon as its key goes.
+// predecessors. Ours returns ErrSessionExpired as soon as its key goes,
+// and never reports the lock taken (the Jepsen finding, etcd #11456: Lock
+// returned after its wait without checking that its key was still there).
 func TestMutexWaiterSessionExpiresPromptly(t *testing.T) {
 	e := newEnv(t)
 	admin := e.client()
@@ -183,7 +185,34 @@ func TestMutexWaiterSessionExpiresPromptly(t *testing.T) {
 	}
 }
 
-// etcd #9715, #21128: error paths of Lock left the waiter's key behind.
+// etcd #11456, the exact race Jepsen found: the holder's key and the
+// waiter's own go at one revision (the waiter's lease expired as the
+// holder let go). etcd's Lock took the holder's delete for its turn; ours
+// sees that its own key is gone and fails.
+func TestMutexWaiterKeyGoesWithHolders(t *testing.T) {
+	e := newEnv(t)
+	admin := e.client()
+	holder := concurrency.NewMutex(e.session(), "jepsen")
+	if err := holder.Lock(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	m := concurrency.NewMutex(e.session(), "jepsen")
+	errc := lockAsync(e.ctx, m)
+	waitKeys(t, e.ctx, admin, "jepsen", 2)
+	ks := e.keys("jepsen")
+	if _, err := admin.Txn(e.ctx).Then(clientv3.OpDelete(ks[0]), clientv3.OpDelete(ks[1])).Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := recv(t, errc, "Lock whose key went"); !errors.Is(err, concurrency.ErrSessionExpired) {
+		t.Fatalf("Lock whose key went with the holder's: %v, want ErrSessionExpired", err)
+	}
+	if m.Key() != "" {
+		t.Fatalf("failed Lock left Key %q", m.Key())
+	}
+}
+
+// etcd #9715, #10111, #21128: error paths of Lock left the waiter's key
+// behind.
 func TestMutexCancelledWaitLeavesNoKey(t *testing.T) {
 	e := newEnv(t)
 	holder := concurrency.NewMutex(e.session(), "cancel")
