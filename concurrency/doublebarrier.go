@@ -161,14 +161,20 @@ func (b *DoubleBarrier) join(ctx context.Context, key string, wait bool) (int64,
 	c := b.s.Client()
 	// 1. Put our key unless the barrier is full (ready exists), and read
 	//    the participants in the same transaction.
-	resp, err := c.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(b.ready), "=", 0),
-			clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, "", clientv3.WithLease(b.s.Lease())),
-			clientv3.OpGet(b.wdir, clientv3.WithPrefix(), clientv3.WithKeysOnly())).
-		Else(clientv3.OpGet(b.ready), clientv3.OpGet(key),
-			clientv3.OpGet(b.wdir, clientv3.WithPrefix(), clientv3.WithCountOnly())).
-		Commit()
+	//    The guards make it safe to repeat after a transient failure: a
+	//    retry whose first answer was lost finds our key (resumed below).
+	var resp *clientv3.TxnResponse
+	err := untilLeader(ctx, c, func() (err error) {
+		resp, err = c.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(b.ready), "=", 0),
+				clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+			Then(clientv3.OpPut(key, "", clientv3.WithLease(b.s.Lease())),
+				clientv3.OpGet(b.wdir, clientv3.WithPrefix(), clientv3.WithKeysOnly())).
+			Else(clientv3.OpGet(b.ready), clientv3.OpGet(key),
+				clientv3.OpGet(b.wdir, clientv3.WithPrefix(), clientv3.WithCountOnly())).
+			Commit()
+		return err
+	})
 	if err != nil {
 		// The request may have created the key (cancelled or timed out
 		// after it was sent): withdraw it, or it would count as a

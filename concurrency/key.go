@@ -72,15 +72,22 @@ type joined struct {
 }
 
 // join puts key (attached to the session's lease) unless it exists, and
-// reads the queue, in one transaction.
+// reads the queue, in one transaction. The guard makes the request safe to
+// repeat, so a transient failure (the member that had it stopped, the
+// cluster between leaders) is retried as untilLeader does: a retry after an
+// answer that was lost finds the key the first request put.
 func join(ctx context.Context, s *Session, dir, key, val string) (*joined, error) {
 	c := s.Client()
 	queue := clientv3.OpGet(dir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
-	resp, err := c.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, val, clientv3.WithLease(s.Lease())), queue).
-		Else(clientv3.OpGet(key), queue).
-		Commit()
+	var resp *clientv3.TxnResponse
+	err := untilLeader(ctx, c, func() (err error) {
+		resp, err = c.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+			Then(clientv3.OpPut(key, val, clientv3.WithLease(s.Lease())), queue).
+			Else(clientv3.OpGet(key), queue).
+			Commit()
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -175,8 +182,9 @@ func watchKey(ctx context.Context, c *clientv3.Client, key string) (w *keyWatch,
 	return w, err
 }
 
-// leaderWait is how long untilLeader asks again for a watch that a member
-// between leaders refuses: long enough for an election, short enough that
+// leaderWait is how long untilLeader asks again for a watch (or repeats a
+// request that is safe to repeat) that a member between leaders refuses or
+// a stopping member drops: long enough for an election, short enough that
 // a waiter on a member cut off from the cluster gives up with the error.
 // A variable only so that a test can stretch it.
 var leaderWait = 5 * time.Second

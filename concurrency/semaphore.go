@@ -129,12 +129,18 @@ func (sm *Semaphore) Acquire(ctx context.Context, n int64) error {
 	key := sm.s.claimName(sm.dir)
 	val := semValue(n, sm.limit)
 	queue := clientv3.OpGet(sm.dir, clientv3.WithPrefix())
-	// 1. Put our key and read the queue in one transaction.
-	resp, err := c.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, val, clientv3.WithLease(sm.s.Lease())), queue).
-		Else(clientv3.OpGet(key), queue).
-		Commit()
+	// 1. Put our key and read the queue in one transaction. The guard
+	//    makes it safe to repeat after a transient failure: a retry whose
+	//    first answer was lost adopts the key the first one put.
+	var resp *clientv3.TxnResponse
+	err := untilLeader(ctx, c, func() (err error) {
+		resp, err = c.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+			Then(clientv3.OpPut(key, val, clientv3.WithLease(sm.s.Lease())), queue).
+			Else(clientv3.OpGet(key), queue).
+			Commit()
+		return err
+	})
 	if err != nil {
 		// The request may have created the key (cancelled or timed out
 		// after it was sent): take it out of the queue, or its permits
