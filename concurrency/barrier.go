@@ -112,9 +112,11 @@ func (b *Barrier) wait(ctx context.Context, trace func(event string)) error {
 		return fmt.Errorf("barrier: watch %q: %w", b.key, err)
 	}
 	defer func() { w.cancel() }()
-	// 2. Read the key at the revision the watch starts after, so that no
-	//    release can fall between the read and the watch.
-	r, _, err := recipeGetAt(ctx, b.c, w.created, b.key)
+	// 2. Read the key now, linearizably: a Hold that returned before this
+	//    Wait began is seen even when the member that made the watch lags
+	//    behind it. The read is at a revision no earlier than the watch's
+	//    start, so no release can fall between the two.
+	r, seen, err := recipeGetAt(ctx, b.c, 0, b.key)
 	if err != nil {
 		return err
 	}
@@ -125,8 +127,8 @@ func (b *Barrier) wait(ctx context.Context, trace func(event string)) error {
 		trace("watching")
 	}
 	// 3. Wait for the deletion of the key. Invariant: the key was held at
-	//    revision seen, and the watch reports every change after seen.
-	seen := w.created
+	//    revision seen, and the watch reports every change after seen (and
+	//    perhaps some before it, which the read already holds: skipped).
 	for {
 		select {
 		case <-ctx.Done():
@@ -150,6 +152,9 @@ func (b *Barrier) wait(ctx context.Context, trace func(event string)) error {
 				return fmt.Errorf("barrier: wait on %q: %w", b.key, err)
 			}
 			for _, ev := range wr.Events {
+				if ev.Kv.ModRevision <= seen {
+					continue
+				}
 				if ev.Type == mvccpb.DELETE {
 					return nil
 				}

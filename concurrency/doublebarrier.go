@@ -305,7 +305,9 @@ func (b *DoubleBarrier) fill(ctx context.Context, key string, rev, at int64, wai
 			if w, err = b.watchEnter(ctx, key); err != nil {
 				return 0, err
 			}
-			have, at = false, w.created
+			// Never behind at: a watch made on a member that lags starts
+			// before what we know, where our own key may not exist yet.
+			have, at = false, max(w.created, at)
 			continue
 		}
 		ev, err := w.next(ctx, b.s)
@@ -317,7 +319,7 @@ func (b *DoubleBarrier) fill(ctx context.Context, key string, rev, at int64, wai
 		case ev.ownGone:
 			return 0, ErrSessionExpired
 		}
-		have, at = false, ev.rev // a watch was remade
+		have, at = false, max(ev.rev, at) // a watch was remade
 	}
 }
 
@@ -538,7 +540,7 @@ func (b *DoubleBarrier) closeLast(ctx context.Context, key string, rev int64, wa
 				return errors.Is(err, ErrSessionExpired), err
 			}
 		}
-		r, rev, err := recipeGetAt(ctx, c, next, b.wdir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		r, rev, err := recipeGetAt(ctx, c, max(next, at), b.wdir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 		if err != nil {
 			return false, err
 		}
@@ -589,7 +591,7 @@ func (b *DoubleBarrier) waitEmpty(ctx context.Context, waiters []*mvccpb.KeyValu
 				return err
 			}
 		}
-		r, rev, err := recipeGetAt(ctx, c, next, b.wdir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		r, rev, err := recipeGetAt(ctx, c, max(next, at), b.wdir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 		if err != nil {
 			return err
 		}

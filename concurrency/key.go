@@ -338,7 +338,9 @@ func waitTurn(ctx context.Context, s *Session, dir, key string, rev int64, queue
 				return 0, err
 			}
 		}
-		r, readAt, err := readQueue(ctx, c, dir, rev, next)
+		// Never read behind at: a watch made on a member that lags starts
+		// before what we know, and the queue there may lack our own key.
+		r, readAt, err := readQueue(ctx, c, dir, rev, max(next, at))
 		for err != nil && transient(err) && ctx.Err() == nil {
 			pause(ctx)
 			r, readAt, err = readQueue(ctx, c, dir, rev, 0)

@@ -399,8 +399,10 @@ func watchHold(ctx context.Context, s *Session, key string, rev int64) bool {
 			pause(ctx)
 			continue
 		}
-		// The watch covers changes after w.created; check the key then.
-		r, err := c.Get(ctx, key, clientv3.WithRev(w.created), clientv3.WithSerializable())
+		// The watch covers changes after w.created; check the key then, or
+		// at rev if the watch's member lags behind the lock (the key did
+		// not exist before rev, and cannot have gone between the two).
+		r, err := c.Get(ctx, key, clientv3.WithRev(max(w.created, rev)), clientv3.WithSerializable())
 		if err != nil {
 			r, err = c.Get(ctx, key)
 		}

@@ -572,7 +572,8 @@ func (q *queueCore) await(ctx context.Context) (val string, again bool, err erro
 			}
 		}
 		if created > 0 {
-			if st, err = q.state(ctx, created); err != nil {
+			// Not before our own key (a watch's member may lag).
+			if st, err = q.state(ctx, max(created, rev)); err != nil {
 				return "", false, err
 			}
 			continue

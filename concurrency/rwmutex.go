@@ -250,7 +250,8 @@ func (rw *RWMutex) wait(ctx context.Context, key string, rev int64, write bool, 
 				return err
 			}
 		}
-		r, got, err := recipeGetAt(ctx, c, next, rw.dir, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithMaxCreateRev(rev))
+		// Never behind at (a watch on a lagging member starts earlier).
+		r, got, err := recipeGetAt(ctx, c, max(next, at), rw.dir, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithMaxCreateRev(rev))
 		if err != nil {
 			return err
 		}

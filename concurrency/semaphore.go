@@ -510,7 +510,8 @@ func (sm *Semaphore) wait(ctx context.Context, key string, rev int64, es []semEn
 				return sm.follow(ctx, key, rev)
 			}
 		}
-		r, got, err := recipeGetAt(ctx, c, next, sm.dir, clientv3.WithPrefix())
+		// Never behind at (a watch on a lagging member starts earlier).
+		r, got, err := recipeGetAt(ctx, c, max(next, at), sm.dir, clientv3.WithPrefix())
 		if err != nil {
 			return err
 		}
@@ -588,9 +589,13 @@ var errWatchBroken = errors.New("semaphore: watch broken")
 
 // track reads the queue at the revision w starts after and applies w's
 // events to it until our key is granted, and returns the queue then.
+//
+// A watch made on a member that lags can start before our key (created at
+// rev) exists: then the queue is read at rev instead, and the events up to
+// the revision read, which that read already holds, are skipped.
 func (sm *Semaphore) track(ctx context.Context, w *keyWatch, key string, rev int64) (semQueue, error) {
 	c := sm.s.Client()
-	r, _, err := recipeGetAt(ctx, c, w.created, sm.dir, clientv3.WithPrefix())
+	r, at, err := recipeGetAt(ctx, c, max(w.created, rev), sm.dir, clientv3.WithPrefix())
 	if err != nil {
 		return semQueue{}, err
 	}
@@ -631,6 +636,9 @@ func (sm *Semaphore) track(ctx context.Context, w *keyWatch, key string, rev int
 			// Events arrive in revision order, so the map is the queue as
 			// of the last event.
 			for _, ev := range wr.Events {
+				if ev.Kv.ModRevision <= at {
+					continue // already in the queue read
+				}
 				k := string(ev.Kv.Key)
 				if ev.Type == mvccpb.DELETE {
 					delete(queue, k)
