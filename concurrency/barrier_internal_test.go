@@ -167,9 +167,7 @@ func (p *proxy) restore() {
 // is back, not before. etcd's recipe returned nil as soon as the watch
 // ended (#16156), and ours used to return the "no leader" error.
 func TestBarrierWaitRidesOutLeaderLoss(t *testing.T) {
-	old := leaderWait
-	leaderWait = time.Minute // the member restart below must fit in it
-	t.Cleanup(func() { leaderWait = old })
+	stretchLeaderWait(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cl := testutil.Cluster(t)

@@ -8,15 +8,21 @@ import (
 	"github.com/batonhq/baton/internal/testutil"
 )
 
+// stretchLeaderWait makes leaderWait a minute for the test, so that a
+// member restart fits in it.
+func stretchLeaderWait(t *testing.T) {
+	old := leaderWait
+	leaderWait = time.Minute
+	t.Cleanup(func() { leaderWait = old })
+}
+
 // A member between leaders refuses the watches waiters start (they require
 // a leader). Waiters ask again, for up to leaderWait, so that a leader
 // election does not fail a Lock or a Campaign. TestClusterElectionFailover
 // failed once with "etcdserver: no leader" before this: its candidate was
 // starting its watches as the raft leader's member stopped.
 func TestWatchWaitsOutLeaderElection(t *testing.T) {
-	old := leaderWait
-	leaderWait = time.Minute // the member restart below must fit in it
-	t.Cleanup(func() { leaderWait = old })
+	stretchLeaderWait(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cl := testutil.Cluster(t)

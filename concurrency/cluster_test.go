@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/batonhq/baton/concurrency"
 	"github.com/batonhq/baton/embedded"
 	"github.com/batonhq/baton/internal/testutil"
@@ -69,6 +71,46 @@ func (p progress) await(t *testing.T, n int, when string) {
 	}
 }
 
+// clusterSession makes a session with a 10 s TTL on a client of its own
+// that knows every member of cl; it is closed when the test ends.
+func clusterSession(t *testing.T, cl *embedded.Cluster) *concurrency.Session {
+	t.Helper()
+	s, err := concurrency.NewSession(testutil.Client(t, cl.Endpoints()), concurrency.WithTTL(10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// outage waits for n operations, stops the raft leader's member, waits for
+// n more, restarts it, and waits for n more.
+func outage(t *testing.T, cl *embedded.Cluster, prog progress, n int) {
+	t.Helper()
+	prog.await(t, n, "before the outage")
+	lead := stopLeader(t, cl)
+	prog.await(t, n, "with the leader stopped")
+	if err := cl.Members[lead].Restart(); err != nil {
+		t.Fatal(err)
+	}
+	prog.await(t, n, "after the restart")
+}
+
+// closeLeavesNoKeys closes sessions and checks that no key is left under
+// pfx: every key of the recipe went with them.
+func closeLeavesNoKeys(t *testing.T, ctx context.Context, cl *embedded.Cluster, sessions []*concurrency.Session, pfx string) {
+	t.Helper()
+	for _, s := range sessions {
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := testutil.Client(t, cl.Endpoints()).Get(ctx, pfx, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || r.Count != 0 {
+		t.Fatalf("keys left under %s after every session closed: %v %v", pfx, r, err)
+	}
+}
+
 // stopLeader stops the raft leader's member and returns its index.
 func stopLeader(t *testing.T, cl *embedded.Cluster) int {
 	t.Helper()
@@ -88,14 +130,7 @@ func stopLeader(t *testing.T, cl *embedded.Cluster) int {
 func TestClusterLeaderKilledWhileLockHeld(t *testing.T) {
 	cl := testutil.Cluster(t)
 	ctx := testCtx(t)
-	newSession := func() *concurrency.Session {
-		s, err := concurrency.NewSession(testutil.Client(t, cl.Endpoints()), concurrency.WithTTL(10))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		return s
-	}
+	newSession := func() *concurrency.Session { return clusterSession(t, cl) }
 	admin := testutil.Client(t, cl.Endpoints())
 	holder := concurrency.NewMutex(newSession(), "cluster-lock")
 	if err := holder.Lock(ctx); err != nil {

@@ -385,10 +385,7 @@ func TestDoubleBarrierClusterMemberRestart(t *testing.T) {
 	var ps []*concurrency.DoubleBarrier
 	var sessions []*concurrency.Session
 	for range n {
-		s, err := concurrency.NewSession(testutil.Client(t, cl.Endpoints()), concurrency.WithTTL(10))
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := clusterSession(t, cl)
 		sessions = append(sessions, s)
 		ps = append(ps, concurrency.NewDoubleBarrier(s, "cdb", n))
 	}

@@ -405,7 +405,7 @@ func TestQueueClusterMemberRestart(t *testing.T) {
 	enqueued := map[string]bool{} // value -> Enqueue returned nil
 	delivered := map[string]int{}
 	unknownClaims := 0
-	progress := make(chan struct{}, 4096)
+	prog := make(progress, 4096) // room for every item: none is dropped
 	cctx, stopConsumers := context.WithCancel(ctx)
 	defer stopConsumers()
 	var cwg sync.WaitGroup
@@ -425,7 +425,7 @@ func TestQueueClusterMemberRestart(t *testing.T) {
 				}
 				mu.Unlock()
 				if err == nil {
-					progress <- struct{}{}
+					prog.done()
 				}
 			}
 		}()
@@ -452,25 +452,9 @@ func TestQueueClusterMemberRestart(t *testing.T) {
 			}
 		}()
 	}
-	items := func(n int, when string) {
-		t.Helper()
-		for range n {
-			select {
-			case <-progress:
-			case <-time.After(30 * time.Second):
-				t.Fatalf("no item delivered %s", when)
-			}
-		}
-	}
-	items(10, "before the outage")
-	lead := cl.Leader()
-	if lead < 0 {
-		t.Fatal("no raft leader")
-	}
-	if err := cl.Members[lead].Stop(); err != nil {
-		t.Fatal(err)
-	}
-	items(10, "with the leader stopped")
+	prog.await(t, 10, "before the outage")
+	lead := stopLeader(t, cl)
+	prog.await(t, 10, "with the leader stopped")
 	if err := cl.Members[lead].Restart(); err != nil {
 		t.Fatal(err)
 	}
@@ -490,7 +474,7 @@ func TestQueueClusterMemberRestart(t *testing.T) {
 		if done {
 			break
 		}
-		items(1, "while items are missing")
+		prog.await(t, 1, "while items are missing")
 	}
 	stopConsumers()
 	cwg.Wait()

@@ -323,10 +323,7 @@ func TestRWMutexClusterMemberRestart(t *testing.T) {
 	var wg sync.WaitGroup
 	var sessions []*concurrency.Session
 	for i := range 5 {
-		s, err := concurrency.NewSession(testutil.Client(t, cl.Endpoints()), concurrency.WithTTL(10))
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := clusterSession(t, cl)
 		sessions = append(sessions, s)
 		rw := concurrency.NewRWMutex(s, "crw")
 		write := i < 2
@@ -365,22 +362,8 @@ func TestRWMutexClusterMemberRestart(t *testing.T) {
 			}
 		}()
 	}
-	prog.await(t, 20, "before the outage")
-	lead := stopLeader(t, cl)
-	prog.await(t, 20, "with the leader stopped")
-	if err := cl.Members[lead].Restart(); err != nil {
-		t.Fatal(err)
-	}
-	prog.await(t, 20, "after the restart")
+	outage(t, cl, prog, 20)
 	close(stop)
 	wg.Wait()
-	for _, s := range sessions {
-		if err := s.Close(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	r, err := testutil.Client(t, cl.Endpoints()).Get(ctx, "crw/", clientv3.WithPrefix(), clientv3.WithCountOnly())
-	if err != nil || r.Count != 0 {
-		t.Fatalf("keys left after every session closed: %v %v", r, err)
-	}
+	closeLeavesNoKeys(t, ctx, cl, sessions, "crw/")
 }

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/batonhq/baton/concurrency"
 	"github.com/batonhq/baton/internal/testutil"
 )
@@ -331,10 +329,7 @@ func TestSemaphoreClusterMemberRestart(t *testing.T) {
 	var wg sync.WaitGroup
 	var sessions []*concurrency.Session
 	for range workers {
-		s, err := concurrency.NewSession(testutil.Client(t, cl.Endpoints()), concurrency.WithTTL(10))
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := clusterSession(t, cl)
 		sessions = append(sessions, s)
 		sem := concurrency.NewSemaphore(s, "csem", limit)
 		wg.Add(1)
@@ -361,39 +356,20 @@ func TestSemaphoreClusterMemberRestart(t *testing.T) {
 				}
 				out.Add(-1)
 				prog.done()
-				for ctx.Err() == nil {
-					rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-					err := sem.Release(rctx, 1)
-					cancel()
-					if err == nil || errors.Is(err, concurrency.ErrPermitsLost) {
-						break // ErrPermitsLost: an earlier try landed
-					}
-					if errors.Is(err, concurrency.ErrNotHeld) {
-						t.Error(err)
-						return
-					}
+				err = untilDone(ctx, func(ctx context.Context) error { return sem.Release(ctx, 1) }, func(err error) bool {
+					return errors.Is(err, concurrency.ErrNotHeld) || errors.Is(err, concurrency.ErrPermitsLost)
+				})
+				if err != nil && !errors.Is(err, concurrency.ErrPermitsLost) { // lost: an earlier try landed
+					t.Error(err)
+					return
 				}
 			}
 		}()
 	}
-	prog.await(t, 10, "before the outage")
-	lead := stopLeader(t, cl)
-	prog.await(t, 10, "with the leader stopped")
-	if err := cl.Members[lead].Restart(); err != nil {
-		t.Fatal(err)
-	}
-	prog.await(t, 10, "after the restart")
+	outage(t, cl, prog, 10)
 	close(stop)
 	wg.Wait()
-	for _, s := range sessions {
-		if err := s.Close(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	r, err := testutil.Client(t, cl.Endpoints()).Get(ctx, "csem/", clientv3.WithPrefix(), clientv3.WithCountOnly())
-	if err != nil || r.Count != 0 {
-		t.Fatalf("keys left after every session closed: %v %v", r, err)
-	}
+	closeLeavesNoKeys(t, ctx, cl, sessions, "csem/")
 }
 
 // etcd #6278/#16156 family: a semaphore on "sem" must not count the keys
