@@ -27,29 +27,51 @@ var (
 // revision and the oldest leads, as with etcd's Election and etcdctl elect,
 // which it interoperates with. The leader's key holds its proclaimed value.
 //
+// The candidate is the session, as in etcd's package: every Election on one
+// Session and prefix uses the key pfx/hex(lease). Campaign on a second
+// Election of a session that leads proclaims its value and leads at once;
+// on a session that waits, it sets the value and waits in the same place.
+// Resign on any of them ends the leadership of all of them (their
+// WithLeadership and HoldContext see the loss). WithExclusive gives an
+// Election a key of its own instead, which competes with the session's
+// other Elections; default and WithExclusive Elections on one session and
+// prefix are refused with ErrWaitsOnItself.
+//
 // An Election is safe for use by several goroutines.
 type Election struct {
-	s   *Session
-	pfx string // prefix + "/"
-	err error
+	s         *Session
+	pfx       string // prefix + "/"
+	exclusive bool
+	err       error
+
+	// resignMu serializes Resign calls, so that two racing Resigns of one
+	// leadership end it once.
+	resignMu sync.Mutex
 
 	mu        sync.Mutex // guards the fields below
 	leaderKey string
 	leaderRev int64
 	leading   bool
-	claimed   bool // leaderKey came from the session's claimName
+	slot      *slot // the key of this leadership; nil when resumed
 	hdr       *pb.ResponseHeader
 }
 
-// NewElection makes an Election on prefix pfx. A nil session or an empty
-// prefix is reported by the first call.
-func NewElection(s *Session, pfx string) *Election {
-	e := &Election{s: s, pfx: pfx + "/"}
+// NewElection makes an Election on prefix pfx. A nil session, an empty
+// prefix or an option that is not for elections (WithMutexValue) is
+// reported by the first call. The only option is WithExclusive.
+func NewElection(s *Session, pfx string, opts ...HandleOption) *Election {
+	var o handleOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	e := &Election{s: s, pfx: pfx + "/", exclusive: o.exclusive}
 	switch {
 	case s == nil:
 		e.err = ErrNilSession
 	case pfx == "":
 		e.err = ErrEmptyPrefix
+	case o.val != nil:
+		e.err = errors.New("election: WithMutexValue is an option of NewMutex; Campaign takes the value")
 	}
 	return e
 }
@@ -64,12 +86,16 @@ func ResumeElection(s *Session, pfx string, leaderKey string, leaderRev int64) *
 }
 
 // Campaign puts this candidate in the election with value val and waits
-// until it leads, ctx ends, or the session ends.
+// until it leads, ctx ends, or the session's lease ends. On an orphaned
+// session it goes on waiting until the lease expires on the server, as
+// etcd's does.
 //
 // It reports leadership only after reading its own key at the head of the
 // queue (etcd could report it after the lease expired, #11007, #22387). On
 // every error the candidate's key is deleted before Campaign returns
-// (etcd #21128 left it on non-cancel errors).
+// (etcd #21128 left it on non-cancel errors), unless another Election of
+// the same session still uses it; the delete ends at once if the client
+// closes.
 func (e *Election) Campaign(ctx context.Context, val string) error {
 	if e.err != nil {
 		return e.err
@@ -86,37 +112,51 @@ func (e *Election) Campaign(ctx context.Context, val string) error {
 	}
 	e.mu.Unlock()
 	c := e.s.Client()
-	key := e.s.claimName(e.pfx)
-	j, err := join(ctx, e.s, e.pfx, key, val)
+	sl, err := takeSlot(e.s, e.pfx, e.exclusive)
 	if err != nil {
-		abandon(ctx, e.s, key)
-		e.s.releaseName(key)
+		return err
+	}
+	key := sl.key
+	var j *joined
+	err = sl.serialize(func() (err error) {
+		j, err = join(ctx, e.s, e.pfx, key, val)
+		if err != nil || !j.existed || string(j.value) == val {
+			return err
+		}
+		// Our key was there from before (another Election of this
+		// session, or a resumed lease): proclaim val, as etcd does.
+		r, err := guard(ctx, c, key, j.rev, ErrSessionExpired, []clientv3.Op{clientv3.OpPut(key, val, clientv3.WithIgnoreLease())})
+		if err != nil {
+			return err
+		}
+		q, at, err := readQueue(ctx, c, e.pfx, j.rev, r.Header.Revision)
+		if err == nil {
+			j.queue, j.hdr = q.Kvs, headerAt(j.hdr, at)
+		}
+		return err
+	})
+	if err != nil {
+		rev := int64(0)
+		if j != nil {
+			rev = j.rev
+		}
+		sl.giveUp(ctx, rev)
 		return ctxErr(ctx, err)
 	}
-	at := j.hdr.Revision
-	if j.existed && string(j.value) != val {
-		// Our key was there from before (a resumed lease): proclaim val.
-		var r *clientv3.TxnResponse
-		if r, err = guard(ctx, c, key, j.rev, ErrSessionExpired, []clientv3.Op{clientv3.OpPut(key, val, clientv3.WithIgnoreLease())}); err == nil {
-			at = r.Header.Revision
-			var q *clientv3.GetResponse
-			if q, at, err = readQueue(ctx, c, e.pfx, j.rev, at); err == nil {
-				j.queue = q.Kvs
-			}
-		}
-	}
-	if err == nil {
-		at, err = waitTurn(ctx, e.s, e.pfx, key, j.rev, j.queue, at)
-	}
+	at, err := waitTurn(ctx, e.s, e.pfx, key, j.rev, j.queue, j.hdr.Revision)
 	if err != nil {
-		leave(ctx, c, key, j.rev)
-		e.s.releaseName(key)
+		sl.giveUp(ctx, j.rev)
 		return ctxErr(ctx, err)
 	}
 	hdr := headerAt(j.hdr, at)
 	e.mu.Lock()
-	e.leaderKey, e.leaderRev, e.leading, e.claimed, e.hdr = key, j.rev, true, true, hdr
+	prev := e.slot
+	e.leaderKey, e.leaderRev, e.leading, e.slot, e.hdr = key, j.rev, true, sl, hdr
 	e.mu.Unlock()
+	if prev != nil {
+		// Two Campaigns of this Election at once: one leadership.
+		prev.done(0, false)
+	}
 	return nil
 }
 
@@ -136,11 +176,11 @@ func (e *Election) Proclaim(ctx context.Context, val string) error {
 	resp, err := guard(ctx, e.s.Client(), key, rev, ErrElectionNotLeader,
 		[]clientv3.Op{clientv3.OpPut(key, val, clientv3.WithIgnoreLease())})
 	if errors.Is(err, ErrElectionNotLeader) {
-		e.forget(key, rev)
+		e.forget(key, rev, false)
 		return err
 	}
 	if err != nil {
-		return err
+		return ctxErr(ctx, err)
 	}
 	e.mu.Lock()
 	e.hdr = resp.Header
@@ -151,43 +191,57 @@ func (e *Election) Proclaim(ctx context.Context, val string) error {
 // Resign gives up leadership, deleting the leader key only if it is still
 // this leadership's (etcd #22082). When the request fails, the Election
 // keeps leading and Resign can be retried (etcd forgot the key, #22123).
-// Resigning when not leading is a no-op.
+// Resigning when not leading is a no-op. It ends the leadership of every
+// Election of the session that shares it, as etcd's does.
 func (e *Election) Resign(ctx context.Context) error {
 	if e.err != nil {
 		return e.err
 	}
+	e.resignMu.Lock()
+	defer e.resignMu.Unlock()
 	e.mu.Lock()
-	key, rev, leading := e.leaderKey, e.leaderRev, e.leading
+	key, rev, leading, sl := e.leaderKey, e.leaderRev, e.leading, e.slot
 	e.mu.Unlock()
 	if !leading {
 		return nil
 	}
-	resp, err := e.s.Client().Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
-		Then(clientv3.OpDelete(key)).
-		Commit()
+	var hdr *pb.ResponseHeader
+	var err error
+	if sl != nil {
+		_, hdr, err = sl.release(ctx, rev)
+	} else {
+		var resp *clientv3.TxnResponse
+		resp, err = e.s.Client().Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
+			Then(clientv3.OpDelete(key)).
+			Commit()
+		if err == nil {
+			hdr = resp.Header
+		}
+	}
 	if err != nil {
-		return err
+		return ctxErr(ctx, err)
 	}
 	e.mu.Lock()
-	e.hdr = resp.Header
+	e.hdr = hdr
 	e.mu.Unlock()
-	e.forget(key, rev)
+	e.forget(key, rev, true)
 	return nil
 }
 
 // forget drops the leadership of key created at rev, if it is still the
-// current one.
-func (e *Election) forget(key string, rev int64) {
+// current one. released tells that the slot was already ended by a
+// release request.
+func (e *Election) forget(key string, rev int64, released bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.leaderKey != key || e.leaderRev != rev || !e.leading {
 		return
 	}
-	if e.claimed {
-		e.s.releaseName(key)
+	if e.slot != nil && !released {
+		e.slot.done(rev, false)
 	}
-	e.leaderKey, e.leaderRev, e.leading, e.claimed = "", 0, false, false
+	e.leaderKey, e.leaderRev, e.leading, e.slot = "", 0, false, nil
 }
 
 // Leader returns the current leader's key and value, or
@@ -259,7 +313,7 @@ func WithLeadership(ctx context.Context, e *Election, val string, f func(ctx con
 	fctx, stop := holdContext(ctx, e.s, e.Key(), e.Rev(), ErrLeadershipLost)
 	ferr := f(fctx)
 	lost := stop()
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	rctx, cancel := cleanupCtx(ctx, e.s.Client())
 	defer cancel()
 	rerr := e.Resign(rctx)
 	switch {

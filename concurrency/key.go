@@ -32,6 +32,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -361,7 +362,9 @@ func waitEvent(ctx context.Context, s *Session, own, pred *keyWatch, ownRev, pre
 		select {
 		case <-ctx.Done():
 			return 0, ctx.Err()
-		case <-s.Done():
+		case <-s.expired():
+			// Not s.Done(): an orphaned session's lease lives on, and its
+			// waiter with it, until the server deletes our key.
 			return 0, ErrSessionExpired
 		case wr, ok := <-own.ch:
 			if !ok || wr.Err() != nil {
@@ -426,16 +429,31 @@ func transient(err error) bool {
 // up after a join whose outcome is unknown: a request that timed out or was
 // cancelled after it was sent may have created the key, which would then
 // sit in the queue, never take its turn, and block everyone behind it until
-// the session ends. The key name is this handle's alone within the session
-// (claimName), so the lease compare is enough.
+// the session ends. Only this session writes keys named after its lease
+// (claimName, sharedName), so the lease compare is enough; the caller makes
+// sure that no other handle of the session uses the key.
 func abandon(ctx context.Context, s *Session, key string) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	ctx, cancel := cleanupCtx(ctx, s.Client())
 	defer cancel()
 	_, err := s.Client().Txn(ctx).
 		If(clientv3.Compare(clientv3.LeaseValue(key), "=", s.Lease())).
 		Then(clientv3.OpDelete(key)).
 		Commit()
 	return err
+}
+
+// cleanupCtx is the context of a delete that cleans up after a call: it
+// keeps ctx's values but not its end, lasts cleanupTimeout, and ends at once
+// when the client closes. etcd's client retries a request that a closing
+// connection cut for as long as the request's context lives; without the
+// last rule a cleanup would hold its caller for seconds after Close.
+func cleanupCtx(ctx context.Context, c *clientv3.Client) (context.Context, context.CancelFunc) {
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	cctx, stop := withClient(tctx, c)
+	return cctx, func() {
+		stop()
+		cancel()
+	}
 }
 
 // ctxErr returns ctx's error when ctx has ended, and err otherwise: a
@@ -452,7 +470,7 @@ func ctxErr(ctx context.Context, err error) error {
 // leave deletes key if it is still the one created at rev. It runs with its
 // own timeout, so that it also works after the caller's context ended.
 func leave(ctx context.Context, c *clientv3.Client, key string, rev int64) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	ctx, cancel := cleanupCtx(ctx, c)
 	defer cancel()
 	_, err := c.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
@@ -465,4 +483,112 @@ func leave(ctx context.Context, c *clientv3.Client, key string, rev int64) error
 // waiter's turn came, which may be later than the request that joined.
 func headerAt(h *pb.ResponseHeader, rev int64) *pb.ResponseHeader {
 	return &pb.ResponseHeader{ClusterId: h.ClusterId, MemberId: h.MemberId, RaftTerm: h.RaftTerm, Revision: rev}
+}
+
+// slot is the key a Mutex or Election handle queues with. By default every
+// handle of one session on one prefix shares the key dir + hex(lease), so
+// that they are one participant, as in etcd's package: a second handle
+// finds the key the first one made, holds when it holds and waits where it
+// waits. A handle made WithExclusive has a key of its own instead.
+type slot struct {
+	s         *Session
+	dir, key  string
+	exclusive bool
+	p         *participant // the shared key's bookkeeping; nil when exclusive
+	over      atomic.Bool  // the acquisition was ended (giveUp or done)
+}
+
+// takeSlot claims the key for one acquisition. Every successful takeSlot
+// is ended by exactly one giveUp (the acquisition failed) or done (it was
+// released or found lost).
+func takeSlot(s *Session, dir string, exclusive bool) (*slot, error) {
+	if exclusive {
+		key, err := s.claimExclusive(dir)
+		if err != nil {
+			return nil, err
+		}
+		return &slot{s: s, dir: dir, key: key, exclusive: true}, nil
+	}
+	key, err := s.useShared(dir)
+	if err != nil {
+		return nil, err
+	}
+	s.namesMu.Lock()
+	p := s.shared[dir]
+	s.namesMu.Unlock()
+	return &slot{s: s, dir: dir, key: key, p: p}, nil
+}
+
+// serialize runs f with the shared key's operations serialized: a join, the
+// delete of a failed acquisition and a release never overlap among the
+// handles of one session, so that a join never adopts a key that another
+// handle's cleanup is deleting.
+func (sl *slot) serialize(f func() error) error {
+	if sl.p == nil {
+		return f()
+	}
+	sl.p.op.Lock()
+	defer sl.p.op.Unlock()
+	return f()
+}
+
+// giveUp ends a failed acquisition: it deletes the key, unless another
+// handle of the session still waits for or holds the shared key. rev is
+// the key's create revision, 0 when a join's outcome is unknown, and -1
+// when nothing was written.
+func (sl *slot) giveUp(ctx context.Context, rev int64) error {
+	if sl.over.Swap(true) {
+		return nil
+	}
+	var err error
+	sl.serialize(func() error {
+		if (sl.exclusive || sl.s.doneShared(sl.dir, 0, false)) && rev >= 0 {
+			if rev > 0 {
+				err = leave(ctx, sl.s.Client(), sl.key, rev)
+			} else {
+				err = abandon(ctx, sl.s, sl.key)
+			}
+		}
+		return nil
+	})
+	if sl.exclusive {
+		sl.s.releaseExclusive(sl.dir, sl.key)
+	}
+	return err
+}
+
+// release deletes the key if it is still the one created at rev, and ends
+// the acquisition when the request got an answer. It reports whether the
+// key was there to delete. A shared key that another handle of the session
+// released already counts as there: the session released it on purpose.
+func (sl *slot) release(ctx context.Context, rev int64) (present bool, hdr *pb.ResponseHeader, err error) {
+	err = sl.serialize(func() error {
+		resp, err := sl.s.Client().Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(sl.key), "=", rev)).
+			Then(clientv3.OpDelete(sl.key)).
+			Commit()
+		if err != nil {
+			return err
+		}
+		hdr, present = resp.Header, resp.Succeeded
+		if !present && !sl.exclusive && sl.s.releasedShared(sl.dir, rev) {
+			present = true
+		}
+		sl.done(rev, resp.Succeeded)
+		return nil
+	})
+	return present, hdr, err
+}
+
+// done ends an acquisition that needs no request: released reports whether
+// it was released on purpose (rather than found lost).
+func (sl *slot) done(rev int64, released bool) {
+	if sl.over.Swap(true) {
+		return
+	}
+	if sl.exclusive {
+		sl.s.releaseExclusive(sl.dir, sl.key)
+		return
+	}
+	sl.s.doneShared(sl.dir, rev, released)
 }

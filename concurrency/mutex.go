@@ -32,18 +32,32 @@ var (
 // the lowest create revision, as with etcd's Mutex and etcdctl lock, which
 // it excludes and is excluded by.
 //
-// A Mutex is safe for use by several goroutines, and behaves like
-// sync.Mutex among them: Lock waits while the same Mutex is held. Two
-// Mutex values on one Session use different keys and exclude each other
-// (etcd's let both in, #11360).
+// The participant is the session, as in etcd's package: every Mutex on one
+// Session and prefix uses the key pfx/hex(lease). A second Mutex on a
+// session that holds the lock holds it at once; on a session that waits,
+// it waits in the same place; Unlock on any of them releases the lock for
+// all of them (their WithLock and HoldContext see the loss, their own
+// Unlock returns nil). Lock on a Mutex that holds the lock returns nil.
+//
+// For exclusion among goroutines that share a session (etcd #11360, where
+// two Mutexes on one session both "held" the lock), make each Mutex
+// WithExclusive: it then queues with a key of its own, excludes every other
+// handle of the session, and behaves like sync.Mutex among the goroutines
+// that share it (Lock waits while the same Mutex is held, so it is not
+// re-entrant). Default and WithExclusive Mutexes on one session and prefix
+// would queue behind each other: Lock refuses that with ErrWaitsOnItself.
+//
+// A Mutex is safe for use by several goroutines.
 type Mutex struct {
-	s   *Session
-	pfx string // prefix + "/"
-	val string // value stored in the holder's key
-	err error  // set by NewMutex on bad input; returned by every call
+	s         *Session
+	pfx       string // prefix + "/"
+	val       string // value stored in the holder's key
+	exclusive bool
+	err       error // set by NewMutex on bad input; returned by every call
 
 	// local is a one-token semaphore held from the start of Lock until
-	// Unlock (or a failed Lock): one acquisition at a time per Mutex.
+	// Unlock (or a failed Lock) of an exclusive Mutex: one acquisition at
+	// a time per Mutex.
 	local chan struct{}
 
 	// unlockMu serializes Unlock calls, so that two racing Unlocks of one
@@ -51,28 +65,49 @@ type Mutex struct {
 	unlockMu sync.Mutex
 
 	mu    sync.Mutex // guards the fields below
+	slot  *slot      // the key of the current acquisition, nil when not held
 	myKey string
 	myRev int64
 	hdr   *pb.ResponseHeader
 }
 
-// MutexOption configures a Mutex.
-type MutexOption func(*Mutex)
+// MutexOption configures a Mutex (and, for WithExclusive, an Election).
+type MutexOption = HandleOption
+
+// HandleOption configures a Mutex or an Election.
+type HandleOption func(*handleOptions)
+
+type handleOptions struct {
+	val       *string
+	exclusive bool
+}
 
 // WithMutexValue sets the value written into the holder's (and waiter's)
 // key. Default "", as etcd's Mutex. etcd's Mutex ignores values, so the two
 // still interoperate; "baton status" uses the value to show who holds a
-// lock.
-func WithMutexValue(v string) MutexOption {
-	return func(m *Mutex) { m.val = v }
+// lock. It is for NewMutex only: NewElection reports it as an error.
+func WithMutexValue(v string) HandleOption {
+	return func(o *handleOptions) { o.val = &v }
+}
+
+// WithExclusive gives the Mutex (or Election) a key of its own, so that it
+// excludes the other handles of its session instead of sharing the
+// session's place (see Mutex). Default: off, as etcd's package, where the
+// session is the participant.
+func WithExclusive() HandleOption {
+	return func(o *handleOptions) { o.exclusive = true }
 }
 
 // NewMutex makes a Mutex on prefix pfx. It talks to the server only when
 // locked. A nil session or an empty prefix is reported by the first call.
 func NewMutex(s *Session, pfx string, opts ...MutexOption) *Mutex {
-	m := &Mutex{s: s, pfx: pfx + "/", local: make(chan struct{}, 1), myRev: -1}
-	for _, o := range opts {
-		o(m)
+	var o handleOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	m := &Mutex{s: s, pfx: pfx + "/", exclusive: o.exclusive, local: make(chan struct{}, 1), myRev: -1}
+	if o.val != nil {
+		m.val = *o.val
 	}
 	switch {
 	case s == nil:
@@ -83,20 +118,26 @@ func NewMutex(s *Session, pfx string, opts ...MutexOption) *Mutex {
 	return m
 }
 
-// Lock waits until it holds the lock, ctx ends, or the session ends.
+// Lock waits until it holds the lock, ctx ends, or the session's lease
+// ends. On an orphaned session it goes on waiting until the lease expires
+// on the server, as etcd's does.
 //
 // On failure nothing is left behind: the waiter's key is deleted (with its
-// own timeout if ctx is over) before Lock returns, whatever the error
-// (etcd #9715, #21128), and ErrSessionExpired is returned as soon as the
-// waiter's own key goes, without waiting for the waiters ahead (#19597).
-// A context that is over before the call returns its error at once and
-// writes nothing.
+// own timeout if ctx is over, ending at once if the client closes) before
+// Lock returns, whatever the error (etcd #9715, #21128), unless another
+// Mutex of the same session still waits for or holds it; and
+// ErrSessionExpired is returned as soon as the waiter's own key goes,
+// without waiting for the waiters ahead (#19597). A context that is over
+// before the call returns its error at once and writes nothing.
 func (m *Mutex) Lock(ctx context.Context) error {
 	if m.err != nil {
 		return m.err
 	}
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if !m.exclusive {
+		return m.lock(ctx, true)
 	}
 	select {
 	case m.local <- struct{}{}:
@@ -112,13 +153,18 @@ func (m *Mutex) Lock(ctx context.Context) error {
 
 // TryLock takes the lock if nobody holds or waits for it, in one
 // transaction, and returns ErrLocked otherwise. It writes nothing when the
-// lock is taken (etcd's writes a key and deletes it again).
+// lock is taken (etcd's writes a key and deletes it again). On a session
+// that already holds the lock through another Mutex (or this one) it
+// succeeds, as etcd's does.
 func (m *Mutex) TryLock(ctx context.Context) error {
 	if m.err != nil {
 		return m.err
 	}
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if !m.exclusive {
+		return m.lock(ctx, false)
 	}
 	select {
 	case m.local <- struct{}{}:
@@ -133,48 +179,57 @@ func (m *Mutex) TryLock(ctx context.Context) error {
 }
 
 func (m *Mutex) lock(ctx context.Context, wait bool) error {
-	key := m.s.claimName(m.pfx)
-	var (
-		j   *joined
-		err error
-	)
-	if wait {
-		j, err = join(ctx, m.s, m.pfx, key, m.val)
-	} else {
-		j, err = tryJoin(ctx, m.s, m.pfx, key, m.val)
-	}
+	sl, err := takeSlot(m.s, m.pfx, m.exclusive)
 	if err != nil {
-		abandon(ctx, m.s, key)
-		m.s.releaseName(key)
+		return err
+	}
+	key := sl.key
+	var j *joined
+	err = sl.serialize(func() (err error) {
+		if wait {
+			j, err = join(ctx, m.s, m.pfx, key, m.val)
+		} else {
+			j, err = tryJoin(ctx, m.s, m.pfx, key, m.val)
+		}
+		return err
+	})
+	if err != nil {
+		sl.giveUp(ctx, 0)
 		return ctxErr(ctx, err)
 	}
 	if j == nil { // TryLock found the lock taken and wrote nothing
-		m.s.releaseName(key)
+		sl.giveUp(ctx, -1)
 		return ErrLocked
 	}
-	at, err := j.hdr.Revision, error(nil)
+	at := j.hdr.Revision
 	if present, pred := place(j.queue, key, j.rev); !present {
 		err = ErrSessionExpired
 	} else if pred != nil {
 		if !wait {
-			// Our key predates this call (a resumed lease) but is not at
-			// the head: give it up, as etcd's TryLock does.
+			// Our key predates this call (a resumed lease, or another
+			// Mutex of this session waiting) but is not at the head:
+			// TryLock fails, as etcd's does.
 			err = ErrLocked
 		} else {
 			at, err = waitTurn(ctx, m.s, m.pfx, key, j.rev, j.queue, at)
 		}
 	}
 	if err != nil {
-		if lerr := leave(ctx, m.s.Client(), key, j.rev); lerr != nil && !errors.Is(err, ErrSessionExpired) {
+		if lerr := sl.giveUp(ctx, j.rev); lerr != nil && !errors.Is(err, ErrSessionExpired) {
 			err = fmt.Errorf("%w (and deleting the waiter key %q failed: %v; it goes with the session)", err, key, lerr)
 		}
-		m.s.releaseName(key)
 		return ctxErr(ctx, err)
 	}
 	hdr := headerAt(j.hdr, at)
 	m.mu.Lock()
-	m.myKey, m.myRev, m.hdr = key, j.rev, hdr
+	prev := m.slot
+	m.slot, m.myKey, m.myRev, m.hdr = sl, key, j.rev, hdr
 	m.mu.Unlock()
+	if prev != nil {
+		// This Mutex held already (Lock again, or two Locks at once): one
+		// acquisition, one use of the shared key.
+		prev.done(0, false)
+	}
 	return nil
 }
 
@@ -208,12 +263,14 @@ func tryJoin(ctx context.Context, s *Session, dir, key, val string) (*joined, er
 
 // Unlock releases the lock. It deletes the holder's key only if it is still
 // the key of this acquisition, so a late or retried Unlock never removes a
-// newer holder's key (etcd #22082).
+// newer holder's key (etcd #22082). It releases the lock for every Mutex
+// of the session that shares it, as etcd's does.
 //
 // It returns ErrLockReleased when this Mutex does not hold the lock, and
 // ErrLockLost when the lock had already ended (the session expired or the
-// key was deleted); either way the Mutex is free for a new Lock. When the
-// request fails, the Mutex still holds the lock and Unlock can be retried.
+// key was deleted), but nil when another Mutex of the same session released
+// it; either way the Mutex is free for a new Lock. When the request fails,
+// the Mutex still holds the lock and Unlock can be retried.
 func (m *Mutex) Unlock(ctx context.Context) error {
 	if m.err != nil {
 		return m.err
@@ -221,28 +278,26 @@ func (m *Mutex) Unlock(ctx context.Context) error {
 	m.unlockMu.Lock()
 	defer m.unlockMu.Unlock()
 	m.mu.Lock()
-	key, rev := m.myKey, m.myRev
+	sl, key, rev := m.slot, m.myKey, m.myRev
 	m.mu.Unlock()
-	if key == "" || rev <= 0 {
+	if sl == nil || key == "" || rev <= 0 {
 		return ErrLockReleased
 	}
 	if !strings.HasPrefix(key, m.pfx) {
 		return fmt.Errorf("mutex: invalid key %q, it should have prefix %q", key, m.pfx)
 	}
-	resp, err := m.s.Client().Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
-		Then(clientv3.OpDelete(key)).
-		Commit()
+	present, hdr, err := sl.release(ctx, rev)
 	if err != nil {
-		return err
+		return ctxErr(ctx, err)
 	}
 	m.mu.Lock()
-	m.myKey, m.myRev = "", -1
-	m.hdr = resp.Header
+	m.slot, m.myKey, m.myRev = nil, "", -1
+	m.hdr = hdr
 	m.mu.Unlock()
-	m.s.releaseName(key)
-	<-m.local
-	if !resp.Succeeded {
+	if m.exclusive {
+		<-m.local
+	}
+	if !present {
 		return ErrLockLost
 	}
 	return nil
@@ -328,7 +383,7 @@ func WithLock(ctx context.Context, m *Mutex, f func(ctx context.Context) error) 
 	fctx, stop := holdContext(ctx, m.s, key, rev, ErrLockLost)
 	ferr := f(fctx)
 	lost := stop()
-	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	uctx, cancel := cleanupCtx(ctx, m.s.Client())
 	defer cancel()
 	uerr := m.Unlock(uctx)
 	switch {
@@ -415,7 +470,9 @@ func watchHold(ctx context.Context, s *Session, key string, rev int64) bool {
 			case <-ctx.Done():
 				w.cancel()
 				return false
-			case <-s.Done():
+			case <-s.lost():
+				// Not s.Done(): an orphaned session still holds until its
+				// lease runs out.
 				w.cancel()
 				return true
 			case wr, ok := <-w.ch:

@@ -295,11 +295,12 @@ func TestMutexUnlockDeletesOnlyOwnAcquisition(t *testing.T) {
 	}
 }
 
-// etcd #11360: two Mutex values on one Session both "held" the lock.
+// etcd #11360: two Mutex values on one Session both "held" the lock; with
+// WithExclusive they exclude each other.
 func TestMutexTwoHandlesOnOneSessionExclude(t *testing.T) {
 	e := newEnv(t)
 	s := e.session()
-	a, b := concurrency.NewMutex(s, "handles"), concurrency.NewMutex(s, "handles")
+	a, b := concurrency.NewMutex(s, "handles", concurrency.WithExclusive()), concurrency.NewMutex(s, "handles", concurrency.WithExclusive())
 	if err := a.Lock(e.ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -325,7 +326,7 @@ func TestMutexTwoHandlesOnOneSessionExclude(t *testing.T) {
 
 func TestMutexIsSafeForConcurrentGoroutines(t *testing.T) {
 	e := newEnv(t)
-	m := concurrency.NewMutex(e.session(), "goroutines")
+	m := concurrency.NewMutex(e.session(), "goroutines", concurrency.WithExclusive())
 	var inside atomic.Int32
 	var wg sync.WaitGroup
 	for range 4 {

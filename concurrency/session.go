@@ -29,6 +29,11 @@ var (
 	// prefix: its keys would live at the root of the keyspace, beside
 	// unrelated data.
 	ErrEmptyPrefix = errors.New("concurrency: empty prefix")
+	// ErrWaitsOnItself is returned by Lock, TryLock and Campaign when the
+	// call would queue behind a key of its own session: default handles
+	// and WithExclusive handles mixed on one session and prefix. Use one
+	// kind per session and prefix.
+	ErrWaitsOnItself = errors.New("concurrency: would wait on its own session")
 )
 
 // Session is a lease kept alive for as long as the session lives. Keys that
@@ -46,11 +51,47 @@ type Session struct {
 	cancel context.CancelFunc
 	donec  chan struct{}
 
-	// names tracks the keys this session has handed out and not yet
-	// released, so that two Mutex or Election values on one session get
-	// different keys and exclude each other (etcd #11360).
+	// endc closes when the lease is gone as far as the keep-alive can tell:
+	// the server said so, no answer came for a TTL, or the client closed.
+	// It does not close on Orphan: an orphaned lease lives on until the
+	// server expires it, and waiters go on until then (they watch their
+	// own keys, which the server deletes with the lease).
+	endc chan struct{}
+	// lostc closes when endc does, or, once the session is orphaned, when
+	// the lease has expired by the client's reckoning (a TTL after the
+	// last keep-alive answer). Holders take it as the loss of what they
+	// hold: the server may already have handed it on.
+	lostc   chan struct{}
+	endOnce sync.Once
+	// lastAnswer and lastTTL are the time of the last keep-alive answer
+	// (or of the grant) and the TTL it gave; guarded by namesMu.
+	lastAnswer time.Time
+	lastTTL    time.Duration
+	lostTimer  *time.Timer
+
+	// names tracks the keys this session has handed out to handles that
+	// asked for keys of their own (WithExclusive, the recipes), so that
+	// they exclude each other (etcd #11360).
 	namesMu sync.Mutex
 	names   map[string]struct{}
+	// shared tracks the keys that handles on this session share by
+	// default: every Mutex (or Election) on one prefix and session is the
+	// same participant, as in etcd's package.
+	shared map[string]*participant
+}
+
+// participant is a key shared by the handles of one session on one prefix.
+// users counts the handles that wait for it or hold it: the key is deleted
+// after a failed Lock or Campaign only when no other handle still uses it.
+// released is the create revision of the last acquisition that a handle of
+// this session released on purpose, so that the other handles of that
+// acquisition see a release, not a loss. exclusive counts handles with keys
+// of their own (WithExclusive) on the same prefix.
+type participant struct {
+	op        sync.Mutex // serializes joins, cleanups and releases (slot.serialize)
+	users     int
+	released  int64
+	exclusive int
 }
 
 // NewSession grants a lease (or adopts one given WithLease) and keeps it
@@ -70,12 +111,13 @@ func NewSession(client *clientv3.Client, opts ...SessionOption) (*Session, error
 		return nil, o.err
 	}
 	id := o.leaseID
+	answered, ttl := time.Now(), time.Duration(o.ttl)*time.Second
 	if id == clientv3.NoLease {
 		resp, err := client.Grant(o.ctx, int64(o.ttl))
 		if err != nil {
 			return nil, fmt.Errorf("concurrency: grant lease: %w", err)
 		}
-		id = resp.ID
+		id, answered, ttl = resp.ID, time.Now(), time.Duration(resp.TTL)*time.Second
 	}
 	ctx, cancel := context.WithCancel(o.ctx)
 	ka, err := client.KeepAlive(ctx, id)
@@ -93,20 +135,62 @@ func NewSession(client *clientv3.Client, opts ...SessionOption) (*Session, error
 		ctx:    ctx,
 		cancel: cancel,
 		donec:  make(chan struct{}),
+		endc:   make(chan struct{}),
+		lostc:  make(chan struct{}),
 		names:  make(map[string]struct{}),
+		shared: make(map[string]*participant),
+
+		lastAnswer: answered,
+		lastTTL:    ttl,
 	}
 	go func() {
-		defer func() {
-			cancel()
-			close(s.donec)
-		}()
 		// The channel closes when the lease is gone (expired or revoked),
-		// the context ends, or the client closes.
-		for range ka {
+		// the context ends (Orphan, Close, WithContext), or the client
+		// closes.
+		for resp := range ka {
+			s.namesMu.Lock()
+			s.lastAnswer, s.lastTTL = time.Now(), time.Duration(resp.TTL)*time.Second
+			s.namesMu.Unlock()
 		}
+		orphaned := ctx.Err() != nil && client.Ctx().Err() == nil
+		cancel()
+		if orphaned {
+			s.namesMu.Lock()
+			left := time.Until(s.lastAnswer.Add(s.lastTTL))
+			s.lostTimer = time.AfterFunc(left, func() {
+				s.endOnce.Do(func() { close(s.lostc) })
+			})
+			s.namesMu.Unlock()
+		} else {
+			s.ended()
+		}
+		close(s.donec)
 	}()
 	return s, nil
 }
+
+// ended marks the lease as gone: endc and lostc close.
+func (s *Session) ended() {
+	s.endOnce.Do(func() { close(s.lostc) })
+	s.namesMu.Lock()
+	defer s.namesMu.Unlock()
+	if s.lostTimer != nil {
+		s.lostTimer.Stop()
+	}
+	select {
+	case <-s.endc:
+	default:
+		close(s.endc)
+	}
+}
+
+// expired is closed when the lease is gone as the keep-alive sees it (not
+// on Orphan). Waiters give up then.
+func (s *Session) expired() <-chan struct{} { return s.endc }
+
+// lost is closed when the lease is gone, or an orphaned lease's TTL has run
+// out since the last keep-alive answer. Holders report a loss then.
+func (s *Session) lost() <-chan struct{} { return s.lostc }
 
 // Client is the etcd client the session was made with.
 func (s *Session) Client() *clientv3.Client { return s.client }
@@ -117,8 +201,10 @@ func (s *Session) Lease() clientv3.LeaseID { return s.id }
 // Ctx is a context that ends when the session ends (its keep-alive stops).
 func (s *Session) Ctx() context.Context { return s.ctx }
 
-// Done is closed when the session ends: Close, Orphan, the lease expired or
-// was revoked, or the client closed.
+// Done is closed when the session stops keeping its lease alive: Close,
+// Orphan, the end of the context given WithContext, the lease expired or
+// was revoked, or the client closed. This is etcd's meaning: after Orphan,
+// Done is closed although the lease lives on until its TTL runs out.
 //
 // The client learns of an expiry only from a failed keep-alive, up to a
 // third of the TTL after the server dropped the lease. Primitives of this
@@ -127,33 +213,129 @@ func (s *Session) Ctx() context.Context { return s.ctx }
 func (s *Session) Done() <-chan struct{} { return s.donec }
 
 // Orphan stops keeping the lease alive without revoking it: the lease, and
-// every key attached to it, expires after the TTL.
+// every key attached to it, expires after the TTL. Waiters and holders on
+// the session go on until then, as in etcd's package: a waiter still takes
+// its turn if it comes before the lease expires, and WithLock and
+// HoldContext report the loss when the server deletes the key, or a TTL
+// after the last keep-alive answer, whichever they see first.
 func (s *Session) Orphan() {
 	s.cancel()
 	<-s.donec
 }
 
 // Close orphans the session and revokes the lease, which deletes every key
-// attached to it at once.
+// attached to it at once. The revoke ends at once when the client closes.
 func (s *Session) Close() error {
 	s.Orphan()
 	// If the revoke takes longer than the TTL, the lease is expired anyway.
 	ctx, cancel := context.WithTimeout(s.opts.ctx, time.Duration(s.opts.ttl)*time.Second)
 	defer cancel()
+	ctx, stop := withClient(ctx, s.client)
+	defer stop()
 	_, err := s.client.Revoke(ctx, s.id)
+	if err == nil || s.client.Ctx().Err() != nil {
+		s.ended()
+	}
 	return err
+}
+
+// sharedName is the key that every default handle of this session uses
+// under dir: dir + hex(lease), the key of etcd's package and etcdctl, so
+// resuming a session with WithLease finds its key again.
+func (s *Session) sharedName(dir string) string {
+	return dir + strconv.FormatInt(int64(s.id), 16)
+}
+
+// useShared registers a default handle as a user of the shared key under
+// dir. It fails when a handle with a key of its own (WithExclusive) uses
+// dir on this session: the shared key could then wait behind it, or it
+// behind the shared key, within one session.
+func (s *Session) useShared(dir string) (string, error) {
+	s.namesMu.Lock()
+	defer s.namesMu.Unlock()
+	p := s.shared[dir]
+	if p == nil {
+		p = &participant{}
+		s.shared[dir] = p
+	}
+	if p.exclusive > 0 {
+		return "", fmt.Errorf("%w: %q is in use by a handle made WithExclusive on this session, which a default handle would queue behind", ErrWaitsOnItself, dir)
+	}
+	p.users++
+	return s.sharedName(dir), nil
+}
+
+// doneShared ends a default handle's use of the shared key under dir. It
+// reports whether no other handle uses it now, so that the caller may
+// delete it; released records that the acquisition created at rev was
+// released on purpose.
+func (s *Session) doneShared(dir string, rev int64, released bool) (last bool) {
+	s.namesMu.Lock()
+	defer s.namesMu.Unlock()
+	p := s.shared[dir]
+	if p == nil {
+		return true
+	}
+	if released {
+		p.released = rev
+	}
+	p.users--
+	return p.users <= 0
+}
+
+// releasedShared reports whether a handle of this session released the
+// acquisition of the shared key under dir created at rev.
+func (s *Session) releasedShared(dir string, rev int64) bool {
+	s.namesMu.Lock()
+	defer s.namesMu.Unlock()
+	p := s.shared[dir]
+	return p != nil && p.released == rev
+}
+
+// claimExclusive is claimName for a handle that wants a key of its own
+// (WithExclusive): always dir + hex(lease) + "-n", never the shared key.
+func (s *Session) claimExclusive(dir string) (string, error) {
+	s.namesMu.Lock()
+	p := s.shared[dir]
+	if p == nil {
+		p = &participant{}
+		s.shared[dir] = p
+	}
+	if p.users > 0 {
+		s.namesMu.Unlock()
+		return "", fmt.Errorf("%w: %q is in use by a default handle on this session, which a WithExclusive handle would queue behind", ErrWaitsOnItself, dir)
+	}
+	p.exclusive++
+	s.namesMu.Unlock()
+	return s.claim(dir, 1), nil
+}
+
+// releaseExclusive makes a key claimed with claimExclusive available again.
+func (s *Session) releaseExclusive(dir, name string) {
+	s.releaseName(name)
+	s.namesMu.Lock()
+	if p := s.shared[dir]; p != nil {
+		p.exclusive--
+	}
+	s.namesMu.Unlock()
 }
 
 // claimName returns a key under dir that no other live handle of this
 // session uses. The first handle gets dir + hex(lease), the same key as
 // etcd's package and etcdctl, so resuming a session with WithLease finds
 // its key again; later concurrent handles get a "-n" suffix.
-func (s *Session) claimName(dir string) string {
-	base := dir + strconv.FormatInt(int64(s.id), 16)
+func (s *Session) claimName(dir string) string { return s.claim(dir, 0) }
+
+// claim is claimName with suffixes starting at from (0: none).
+func (s *Session) claim(dir string, from int) string {
+	base := s.sharedName(dir)
 	s.namesMu.Lock()
 	defer s.namesMu.Unlock()
 	name := base
-	for n := 1; ; n++ {
+	if from > 0 {
+		name = base + "-" + strconv.Itoa(from)
+	}
+	for n := from + 1; ; n++ {
 		if _, taken := s.names[name]; !taken {
 			break
 		}
