@@ -8,7 +8,22 @@
 // A Session is a lease that a goroutine keeps alive. Every key a primitive
 // writes is attached to its session's lease, so it disappears when the
 // session ends: Close revokes the lease at once; a dead process stops the
-// keep-alives and the lease expires after its TTL (default 60 s).
+// keep-alives and the lease expires after its TTL (default 60 s). Orphan
+// stops the keep-alives only: Done closes at once, as in etcd's package,
+// but the lease and what waits or holds on it live on until the server
+// expires it.
+//
+// The session is the participant. Every Mutex (or Election) made on one
+// Session and prefix uses the same key, pfx/hex(lease), as in etcd's
+// package: a second handle on a session that holds the lock holds it, one
+// on a session that leads proclaims its value and leads, one on a session
+// that waits waits in the same place, and Unlock or Resign on any handle
+// ends it for all of them. A failed Lock or Campaign on one handle never
+// deletes the key while another handle of the session still uses it. For
+// exclusion among goroutines that share a session (etcd #11360), make the
+// handles WithExclusive: each gets a key of its own. Mixing the two kinds
+// on one session and prefix would queue a session behind itself, and is
+// refused with ErrWaitsOnItself.
 //
 // # Locks and elections
 //
@@ -23,7 +38,8 @@
 // revision, where etcd's starts at an older one and can wait up to 100 ms
 // for the server's resync loop; this makes a handoff cost one write plus
 // one watch event. A waiter also watches its own key, and returns
-// ErrSessionExpired as soon as its session's lease ends.
+// ErrSessionExpired as soon as its session's lease ends (not when the
+// session is orphaned: the lease lives on, and the waiter with it).
 //
 // # Guarantees
 //
@@ -150,8 +166,13 @@
 //
 //   - Invalid options and arguments are errors (ErrInvalidTTL,
 //     ErrEmptyPrefix, ErrNilSession), not warnings or panics.
-//   - A Mutex is safe for use by several goroutines; two Mutex values on one
-//     Session are two participants, not one (etcd #11360).
+//   - Mutex and Election are safe for use by several goroutines. Handles on
+//     one session share its place, as in etcd; WithExclusive gives a handle
+//     a key of its own (etcd #11360), and mixing the kinds on one session
+//     and prefix is ErrWaitsOnItself rather than a wait on itself.
+//   - The option types (SessionOption, MutexOption) are baton's own, so an
+//     etcd API that takes etcd's (leasing.NewKV(cli, pfx,
+//     concurrency.WithTTL(1))) needs etcd's package's option there.
 //   - Unlock returns ErrLockLost when the lock had already ended.
 //   - Observe keeps its channel open across compactions and member
 //     failures; Events also reports when nobody leads.
