@@ -87,6 +87,10 @@ func (rw *RWMutex) TryRLock(ctx context.Context) error { return rw.lock(ctx, fal
 func (rw *RWMutex) TryLock(ctx context.Context) error { return rw.lock(ctx, true, false) }
 
 func (rw *RWMutex) lock(ctx context.Context, write, wait bool) error {
+	return ctxEnded(ctx, rw.lockOnce(ctx, write, wait), ErrLocked, ErrSessionExpired)
+}
+
+func (rw *RWMutex) lockOnce(ctx context.Context, write, wait bool) error {
 	if rw.err != nil {
 		return rw.err
 	}
@@ -272,6 +276,10 @@ func (rw *RWMutex) RUnlock(ctx context.Context) error { return rw.unlock(ctx, fa
 func (rw *RWMutex) Unlock(ctx context.Context) error { return rw.unlock(ctx, true) }
 
 func (rw *RWMutex) unlock(ctx context.Context, write bool) error {
+	return ctxEnded(ctx, rw.unlockOnce(ctx, write), ErrLockLost, ErrNotLocked, ErrNotRLocked)
+}
+
+func (rw *RWMutex) unlockOnce(ctx context.Context, write bool) error {
 	if rw.err != nil {
 		return rw.err
 	}

@@ -119,6 +119,10 @@ func (sm *Semaphore) checkWeight(n int64) error {
 // its key goes, ErrLimitMismatch, or the server's) and leaves the semaphore
 // unchanged: its key is deleted, with its own timeout if ctx is over.
 func (sm *Semaphore) Acquire(ctx context.Context, n int64) error {
+	return ctxEnded(ctx, sm.acquire(ctx, n), ErrSessionExpired, ErrLimitMismatch, ErrInvalidWeight)
+}
+
+func (sm *Semaphore) acquire(ctx context.Context, n int64) error {
 	if err := sm.checkWeight(n); err != nil {
 		return err
 	}
@@ -183,6 +187,10 @@ func (sm *Semaphore) Acquire(ctx context.Context, n int64) error {
 // permits, in one transaction, and returns ErrNoPermits otherwise. It
 // writes nothing when the permits are not free.
 func (sm *Semaphore) TryAcquire(ctx context.Context, n int64) error {
+	return ctxEnded(ctx, sm.tryAcquire(ctx, n), ErrNoPermits, ErrLimitMismatch, ErrInvalidWeight)
+}
+
+func (sm *Semaphore) tryAcquire(ctx context.Context, n int64) error {
 	if err := sm.checkWeight(n); err != nil {
 		return err
 	}
@@ -246,6 +254,10 @@ func (sm *Semaphore) TryAcquire(ctx context.Context, n int64) error {
 // newer grant's key. When the request fails, nothing is released and
 // Release can be retried.
 func (sm *Semaphore) Release(ctx context.Context, n int64) error {
+	return ctxEnded(ctx, sm.release(ctx, n), ErrPermitsLost, ErrNotHeld, ErrInvalidWeight)
+}
+
+func (sm *Semaphore) release(ctx context.Context, n int64) error {
 	if sm.err != nil {
 		return sm.err
 	}
