@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // ctxEnded is the error a blocking call returns for err: ctx's own error
@@ -41,4 +43,24 @@ func ctxEnded(ctx context.Context, err error, keep ...error) error {
 		}
 	}
 	return cerr
+}
+
+// joinContext is the context for a request that puts a key of the
+// caller's (a waiter's key, a grant): derived from ctx's values but not
+// ended by it, bounded by cleanupTimeout and by the client's life.
+//
+// A deadline that cuts such a request short after it was sent leaves its
+// outcome unknown, and the delete that cleans up after it (abandon) can
+// reach etcd before the request itself: the key then appears after the
+// call returned and stays until the lease ends, holding up everyone behind
+// it. Waiting for the answer instead makes the outcome known; the caller
+// checks ctx right after and deletes the key through the ordinary path.
+// It costs a cut-short call at most one request's time.
+func joinContext(ctx context.Context, c *clientv3.Client) (context.Context, context.CancelFunc) {
+	jctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	jctx, stop := withClient(jctx, c)
+	return jctx, func() {
+		stop()
+		cancel()
+	}
 }

@@ -168,8 +168,9 @@ func (b *DoubleBarrier) join(ctx context.Context, key string, wait bool) (int64,
 	//    The guards make it safe to repeat after a transient failure: a
 	//    retry whose first answer was lost finds our key (resumed below).
 	var resp *clientv3.TxnResponse
+	jctx, stop := joinContext(ctx, c)
 	err := untilLeader(ctx, c, func() (err error) {
-		resp, err = c.Txn(ctx).
+		resp, err = c.Txn(jctx).
 			If(clientv3.Compare(clientv3.CreateRevision(b.ready), "=", 0),
 				clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 			Then(clientv3.OpPut(key, "", clientv3.WithLease(b.s.Lease())),
@@ -179,6 +180,7 @@ func (b *DoubleBarrier) join(ctx context.Context, key string, wait bool) (int64,
 			Commit()
 		return err
 	})
+	stop()
 	if err != nil {
 		// The request may have created the key (cancelled or timed out
 		// after it was sent): withdraw it, or it would count as a

@@ -514,7 +514,11 @@ func (q *queueCore) await(ctx context.Context) (val string, again bool, err erro
 		return "", false, err
 	}
 	wkey := fmt.Sprintf("%s%016x-%d", q.wdir, int64(lease), q.waiterN.Add(1))
-	resp, err := q.c.Txn(ctx).Then(append([]clientv3.Op{clientv3.OpPut(wkey, "", clientv3.WithLease(lease))}, q.stateOps()...)...).Commit()
+	// The request that puts the waiter key runs to its answer
+	// (joinContext), so that a key it made is known and deleted below.
+	jctx, endJoin := joinContext(ctx, q.c)
+	resp, err := q.c.Txn(jctx).Then(append([]clientv3.Op{clientv3.OpPut(wkey, "", clientv3.WithLease(lease))}, q.stateOps()...)...).Commit()
+	endJoin()
 	if err != nil {
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 			q.dropLease(lease)

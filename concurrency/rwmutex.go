@@ -135,11 +135,15 @@ func (rw *RWMutex) acquire(ctx context.Context, key string, write, wait bool) (i
 		j   *joined
 		err error
 	)
+	// The joining request runs to its answer (joinContext); a ctx that
+	// ended meanwhile fails the wait below, which deletes the key.
+	jctx, stop := joinContext(ctx, c)
 	if wait {
-		j, err = join(ctx, rw.s, rw.dir, key, "")
+		j, err = join(jctx, rw.s, rw.dir, key, "")
 	} else {
-		j, err = rw.tryJoin(ctx, key, write)
+		j, err = rw.tryJoin(jctx, key, write)
 	}
+	stop()
 	if err != nil {
 		// The request may have created the key (cancelled or timed out
 		// after it was sent): take it out of the queue.

@@ -137,14 +137,16 @@ func (sm *Semaphore) acquire(ctx context.Context, n int64) error {
 	//    makes it safe to repeat after a transient failure: a retry whose
 	//    first answer was lost adopts the key the first one put.
 	var resp *clientv3.TxnResponse
+	jctx, stop := joinContext(ctx, c)
 	err := untilLeader(ctx, c, func() (err error) {
-		resp, err = c.Txn(ctx).
+		resp, err = c.Txn(jctx).
 			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 			Then(clientv3.OpPut(key, val, clientv3.WithLease(sm.s.Lease())), queue).
 			Else(clientv3.OpGet(key), queue).
 			Commit()
 		return err
 	})
+	stop()
 	if err != nil {
 		// The request may have created the key (cancelled or timed out
 		// after it was sent): take it out of the queue, or its permits
@@ -218,12 +220,14 @@ func (sm *Semaphore) tryAcquire(ctx context.Context, n int64) error {
 		// under the prefix changed since (a compare on a range holds when
 		// it holds for every key in it).
 		key := sm.s.claimName(sm.dir)
-		t, err := c.Txn(ctx).
+		jctx, stop := joinContext(ctx, c)
+		t, err := c.Txn(jctx).
 			If(clientv3.Compare(clientv3.ModRevision(sm.dir).WithPrefix(), "<", r.Header.Revision+1),
 				clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 			Then(clientv3.OpPut(key, semValue(n, sm.limit), clientv3.WithLease(sm.s.Lease()))).
 			Else(clientv3.OpGet(key)).
 			Commit()
+		stop()
 		if err != nil {
 			abandon(ctx, sm.s, key) // it may have taken the permits
 			sm.s.releaseName(key)
