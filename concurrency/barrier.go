@@ -52,7 +52,7 @@ func (b *Barrier) Hold(ctx context.Context) error {
 		If(clientv3.Compare(clientv3.CreateRevision(b.key), "=", 0)).
 		Then(clientv3.OpPut(b.key, "")).
 		Commit()
-	return err
+	return ctxEnded(ctx, err)
 }
 
 // Release deletes the barrier's key and so lets every waiter through.
@@ -62,7 +62,7 @@ func (b *Barrier) Release(ctx context.Context) error {
 		return b.err
 	}
 	_, err := b.c.Delete(ctx, b.key)
-	return err
+	return ctxEnded(ctx, err)
 }
 
 // TryWait returns nil if the barrier is not held now, and ErrBarrierHeld
@@ -73,7 +73,7 @@ func (b *Barrier) TryWait(ctx context.Context) error {
 	}
 	r, err := b.c.Get(ctx, b.key, clientv3.WithCountOnly())
 	if err != nil {
-		return err
+		return ctxEnded(ctx, err)
 	}
 	if r.Count > 0 {
 		return ErrBarrierHeld
@@ -92,7 +92,7 @@ func (b *Barrier) TryWait(ctx context.Context) error {
 // leader, or the revisions it missed were compacted before it could resume
 // (the error wraps rpctypes.ErrCompacted). etcd's recipe returned nil in
 // those cases. Calling Wait again after such an error is safe.
-func (b *Barrier) Wait(ctx context.Context) error { return b.wait(ctx, nil) }
+func (b *Barrier) Wait(ctx context.Context) error { return ctxEnded(ctx, b.wait(ctx, nil)) }
 
 // wait is Wait; trace, when set, is called with "watching" once the watch
 // is in place and the barrier was seen held, and with "rewatch" when the

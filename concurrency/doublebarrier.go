@@ -112,7 +112,7 @@ func NewDoubleBarrier(s *Session, key string, count int) *DoubleBarrier {
 // participant counted before the removal landed, Enter returns nil: the
 // others went on believing it in, so it is in.
 func (b *DoubleBarrier) Enter(ctx context.Context) error {
-	return b.enter(ctx, true)
+	return ctxEnded(ctx, b.enter(ctx, true), dbSentinels...)
 }
 
 // TryEnter enters only if this arrival fills the barrier, and otherwise
@@ -121,8 +121,12 @@ func (b *DoubleBarrier) Enter(ctx context.Context) error {
 // leaves no participant key behind (and if the barrier filled in between
 // with it counted, it is in and returns nil).
 func (b *DoubleBarrier) TryEnter(ctx context.Context) error {
-	return b.enter(ctx, false)
+	return ctxEnded(ctx, b.enter(ctx, false), dbSentinels...)
 }
+
+// dbSentinels are the errors of DoubleBarrier that its calls return as
+// they are even when ctx ended: they say more than ctx.Err().
+var dbSentinels = []error{ErrTooManyParticipants, ErrBarrierNotFull, ErrBarrierNotEmpty, ErrNotEntered, ErrAlreadyEntered, ErrSessionExpired}
 
 func (b *DoubleBarrier) enter(ctx context.Context, wait bool) error {
 	if b.err != nil {
@@ -164,8 +168,9 @@ func (b *DoubleBarrier) join(ctx context.Context, key string, wait bool) (int64,
 	//    The guards make it safe to repeat after a transient failure: a
 	//    retry whose first answer was lost finds our key (resumed below).
 	var resp *clientv3.TxnResponse
+	jctx, stop := joinContext(ctx, c)
 	err := untilLeader(ctx, c, func() (err error) {
-		resp, err = c.Txn(ctx).
+		resp, err = c.Txn(jctx).
 			If(clientv3.Compare(clientv3.CreateRevision(b.ready), "=", 0),
 				clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 			Then(clientv3.OpPut(key, "", clientv3.WithLease(b.s.Lease())),
@@ -175,6 +180,7 @@ func (b *DoubleBarrier) join(ctx context.Context, key string, wait bool) (int64,
 			Commit()
 		return err
 	})
+	stop()
 	if err != nil {
 		// The request may have created the key (cancelled or timed out
 		// after it was sent): withdraw it, or it would count as a
@@ -376,13 +382,13 @@ func (b *DoubleBarrier) withdraw(ctx context.Context, key string, rev int64) (in
 // of the barrier either way. When ctx ends while Leave waits, this
 // participant has already left; only the waiting is cut short.
 func (b *DoubleBarrier) Leave(ctx context.Context) error {
-	return b.leave(ctx, true)
+	return ctxEnded(ctx, b.leave(ctx, true), dbSentinels...)
 }
 
 // TryLeave leaves only if this participant is the last one in, and
 // otherwise returns ErrBarrierNotEmpty and changes nothing.
 func (b *DoubleBarrier) TryLeave(ctx context.Context) error {
-	return b.leave(ctx, false)
+	return ctxEnded(ctx, b.leave(ctx, false), dbSentinels...)
 }
 
 func (b *DoubleBarrier) leave(ctx context.Context, wait bool) error {

@@ -106,7 +106,10 @@ func NewPriorityQueue(c *clientv3.Client, key string) *PriorityQueue {
 	return &PriorityQueue{q: newQueueCore(c, key, true)}
 }
 
-// Enqueue appends val to the queue.
+// Enqueue appends val to the queue. It returns ctx.Err() when ctx ends
+// first. An Enqueue cut short by ctx after its request was sent may still
+// add the item, even after it returned: items are not on a lease, and etcd
+// does not say whether a request it was not allowed to answer took effect.
 func (q *Queue) Enqueue(ctx context.Context, val string) error {
 	return q.q.enqueue(ctx, val, 0)
 }
@@ -125,7 +128,8 @@ func (q *Queue) TryDequeue(ctx context.Context) (string, error) {
 	return q.q.dequeue(ctx, false)
 }
 
-// Enqueue adds val with priority pr; lower values come out first.
+// Enqueue adds val with priority pr; lower values come out first. As
+// Queue.Enqueue, a call cut short by ctx may still add the item.
 func (q *PriorityQueue) Enqueue(ctx context.Context, val string, pr uint16) error {
 	return q.q.enqueue(ctx, val, pr)
 }
@@ -249,6 +253,10 @@ func queueDigits(s string) bool {
 }
 
 func (q *queueCore) enqueue(ctx context.Context, val string, pr uint16) error {
+	return ctxEnded(ctx, q.enqueueOnce(ctx, val, pr))
+}
+
+func (q *queueCore) enqueueOnce(ctx context.Context, val string, pr uint16) error {
 	if q.err != nil {
 		return q.err
 	}
@@ -359,7 +367,20 @@ func (q *queueCore) filter(kvs []*mvccpb.KeyValue) []*mvccpb.KeyValue {
 //  3. When none is free, wait in line (await).
 //
 // TryDequeue skips the line: it takes any item present.
+//
+// An error is ctx's own when ctx ended (etcd reports a request cut short by
+// the deadline as a gRPC status, which callers cannot match with
+// errors.Is), except ErrQueueEmpty and ErrClaimUnknown, which say more. An
+// item taken is returned with a nil error, whatever became of ctx.
 func (q *queueCore) dequeue(ctx context.Context, wait bool) (string, error) {
+	val, err := q.dequeueOnce(ctx, wait)
+	if err != nil {
+		return "", ctxEnded(ctx, err, ErrQueueEmpty, ErrClaimUnknown)
+	}
+	return val, nil
+}
+
+func (q *queueCore) dequeueOnce(ctx context.Context, wait bool) (string, error) {
 	if q.err != nil {
 		return "", q.err
 	}
@@ -493,7 +514,11 @@ func (q *queueCore) await(ctx context.Context) (val string, again bool, err erro
 		return "", false, err
 	}
 	wkey := fmt.Sprintf("%s%016x-%d", q.wdir, int64(lease), q.waiterN.Add(1))
-	resp, err := q.c.Txn(ctx).Then(append([]clientv3.Op{clientv3.OpPut(wkey, "", clientv3.WithLease(lease))}, q.stateOps()...)...).Commit()
+	// The request that puts the waiter key runs to its answer
+	// (joinContext), so that a key it made is known and deleted below.
+	jctx, endJoin := joinContext(ctx, q.c)
+	resp, err := q.c.Txn(jctx).Then(append([]clientv3.Op{clientv3.OpPut(wkey, "", clientv3.WithLease(lease))}, q.stateOps()...)...).Commit()
+	endJoin()
 	if err != nil {
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 			q.dropLease(lease)

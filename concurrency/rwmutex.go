@@ -87,6 +87,10 @@ func (rw *RWMutex) TryRLock(ctx context.Context) error { return rw.lock(ctx, fal
 func (rw *RWMutex) TryLock(ctx context.Context) error { return rw.lock(ctx, true, false) }
 
 func (rw *RWMutex) lock(ctx context.Context, write, wait bool) error {
+	return ctxEnded(ctx, rw.lockOnce(ctx, write, wait), ErrLocked, ErrSessionExpired)
+}
+
+func (rw *RWMutex) lockOnce(ctx context.Context, write, wait bool) error {
 	if rw.err != nil {
 		return rw.err
 	}
@@ -131,11 +135,15 @@ func (rw *RWMutex) acquire(ctx context.Context, key string, write, wait bool) (i
 		j   *joined
 		err error
 	)
+	// The joining request runs to its answer (joinContext); a ctx that
+	// ended meanwhile fails the wait below, which deletes the key.
+	jctx, stop := joinContext(ctx, c)
 	if wait {
-		j, err = join(ctx, rw.s, rw.dir, key, "")
+		j, err = join(jctx, rw.s, rw.dir, key, "")
 	} else {
-		j, err = rw.tryJoin(ctx, key, write)
+		j, err = rw.tryJoin(jctx, key, write)
 	}
+	stop()
 	if err != nil {
 		// The request may have created the key (cancelled or timed out
 		// after it was sent): take it out of the queue.
@@ -272,6 +280,10 @@ func (rw *RWMutex) RUnlock(ctx context.Context) error { return rw.unlock(ctx, fa
 func (rw *RWMutex) Unlock(ctx context.Context) error { return rw.unlock(ctx, true) }
 
 func (rw *RWMutex) unlock(ctx context.Context, write bool) error {
+	return ctxEnded(ctx, rw.unlockOnce(ctx, write), ErrLockLost, ErrNotLocked, ErrNotRLocked)
+}
+
+func (rw *RWMutex) unlockOnce(ctx context.Context, write bool) error {
 	if rw.err != nil {
 		return rw.err
 	}

@@ -119,6 +119,10 @@ func (sm *Semaphore) checkWeight(n int64) error {
 // its key goes, ErrLimitMismatch, or the server's) and leaves the semaphore
 // unchanged: its key is deleted, with its own timeout if ctx is over.
 func (sm *Semaphore) Acquire(ctx context.Context, n int64) error {
+	return ctxEnded(ctx, sm.acquire(ctx, n), ErrSessionExpired, ErrLimitMismatch, ErrInvalidWeight)
+}
+
+func (sm *Semaphore) acquire(ctx context.Context, n int64) error {
 	if err := sm.checkWeight(n); err != nil {
 		return err
 	}
@@ -133,14 +137,16 @@ func (sm *Semaphore) Acquire(ctx context.Context, n int64) error {
 	//    makes it safe to repeat after a transient failure: a retry whose
 	//    first answer was lost adopts the key the first one put.
 	var resp *clientv3.TxnResponse
+	jctx, stop := joinContext(ctx, c)
 	err := untilLeader(ctx, c, func() (err error) {
-		resp, err = c.Txn(ctx).
+		resp, err = c.Txn(jctx).
 			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 			Then(clientv3.OpPut(key, val, clientv3.WithLease(sm.s.Lease())), queue).
 			Else(clientv3.OpGet(key), queue).
 			Commit()
 		return err
 	})
+	stop()
 	if err != nil {
 		// The request may have created the key (cancelled or timed out
 		// after it was sent): take it out of the queue, or its permits
@@ -183,6 +189,10 @@ func (sm *Semaphore) Acquire(ctx context.Context, n int64) error {
 // permits, in one transaction, and returns ErrNoPermits otherwise. It
 // writes nothing when the permits are not free.
 func (sm *Semaphore) TryAcquire(ctx context.Context, n int64) error {
+	return ctxEnded(ctx, sm.tryAcquire(ctx, n), ErrNoPermits, ErrLimitMismatch, ErrInvalidWeight)
+}
+
+func (sm *Semaphore) tryAcquire(ctx context.Context, n int64) error {
 	if err := sm.checkWeight(n); err != nil {
 		return err
 	}
@@ -210,12 +220,14 @@ func (sm *Semaphore) TryAcquire(ctx context.Context, n int64) error {
 		// under the prefix changed since (a compare on a range holds when
 		// it holds for every key in it).
 		key := sm.s.claimName(sm.dir)
-		t, err := c.Txn(ctx).
+		jctx, stop := joinContext(ctx, c)
+		t, err := c.Txn(jctx).
 			If(clientv3.Compare(clientv3.ModRevision(sm.dir).WithPrefix(), "<", r.Header.Revision+1),
 				clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 			Then(clientv3.OpPut(key, semValue(n, sm.limit), clientv3.WithLease(sm.s.Lease()))).
 			Else(clientv3.OpGet(key)).
 			Commit()
+		stop()
 		if err != nil {
 			abandon(ctx, sm.s, key) // it may have taken the permits
 			sm.s.releaseName(key)
@@ -246,6 +258,10 @@ func (sm *Semaphore) TryAcquire(ctx context.Context, n int64) error {
 // newer grant's key. When the request fails, nothing is released and
 // Release can be retried.
 func (sm *Semaphore) Release(ctx context.Context, n int64) error {
+	return ctxEnded(ctx, sm.release(ctx, n), ErrPermitsLost, ErrNotHeld, ErrInvalidWeight)
+}
+
+func (sm *Semaphore) release(ctx context.Context, n int64) error {
 	if sm.err != nil {
 		return sm.err
 	}

@@ -946,8 +946,10 @@ func (t *stmTxn) fetch(gets []stmGet) []*pb.RangeResponse {
 	}
 	if err != nil {
 		// A compacted snapshot is gone: the attempt is void, but a new one
-		// reads a fresh snapshot.
-		t.fail(err, errors.Is(err, rpctypes.ErrCompacted) && t.rev > 0)
+		// reads a fresh snapshot. A read cut short by the abort context
+		// fails with the context's error, not etcd's gRPC status.
+		retry := errors.Is(err, rpctypes.ErrCompacted) && t.rev > 0
+		t.fail(ctxEnded(t.o.ctx, err, rpctypes.ErrCompacted), retry)
 	}
 	if t.hdr == nil {
 		t.hdr = hdr
@@ -1111,11 +1113,12 @@ func stmDedupCmps(cmps []clientv3.Cmp) []clientv3.Cmp {
 // are; everything else may follow an applied commit and is indeterminate.
 func (t *stmTxn) commitError(err error) error {
 	if errors.Is(err, rpctypes.ErrTooManyOps) {
+		// Refused whole, whatever became of the abort context.
 		return fmt.Errorf("%w: the server's --max-txn-ops is below WithMaxTxnOps (%d): %w", ErrSTMTooManyOps, t.o.maxTxnOps, err)
 	}
 	if len(t.wops) == 0 {
 		// A compare-only commit writes nothing, whatever happened to it.
-		return err
+		return ctxEnded(t.o.ctx, err)
 	}
 	var ee rpctypes.EtcdError
 	if errors.As(err, &ee) {
@@ -1130,6 +1133,11 @@ func (t *stmTxn) commitError(err error) error {
 		if d := rpctypes.ErrorDesc(err); d == "there is no address available" || d == "there is no connection available" {
 			return err
 		}
+	}
+	// Cut short by the abort context, the cause is the context's error:
+	// errors.Is(err, ctx.Err()) holds, and etcd's gRPC status is only text.
+	if cerr := ctxEnded(t.o.ctx, err); cerr != err {
+		return fmt.Errorf("%w: %w (%v)", ErrSTMIndeterminate, cerr, err)
 	}
 	return fmt.Errorf("%w: %w", ErrSTMIndeterminate, err)
 }

@@ -798,13 +798,9 @@ func TestSTMRangeBeyondTxnLimit(t *testing.T) {
 		}
 	})
 	t.Run("server limit below ours", func(t *testing.T) {
-		srv, err := embedded.Start(embedded.Config{MaxTxnOps: 4})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer srv.Close()
+		srv := testutil.ServerWith(t, embedded.Config{MaxTxnOps: 4})
 		c := stmDial(t, srv.Endpoints())
-		_, err = concurrency.NewSTM(c, func(s concurrency.STM) error {
+		_, err := concurrency.NewSTM(c, func(s concurrency.STM) error {
 			for i := range 6 {
 				s.Put(fmt.Sprintf("k%d", i), "v")
 			}

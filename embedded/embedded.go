@@ -73,8 +73,10 @@ type Config struct {
 	// ClientTLS and PeerTLS serve client and peer traffic over TLS (use
 	// https:// URLs with them). The zero value means plain TCP.
 	ClientTLS, PeerTLS TLS
-	// LogOutputs are where etcd logs: "stderr", "stdout" or file paths.
-	// Default stderr.
+	// LogOutputs are where etcd logs: "stderr", "stdout" or file paths
+	// (appended to; a member restarted goes on in the same file). Default
+	// stderr. Tests send them to a file of their own: see
+	// internal/testutil.LogOutputs.
 	LogOutputs []string
 }
 
@@ -94,6 +96,7 @@ type Server struct {
 	cfg      Config
 	tempDir  bool
 	etcd     *embed.Etcd
+	closeLog func() // releases the log outputs of the running etcd
 }
 
 // FreePorts returns n distinct free TCP ports on 127.0.0.1. A port is free
@@ -268,27 +271,41 @@ func (s *Server) start() error {
 		return err
 	}
 	s.stopping.Store(false)
-	lg, err := newLogger(s.cfg.LogLevel, ec.LogOutputs, &s.stopping)
+	lg, closeLog, err := newLogger(s.cfg.LogLevel, ec.LogOutputs, &s.stopping)
 	if err != nil {
 		return fmt.Errorf("embedded: logger: %w", err)
 	}
 	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(lg)
 	e, err := embed.StartEtcd(ec)
 	if err != nil {
+		closeLog()
 		return fmt.Errorf("embedded: start %s: %w", s.cfg.Name, err)
 	}
 	select {
 	case <-e.Server.ReadyNotify():
 	case err := <-e.Err():
 		e.Close()
+		closeLog()
 		return fmt.Errorf("embedded: start %s: %w", s.cfg.Name, err)
 	case <-time.After(s.cfg.StartTimeout):
 		e.Server.Stop()
 		e.Close()
+		closeLog()
 		return fmt.Errorf("%w: %s after %v", ErrStartTimeout, s.cfg.Name, s.cfg.StartTimeout)
 	}
-	s.etcd = e
+	s.etcd, s.closeLog = e, closeLog
 	return nil
+}
+
+// shut stops the running etcd and releases its log outputs. s.mu is held.
+func (s *Server) shut() {
+	s.stopping.Store(true)
+	s.etcd.Close()
+	s.etcd = nil
+	if s.closeLog != nil {
+		s.closeLog()
+		s.closeLog = nil
+	}
 }
 
 // Name is the member's name.
@@ -341,9 +358,7 @@ func (s *Server) Stop() error {
 	if s.etcd == nil {
 		return ErrStopped
 	}
-	s.stopping.Store(true)
-	s.etcd.Close()
-	s.etcd = nil
+	s.shut()
 	return nil
 }
 
@@ -363,9 +378,7 @@ func (s *Server) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.etcd != nil {
-		s.stopping.Store(true)
-		s.etcd.Close()
-		s.etcd = nil
+		s.shut()
 	}
 	if s.tempDir {
 		s.tempDir = false

@@ -13,24 +13,25 @@ import (
 // listener: "use of closed network connection", "server closed"), which etcd
 // logs with a stack trace on every clean shutdown; every other entry goes
 // through.
-func newLogger(level string, outputs []string, stopping *atomic.Bool) (*zap.Logger, error) {
+//
+// close releases the outputs (a file stays open until then); call it once
+// etcd has stopped.
+func newLogger(level string, outputs []string, stopping *atomic.Bool) (lg *zap.Logger, close func(), err error) {
 	lvl, err := zapcore.ParseLevel(level)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	zc := zap.NewProductionConfig()
-	zc.Level = zap.NewAtomicLevelAt(lvl)
-	zc.OutputPaths = outputs
-	zc.ErrorOutputPaths = outputs
-	zc.Sampling = nil
-	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
-	lg, err := zc.Build()
+	ws, close, err := zap.Open(outputs...)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return lg.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
-		return &shutdownFilter{Core: c, stopping: stopping}
-	})), nil
+	// zap's production settings, without sampling, with readable times.
+	enc := zap.NewProductionEncoderConfig()
+	enc.EncodeTime = zapcore.ISO8601TimeEncoder
+	core := zapcore.NewCore(zapcore.NewJSONEncoder(enc), ws, zap.NewAtomicLevelAt(lvl))
+	lg = zap.New(&shutdownFilter{Core: core, stopping: stopping},
+		zap.ErrorOutput(ws), zap.AddCaller(), zap.AddStacktrace(zapcore.ErrorLevel))
+	return lg, close, nil
 }
 
 type shutdownFilter struct {

@@ -14,10 +14,11 @@ import (
 func TestLoggerDropsShutdownNoiseOnlyWhileStopping(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "etcd.log")
 	var stopping atomic.Bool
-	lg, err := newLogger("error", []string{out}, &stopping)
+	lg, closeLog, err := newLogger("error", []string{out}, &stopping)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer closeLog()
 	noise := "setting up serving from embedded etcd failed."
 	closed := zap.Error(errors.New("accept tcp: use of closed network connection"))
 	lg.Error(noise, closed) // not stopping: a real failure, kept

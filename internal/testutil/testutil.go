@@ -4,6 +4,8 @@ package testutil
 
 import (
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -33,11 +35,51 @@ func VerifyMain(m *testing.M) {
 	goleak.VerifyTestMain(m, LeakOptions()...)
 }
 
+// LogOutputs returns the embedded.Config.LogOutputs for a server that tb
+// starts: a file of its own under os.TempDir(), so that etcd's logs (JSON
+// lines with stack traces, hundreds of them when requests are cancelled)
+// stay out of the test's output. When the test fails, the file's path is
+// logged and the file kept; when it passes, the file is removed. Register
+// it before the server's own cleanup, so that the server has stopped
+// writing when this one runs (cleanups run last first): Server and
+// Cluster do.
+//
+// It is not t.TempDir(), which is deleted when the test ends, failed or
+// not.
+func LogOutputs(tb testing.TB) []string {
+	tb.Helper()
+	name := strings.NewReplacer("/", "_", " ", "_", string(filepath.Separator), "_").Replace(tb.Name())
+	f, err := os.CreateTemp("", "baton-etcd-"+name+"-*.log")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	path := f.Name()
+	f.Close()
+	tb.Cleanup(func() {
+		if tb.Failed() {
+			tb.Logf("etcd server log: %s", path)
+			return
+		}
+		os.Remove(path)
+	})
+	return []string{path}
+}
+
 // Server starts a single-node embedded etcd (fsync on) that lives as long as
-// the test.
+// the test. Its logs go to a file (LogOutputs).
 func Server(tb testing.TB) *embedded.Server {
 	tb.Helper()
-	s, err := embedded.Start(embedded.Config{})
+	return ServerWith(tb, embedded.Config{})
+}
+
+// ServerWith is Server with settings of the test's own; LogOutputs, when
+// empty, is set as in Server.
+func ServerWith(tb testing.TB, cfg embedded.Config) *embedded.Server {
+	tb.Helper()
+	if len(cfg.LogOutputs) == 0 {
+		cfg.LogOutputs = LogOutputs(tb)
+	}
+	s, err := embedded.Start(cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -46,9 +88,10 @@ func Server(tb testing.TB) *embedded.Server {
 }
 
 // Cluster starts a 3-member embedded cluster that lives as long as the test.
+// Its members log to one file between them (LogOutputs).
 func Cluster(tb testing.TB) *embedded.Cluster {
 	tb.Helper()
-	c, err := embedded.StartCluster(3, embedded.Config{})
+	c, err := embedded.StartCluster(3, embedded.Config{LogOutputs: LogOutputs(tb)})
 	if err != nil {
 		tb.Fatal(err)
 	}
