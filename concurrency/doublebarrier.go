@@ -664,7 +664,7 @@ func (w *dbWatch) next(ctx context.Context, s *Session) (dbEvent, error) {
 		select {
 		case <-ctx.Done():
 			return dbEvent{}, ctx.Err()
-		case <-s.Done():
+		case <-s.expired(): // not Done: an orphaned lease lives on
 			return dbEvent{}, ErrSessionExpired
 		case wr, ok := <-w.ready.ch:
 			if !ok || wr.Err() != nil {

@@ -119,7 +119,14 @@ func (e *Election) Campaign(ctx context.Context, val string) error {
 	key := sl.key
 	var j *joined
 	err = sl.serialize(func() (err error) {
-		j, err = join(ctx, e.s, e.pfx, key, val)
+		// The joining request runs to its answer (joinContext), as in
+		// Mutex.Lock.
+		jctx, stop := joinContext(ctx, c)
+		j, err = join(jctx, e.s, e.pfx, key, val)
+		stop()
+		if err == nil && ctx.Err() != nil {
+			return ctx.Err()
+		}
 		if err != nil || !j.existed || string(j.value) == val {
 			return err
 		}
@@ -252,7 +259,7 @@ func (e *Election) Leader(ctx context.Context) (*clientv3.GetResponse, error) {
 	}
 	resp, err := e.s.Client().Get(ctx, e.pfx, clientv3.WithFirstCreate()...)
 	if err != nil {
-		return nil, err
+		return nil, ctxErr(ctx, err)
 	}
 	if len(resp.Kvs) == 0 {
 		return nil, ErrElectionNoLeader

@@ -456,15 +456,14 @@ func cleanupCtx(ctx context.Context, c *clientv3.Client) (context.Context, conte
 	}
 }
 
-// ctxErr returns ctx's error when ctx has ended, and err otherwise: a
-// request cut short by the caller's deadline comes back from the server as
-// "request timed out" or a cancelled RPC, and the caller should see the
-// reason it can act on.
+// ctxErr returns ctx's error when ctx has ended (or its deadline has
+// passed) and err is the failure of a request it cut short, and err
+// otherwise (see ctxEnded): a request cut short by the caller's deadline
+// comes back from the server as "request timed out" or a cancelled RPC,
+// and the caller should see the reason it can act on. ErrSessionExpired
+// passes through.
 func ctxErr(ctx context.Context, err error) error {
-	if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) && !errors.Is(err, ErrSessionExpired) {
-		return cerr
-	}
-	return err
+	return ctxEnded(ctx, err, ErrSessionExpired)
 }
 
 // leave deletes key if it is still the one created at rev. It runs with its

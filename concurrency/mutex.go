@@ -186,10 +186,15 @@ func (m *Mutex) lock(ctx context.Context, wait bool) error {
 	key := sl.key
 	var j *joined
 	err = sl.serialize(func() (err error) {
+		// The joining request runs to its answer (joinContext), so that a
+		// deadline cannot leave a key behind that appears after we gave
+		// up; a ctx that ended meanwhile is handled below.
+		jctx, stop := joinContext(ctx, m.s.Client())
+		defer stop()
 		if wait {
-			j, err = join(ctx, m.s, m.pfx, key, m.val)
+			j, err = join(jctx, m.s, m.pfx, key, m.val)
 		} else {
-			j, err = tryJoin(ctx, m.s, m.pfx, key, m.val)
+			j, err = tryJoin(jctx, m.s, m.pfx, key, m.val)
 		}
 		return err
 	})
@@ -202,7 +207,9 @@ func (m *Mutex) lock(ctx context.Context, wait bool) error {
 		return ErrLocked
 	}
 	at := j.hdr.Revision
-	if present, pred := place(j.queue, key, j.rev); !present {
+	if ctx.Err() != nil {
+		err = ctx.Err()
+	} else if present, pred := place(j.queue, key, j.rev); !present {
 		err = ErrSessionExpired
 	} else if pred != nil {
 		if !wait {

@@ -545,7 +545,7 @@ func semWaitQuietly(ctx context.Context, s *Session, own, pred *keyWatch, ownRev
 		select {
 		case <-ctx.Done():
 			return 0, false, ctx.Err()
-		case <-s.Done():
+		case <-s.expired(): // not Done: an orphaned lease lives on
 			return 0, false, ErrSessionExpired
 		case wr, ok := <-own.ch:
 			if !ok || wr.Err() != nil {
@@ -640,7 +640,7 @@ func (sm *Semaphore) track(ctx context.Context, w *keyWatch, key string, rev int
 		select {
 		case <-ctx.Done():
 			return semQueue{}, ctx.Err()
-		case <-sm.s.Done():
+		case <-sm.s.expired(): // not Done: an orphaned lease lives on
 			return semQueue{}, ErrSessionExpired
 		case wr, ok := <-w.ch:
 			if !ok && (ctx.Err() != nil || c.Ctx().Err() != nil) {
