@@ -63,7 +63,7 @@ const (
 var allFaultKinds = []string{fKill, fPauseLeader, fPauseFollower, fPartition, fClientDelay, fClientDrop, fWorkerPause}
 
 // AllWorkloads lists the workloads in report order.
-var AllWorkloads = []string{wlMutex, wlElection, wlBank, wlControlBaton, wlControlEtcd}
+var AllWorkloads = []string{wlMutex, wlElection, wlBank, wlSemaphore, wlQueue, wlControlBaton, wlControlEtcd}
 
 const (
 	sessionTTL   = 2 // seconds
@@ -244,7 +244,11 @@ func (r *run) startWorkers(ctx context.Context) error {
 	}
 	var all []started
 	for _, wl := range r.opt.Workloads {
-		for i := range r.opt.WorkersPer {
+		n := r.opt.WorkersPer
+		if wl == wlSemaphore {
+			n = max(n, semWorkers)
+		}
+		for i := range n {
 			name := fmt.Sprintf("%s-%d", wl, i)
 			c := workerConfig{
 				Workload:  wl,
@@ -314,7 +318,7 @@ func (r *run) waitProgress(ctx context.Context, bound time.Duration) error {
 					return err
 				}
 				for _, rec := range recs {
-					if rec.Type == recOK && rec.Time >= since && (rec.F == "write" || rec.F == "transfer") {
+					if rec.Type == recOK && rec.Time >= since && progressOp(rec.F) {
 						delete(pending, wl)
 					}
 				}
@@ -404,4 +408,17 @@ func (r *run) record(f Fault) {
 	r.faults = append(r.faults, f)
 	r.mu.Unlock()
 	r.logf("faults: %s %s %v", f.Kind, f.Target, time.Duration(f.End-f.Start).Round(time.Millisecond))
+}
+
+// freePorts returns n free loopback addresses ("127.0.0.1:port").
+func freePorts(n int) ([]string, error) {
+	ps, err := embedded.FreePorts(n)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, n)
+	for i, p := range ps {
+		out[i] = fmt.Sprintf("127.0.0.1:%d", p)
+	}
+	return out, nil
 }

@@ -98,6 +98,16 @@ func (r *run) check(ctx context.Context, finalAt int64) (*Result, error) {
 			if wl == wlElection {
 				wr.Anomalies = append(wr.Anomalies, checkLeaders(events)...)
 			}
+		} else if wl == wlSemaphore {
+			wr.Anomalies = append(wr.Anomalies, checkSemaphore(wr.Ops, semLimit)...)
+		} else if wl == wlQueue {
+			drained, err := r.drainQueue(ctx)
+			if err != nil {
+				return nil, err
+			}
+			an, note := checkQueue(wr.Ops, drained)
+			wr.Anomalies = append(wr.Anomalies, an...)
+			wr.Note = note
 		} else {
 			fin, err := r.bankState(ctx)
 			if err != nil {
@@ -235,7 +245,7 @@ func (res *Result) table() string {
 			}
 			var first int64
 			for _, op := range w.Ops {
-				if op.Status == recOK && op.Start >= f.Start && (op.F == "write" || op.F == "transfer") && (first == 0 || op.End < first) {
+				if op.Status == recOK && op.Start >= f.Start && progressOp(op.F) && (first == 0 || op.End < first) {
 					first = op.End
 				}
 			}
@@ -342,4 +352,14 @@ func (res *Result) write() error {
 		enc.Encode(fl)
 	}
 	return f.Close()
+}
+
+// progressOp reports whether an operation of kind f, when it succeeds,
+// shows a workload making progress (reads do not).
+func progressOp(f string) bool {
+	switch f {
+	case "write", "transfer", "enter", "enqueue", "dequeue":
+		return true
+	}
+	return false
 }

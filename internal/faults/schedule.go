@@ -171,7 +171,8 @@ func (r *run) inject(ctx context.Context, kind string) error {
 func (r *run) pauseWorkers(ctx context.Context) error {
 	errc := make(chan error, len(r.opt.Workloads))
 	for _, wl := range r.opt.Workloads {
-		go func() { errc <- r.pauseWorker(ctx, wl) }()
+		pick := r.rnd.IntN(len(r.workers[wl])) // chosen here: r.rnd is not shared across goroutines
+		go func() { errc <- r.pauseWorker(ctx, wl, pick) }()
 	}
 	var first error
 	for range r.opt.Workloads {
@@ -182,10 +183,10 @@ func (r *run) pauseWorkers(ctx context.Context) error {
 	return first
 }
 
-func (r *run) pauseWorker(ctx context.Context, wl string) error {
+func (r *run) pauseWorker(ctx context.Context, wl string, pick int) error {
 	ws := r.workers[wl]
-	if wl == wlBank {
-		w := ws[r.rnd.IntN(len(ws))]
+	if wl == wlBank || wl == wlQueue {
+		w := ws[pick]
 		f := Fault{Kind: fWorkerPause, Target: fmt.Sprintf("%s-%d", wl, w.cfg.Worker), Start: now()}
 		w.cmd.Process.Signal(syscall.SIGSTOP)
 		err := sleepCtx(ctx, 3*time.Second)
@@ -217,7 +218,12 @@ func (r *run) pauseWorker(ctx context.Context, wl string) error {
 			break
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: no worker held the lock for a minute; see %s", wl, r.dir)
+			// Make the stuck workers print their goroutines into their
+			// stderr logs (Go's SIGQUIT dump) before giving up.
+			for _, w := range ws {
+				w.cmd.Process.Signal(syscall.SIGQUIT)
+			}
+			return fmt.Errorf("%s: no worker held the lock for a minute; their goroutine dumps are in %s/logs/%s-*.stderr", wl, r.dir, wl)
 		}
 		if err := sleepCtx(ctx, 2*time.Millisecond); err != nil {
 			return err
@@ -226,10 +232,13 @@ func (r *run) pauseWorker(ctx context.Context, wl string) error {
 	f := Fault{Kind: fWorkerPause, Target: fmt.Sprintf("%s-%d", wl, held.cfg.Worker), Start: now()}
 	held.cmd.Process.Signal(syscall.SIGSTOP)
 	// 2. Wait until another worker completes a write invoked after the
-	// stop: it held the lock after the paused one's session expired.
+	// stop (for a lock: it held the lock after the paused one's session
+	// expired), and at least the session TTL and a second have passed.
 	f.Note = "no takeover within 30s"
-	deadline = time.Now().Add(30 * time.Second)
-	for done := false; !done && time.Now().Before(deadline); {
+	stopped := time.Now()
+	deadline = stopped.Add(30 * time.Second)
+	minPause := time.Duration(sessionTTL)*time.Second + time.Second
+	for done := false; !(done && time.Since(stopped) >= minPause) && time.Now().Before(deadline); {
 		for i, t := range tails {
 			recs, err := t.poll()
 			if err != nil {
@@ -237,12 +246,12 @@ func (r *run) pauseWorker(ctx context.Context, wl string) error {
 				return err
 			}
 			for _, rec := range recs {
-				if ws[i] != held && rec.Type == recOK && rec.F == "write" {
+				if ws[i] != held && rec.Type == recOK && progressOp(rec.F) {
 					done = true
 				}
 			}
 		}
-		if !done {
+		if !(done && time.Since(stopped) >= minPause) {
 			if err := sleepCtx(ctx, 10*time.Millisecond); err != nil {
 				held.cmd.Process.Signal(syscall.SIGCONT)
 				return err

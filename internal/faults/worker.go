@@ -34,7 +34,9 @@ const (
 func isControl(wl string) bool { return wl == wlControlBaton || wl == wlControlEtcd }
 
 // isRegister reports whether a workload writes the lock-protected register.
-func isRegister(wl string) bool { return wl != wlBank }
+func isRegister(wl string) bool {
+	return wl == wlMutex || wl == wlElection || isControl(wl)
+}
 
 // workerConfig is what a worker process is started with.
 type workerConfig struct {
@@ -99,6 +101,10 @@ func runWorker() int {
 		w.etcdLockLoop(ctx)
 	case wlBank:
 		w.bankLoop(ctx)
+	case wlSemaphore:
+		w.semaphoreLoop(ctx)
+	case wlQueue:
+		w.queueLoop(ctx)
 	default:
 		fmt.Fprintln(os.Stderr, "faults: unknown workload", c.Workload)
 		return 2
@@ -234,6 +240,7 @@ func (w *worker) lockLoop(ctx context.Context, fenced bool) {
 				s, err = concurrency.NewSession(w.cli, concurrency.WithTTL(w.cfg.TTL), concurrency.WithLease(id))
 			}
 			if err != nil {
+				w.rec.event(Record{F: "session-error", Err: err.Error()})
 				retryPause(ctx)
 				continue
 			}
@@ -243,6 +250,7 @@ func (w *worker) lockLoop(ctx context.Context, fenced bool) {
 		err := m.Lock(lctx)
 		cancel()
 		if err != nil {
+			w.rec.event(Record{F: "lock-error", Err: err.Error()})
 			retryPause(ctx)
 			continue
 		}
@@ -264,7 +272,9 @@ func (w *worker) lockLoop(ctx context.Context, fenced bool) {
 			}
 		}
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
-		m.Unlock(uctx)
+		if err := m.Unlock(uctx); err != nil {
+			w.rec.event(Record{F: "unlock-error", Err: err.Error()})
+		}
 		cancel()
 	}
 }
@@ -294,6 +304,7 @@ func (w *worker) etcdLockLoop(ctx context.Context) {
 				s, err = etcdconc.NewSession(w.cli, etcdconc.WithTTL(w.cfg.TTL), etcdconc.WithLease(id))
 			}
 			if err != nil {
+				w.rec.event(Record{F: "session-error", Err: err.Error()})
 				retryPause(ctx)
 				continue
 			}
@@ -303,6 +314,7 @@ func (w *worker) etcdLockLoop(ctx context.Context) {
 		err := m.Lock(lctx)
 		cancel()
 		if err != nil {
+			w.rec.event(Record{F: "lock-error", Err: err.Error()})
 			retryPause(ctx)
 			continue
 		}
@@ -317,7 +329,9 @@ func (w *worker) etcdLockLoop(ctx context.Context) {
 			}, never)
 		}
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
-		m.Unlock(uctx)
+		if err := m.Unlock(uctx); err != nil {
+			w.rec.event(Record{F: "unlock-error", Err: err.Error()})
+		}
 		cancel()
 	}
 }
@@ -347,6 +361,7 @@ func (w *worker) electionLoop(ctx context.Context) {
 				s, err = concurrency.NewSession(w.cli, concurrency.WithTTL(w.cfg.TTL), concurrency.WithLease(id))
 			}
 			if err != nil {
+				w.rec.event(Record{F: "session-error", Err: err.Error()})
 				retryPause(ctx)
 				continue
 			}
@@ -357,6 +372,7 @@ func (w *worker) electionLoop(ctx context.Context) {
 		err := e.Campaign(cctx, fmt.Sprintf("w%d-c%d", w.cfg.Worker, campaign))
 		cancel()
 		if err != nil {
+			w.rec.event(Record{F: "lock-error", Err: err.Error()})
 			retryPause(ctx)
 			continue
 		}
