@@ -82,4 +82,6 @@
 // folder of its report: report.txt (workload × fault: operations,
 // outcomes, anomalies, recovery), faults.jsonl, one porcupine visualization
 // per register workload, the histories and the member logs.
+//
+// The suite runs on Linux only (it reads /proc and uses Pdeathsig).
 package faults

@@ -1,3 +1,5 @@
+//go:build linux
+
 package faults
 
 import (
@@ -133,6 +135,9 @@ func startChild(role, config, stderrPath string) (*exec.Cmd, <-chan bool, error)
 	cmd.Env = append(os.Environ(), roleEnv+"="+role, configEnv+"="+config)
 	cmd.Stdout = w
 	cmd.Stderr = errf
+	// A child outlives nothing: if the test process dies (a timeout, a
+	// kill), so do its members and workers.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		r.Close()
 		w.Close()

@@ -1,3 +1,5 @@
+//go:build linux
+
 package faults
 
 import (
@@ -43,6 +45,19 @@ func newProxy(to string) (proxy.Server, string, error) {
 		return nil, "", fmt.Errorf("faults: proxy to %s: %w", to, err)
 	default:
 	}
+	// The proxy reports every failed dial and copy on a channel of 16 and
+	// blocks its accept loop when the channel is full: with a member down
+	// for a few seconds, clients' reconnects fill it, and the proxy then
+	// accepts connections it never serves. Drain it for the proxy's life.
+	go func() {
+		for {
+			select {
+			case <-s.Error():
+			case <-s.Done():
+				return
+			}
+		}
+	}()
 	after, err := ownListenPorts()
 	if err != nil {
 		s.Close()

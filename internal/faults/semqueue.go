@@ -1,3 +1,5 @@
+//go:build linux
+
 package faults
 
 import (
@@ -72,9 +74,10 @@ func (w *worker) semaphoreLoop(ctx context.Context) {
 				w.think(ctx)
 			}
 		}
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
-		sm.Release(rctx, 1)
-		cancel()
+		if !w.release(ctx, s.Done(), func(ctx context.Context) error { return sm.Release(ctx, 1) }) {
+			s.Close()
+			s = nil
+		}
 	}
 }
 

@@ -1,3 +1,5 @@
+//go:build linux
+
 package faults
 
 import (
@@ -216,6 +218,31 @@ func (w *worker) writeRegister(ctx context.Context, prev string, tok int64, put 
 
 func never(error) bool { return false }
 
+// release runs unlock (Unlock, Resign, Release) until it succeeds, the
+// lock is found gone, or three attempts failed; it reports false in the
+// last case, and the caller then ends its session so that the lock it may
+// still hold goes with the lease. (A failed Unlock leaves the lock held: a
+// worker that went on with a new Mutex on the same session would wait
+// behind its own key forever.)
+func (w *worker) release(ctx context.Context, done <-chan struct{}, unlock func(context.Context) error) bool {
+	for range 3 {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
+		err := unlock(uctx)
+		cancel()
+		if err == nil || errors.Is(err, concurrency.ErrLockLost) || errors.Is(err, concurrency.ErrLockReleased) || errors.Is(err, concurrency.ErrNotHeld) || errors.Is(err, concurrency.ErrPermitsLost) {
+			return true
+		}
+		w.rec.event(Record{F: "unlock-error", Err: err.Error()})
+		select {
+		case <-done:
+			return true
+		default:
+		}
+		retryPause(ctx)
+	}
+	return false
+}
+
 // lockLoop is the register workload on baton's Mutex: Lock, read, think,
 // write (through Guard when fenced, else a plain Put), Unlock.
 func (w *worker) lockLoop(ctx context.Context, fenced bool) {
@@ -256,7 +283,9 @@ func (w *worker) lockLoop(ctx context.Context, fenced bool) {
 		}
 		tok := m.Rev()
 		w.rec.event(Record{F: "lock", Tok: tok})
-		if prev, ok := w.readRegister(ctx); ok {
+		if prev, ok := w.readRegister(ctx); !ok {
+			retryPause(ctx)
+		} else {
 			w.rec.event(Record{F: "hold", Tok: tok})
 			w.think(ctx)
 			if fenced {
@@ -271,11 +300,10 @@ func (w *worker) lockLoop(ctx context.Context, fenced bool) {
 				}, never)
 			}
 		}
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
-		if err := m.Unlock(uctx); err != nil {
-			w.rec.event(Record{F: "unlock-error", Err: err.Error()})
+		if !w.release(ctx, s.Done(), m.Unlock) {
+			s.Close()
+			s = nil
 		}
-		cancel()
 	}
 }
 
@@ -320,7 +348,9 @@ func (w *worker) etcdLockLoop(ctx context.Context) {
 		}
 		tok := m.Header().Revision
 		w.rec.event(Record{F: "lock", Tok: tok})
-		if prev, ok := w.readRegister(ctx); ok {
+		if prev, ok := w.readRegister(ctx); !ok {
+			retryPause(ctx)
+		} else {
 			w.rec.event(Record{F: "hold", Tok: tok})
 			w.think(ctx)
 			w.writeRegister(ctx, prev, tok, func(ctx context.Context, v string) error {
@@ -328,11 +358,10 @@ func (w *worker) etcdLockLoop(ctx context.Context) {
 				return err
 			}, never)
 		}
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
-		if err := m.Unlock(uctx); err != nil {
-			w.rec.event(Record{F: "unlock-error", Err: err.Error()})
+		if !w.release(ctx, s.Done(), m.Unlock) {
+			s.Close()
+			s = nil
 		}
-		cancel()
 	}
 }
 
@@ -382,6 +411,7 @@ func (w *worker) electionLoop(ctx context.Context) {
 		for range rounds {
 			prev, ok := w.readRegister(ctx)
 			if !ok {
+				retryPause(ctx)
 				break
 			}
 			w.rec.event(Record{F: "hold", Tok: tok})
@@ -394,9 +424,10 @@ func (w *worker) electionLoop(ctx context.Context) {
 				break
 			}
 		}
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
-		e.Resign(rctx)
-		cancel()
+		if !w.release(ctx, s.Done(), e.Resign) {
+			s.Close()
+			s = nil
+		}
 	}
 }
 
