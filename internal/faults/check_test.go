@@ -166,3 +166,34 @@ func TestMemberNeverReady(t *testing.T) {
 		t.Fatalf("error %v, want not ready with the log path", err)
 	}
 }
+
+func TestCheckMemlock(t *testing.T) {
+	sec := int64(time.Second)
+	hold := func(w int, start, end int64) *Op {
+		return &Op{Worker: w, F: "hold", Start: start * sec, End: end * sec, Status: recOK}
+	}
+	// w1 enters at 10 s while w0 (entered at 9 s) runs on to 10.5 s.
+	h := []*Op{hold(0, 9, 10), hold(1, 10, 11)}
+	h[0].End = 10*sec + sec/2
+	an, _ := checkMemlock(wlRedis, h, nil)
+	if len(an) != 1 || an[0].Kind != "unexplained-overlap" {
+		t.Fatalf("no fault: %v", an)
+	}
+	restart := Fault{Kind: fCacheRestart, Scope: wlRedis, Start: 9*sec + sec/2, End: 9*sec + sec/2}
+	an, note := checkMemlock(wlRedis, h, []Fault{restart})
+	if len(an) != 0 || !strings.Contains(note, "restart") {
+		t.Fatalf("restart explains it: %v %s", an, note)
+	}
+	// A holder that runs on 5 s after the restart let another in was not
+	// cancelled in time.
+	h[0].End = 15 * sec
+	an, _ = checkMemlock(wlRedis, h, []Fault{restart})
+	if len(an) != 1 || an[0].Kind != "late-cancel" {
+		t.Fatalf("late cancel: %v", an)
+	}
+	// A fault of another workload explains nothing.
+	restart.Scope = wlMemcached
+	if an, _ = checkMemlock(wlRedis, h, []Fault{restart}); len(an) != 1 || an[0].Kind != "unexplained-overlap" {
+		t.Fatalf("other scope: %v", an)
+	}
+}

@@ -42,6 +42,19 @@ func seed(t *testing.T) uint64 {
 
 func runSuite(t *testing.T, d time.Duration) {
 	opt := Options{Dir: *flagDir, Seed: seed(t), Duration: d, Logf: t.Logf}
+	// The memlock workloads need memcached and redis-server: missing ones
+	// fail the run under CI and leave those workloads out otherwise.
+	t.Run("memlock-servers", func(t *testing.T) {
+		testutil.RequireBinary(t, "memcached", "memcached")
+		testutil.RequireBinary(t, "redis-server", "redis-server")
+		opt.Memlock = true
+	})
+	if t.Failed() {
+		t.FailNow()
+	}
+	if !opt.Memlock {
+		t.Log("memlock workloads left out: memcached or redis-server missing")
+	}
 	if opt.Dir == "" {
 		dir, err := os.MkdirTemp("", "baton-faults-")
 		if err != nil {

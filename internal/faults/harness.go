@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/batonhq/baton/embedded"
+	"github.com/batonhq/baton/memlock/memlocktest"
 )
 
 // Options configure a run.
@@ -38,6 +39,9 @@ type Options struct {
 	Workloads []string
 	// WorkersPer is the number of worker processes per workload. Default 2.
 	WorkersPer int
+	// Memlock adds the memlock workloads, on a memcached and a
+	// redis-server started for the run (both must be on PATH).
+	Memlock bool
 	// Logf reports progress (t.Logf); nil means silent.
 	Logf func(format string, args ...any)
 }
@@ -49,6 +53,17 @@ type Fault struct {
 	Start  int64 // Unix ns
 	End    int64
 	Note   string `json:",omitempty"`
+	// Scope is the workload the fault is aimed at; "" means the etcd
+	// cluster, which every etcd workload shares.
+	Scope string `json:",omitempty"`
+}
+
+// applies reports whether f concerns workload wl.
+func (f Fault) applies(wl string) bool {
+	if f.Scope == "" {
+		return !isMemlock(wl)
+	}
+	return f.Scope == wl
 }
 
 // Fault kinds.
@@ -63,6 +78,9 @@ const (
 )
 
 var allFaultKinds = []string{fKill, fPauseLeader, fPauseFollower, fPartition, fClientDelay, fClientDrop, fWorkerPause}
+
+// tableKinds are the fault kinds in report order.
+var tableKinds = append(append([]string{"none"}, allFaultKinds...), fCacheRestart, fCachePause)
 
 // AllWorkloads lists the workloads in report order.
 var AllWorkloads = []string{wlMutex, wlElection, wlBank, wlSemaphore, wlQueue, wlControlBaton, wlControlEtcd}
@@ -88,6 +106,7 @@ type run struct {
 	members []*member
 	cli     *clientv3.Client
 	workers map[string][]*workerProc
+	caches  map[string]*memlocktest.Server
 
 	mu     sync.Mutex
 	faults []Fault
@@ -110,6 +129,9 @@ func Run(ctx context.Context, opt Options) (res *Result, err error) {
 	}
 	if len(opt.Workloads) == 0 {
 		opt.Workloads = AllWorkloads
+		if opt.Memlock {
+			opt.Workloads = append(opt.Workloads[:len(opt.Workloads):len(opt.Workloads)], wlMemcached, wlRedis)
+		}
 	}
 	dir := opt.Dir
 	if dir == "" {
@@ -122,13 +144,16 @@ func Run(ctx context.Context, opt Options) (res *Result, err error) {
 			return nil, err
 		}
 	}
-	r := &run{opt: opt, rnd: rand.New(rand.NewPCG(opt.Seed, 0x6661756c7473)), dir: dir, workers: map[string][]*workerProc{}}
+	r := &run{opt: opt, rnd: rand.New(rand.NewPCG(opt.Seed, 0x6661756c7473)), dir: dir, workers: map[string][]*workerProc{}, caches: map[string]*memlocktest.Server{}}
 	defer r.teardown()
 	started := time.Now()
 	if err := r.startCluster(); err != nil {
 		return nil, err
 	}
 	r.logf("faults: cluster up in %v", time.Since(started).Round(time.Millisecond))
+	if err := r.startCaches(); err != nil {
+		return nil, err
+	}
 	if err := r.startWorkers(ctx); err != nil {
 		return nil, err
 	}
@@ -136,7 +161,7 @@ func Run(ctx context.Context, opt Options) (res *Result, err error) {
 		return nil, err
 	}
 	r.logf("faults: workers running; faults begin")
-	if err := r.schedule(ctx); err != nil {
+	if err := r.scheduleAll(ctx); err != nil {
 		return nil, err
 	}
 	finalAt, err := r.stopWorkers()
@@ -262,6 +287,9 @@ func (r *run) startWorkers(ctx context.Context) error {
 				Think:     150 * time.Millisecond,
 				Prefix:    r.prefix(wl),
 				Accounts:  bankAccounts,
+			}
+			if s := r.caches[wl]; s != nil {
+				c.CacheAddr = s.Addr()
 			}
 			b, err := json.Marshal(c)
 			if err != nil {
@@ -403,6 +431,36 @@ func (r *run) teardown() {
 	for _, m := range r.members {
 		m.closeProxies()
 	}
+	for _, s := range r.caches {
+		s.Close()
+	}
+}
+
+func newRand(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, 0x6d656d6c6f636b)) }
+
+// scheduleAll runs the etcd fault schedule and, beside it, the memlock
+// servers' faults; it returns when both are done.
+func (r *run) scheduleAll(ctx context.Context) error {
+	stop := make(chan struct{})
+	var mls []string
+	for _, wl := range r.opt.Workloads {
+		if isMemlock(wl) {
+			mls = append(mls, wl)
+		}
+	}
+	errc := make(chan error, len(mls))
+	for _, wl := range mls {
+		seed := r.rnd.Uint64()
+		go func() { errc <- r.memlockFaults(ctx, wl, seed, stop) }()
+	}
+	err := r.schedule(ctx)
+	close(stop)
+	for range mls {
+		if e := <-errc; e != nil && err == nil {
+			err = e
+		}
+	}
+	return err
 }
 
 func (r *run) record(f Fault) {

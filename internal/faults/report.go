@@ -100,6 +100,10 @@ func (r *run) check(ctx context.Context, finalAt int64) (*Result, error) {
 			if wl == wlElection {
 				wr.Anomalies = append(wr.Anomalies, checkLeaders(events)...)
 			}
+		} else if isMemlock(wl) {
+			an, note := checkMemlock(wl, wr.Ops, r.faults)
+			wr.Anomalies = append(wr.Anomalies, an...)
+			wr.Note = note
 		} else if wl == wlSemaphore {
 			wr.Anomalies = append(wr.Anomalies, checkSemaphore(wr.Ops, semLimit)...)
 		} else if wl == wlQueue {
@@ -184,7 +188,7 @@ func (r *run) bankState(ctx context.Context) (bankFinal, error) {
 func window(faults []Fault, wl string, t int64) int {
 	best := -1
 	for i, f := range faults {
-		if f.Kind == fWorkerPause && !strings.HasPrefix(f.Target, wl+"-") {
+		if !f.applies(wl) {
 			continue
 		}
 		if f.Start <= t && (best < 0 || f.Start >= faults[best].Start) {
@@ -242,7 +246,7 @@ func (res *Result) table() string {
 			get(kindOf(a.Time)).anomalies++
 		}
 		for _, f := range res.Faults {
-			if f.Kind == fWorkerPause && !strings.HasPrefix(f.Target, w.Name+"-") {
+			if !f.applies(w.Name) {
 				continue
 			}
 			var first int64
@@ -256,7 +260,7 @@ func (res *Result) table() string {
 				rw.recovery = append(rw.recovery, time.Duration(first-f.Start))
 			}
 		}
-		for _, k := range append([]string{"none"}, allFaultKinds...) {
+		for _, k := range tableKinds {
 			rw := rows[k]
 			if rw == nil {
 				continue
@@ -360,7 +364,7 @@ func (res *Result) write() error {
 // shows a workload making progress (reads do not).
 func progressOp(f string) bool {
 	switch f {
-	case "write", "transfer", "enter", "enqueue", "dequeue":
+	case "write", "transfer", "enter", "enqueue", "dequeue", "hold":
 		return true
 	}
 	return false

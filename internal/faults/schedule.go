@@ -171,13 +171,19 @@ func (r *run) inject(ctx context.Context, kind string) error {
 // over while it slept past its TTL), or after a bound. A bank worker is
 // paused for 3 s wherever it is.
 func (r *run) pauseWorkers(ctx context.Context) error {
-	errc := make(chan error, len(r.opt.Workloads))
+	var wls []string
 	for _, wl := range r.opt.Workloads {
+		if !isMemlock(wl) {
+			wls = append(wls, wl)
+		}
+	}
+	errc := make(chan error, len(wls))
+	for _, wl := range wls {
 		pick := r.rnd.IntN(len(r.workers[wl])) // chosen here: r.rnd is not shared across goroutines
 		go func() { errc <- r.pauseWorker(ctx, wl, pick) }()
 	}
 	var first error
-	for range r.opt.Workloads {
+	for range wls {
 		if err := <-errc; err != nil && first == nil {
 			first = err
 		}
@@ -189,7 +195,7 @@ func (r *run) pauseWorker(ctx context.Context, wl string, pick int) error {
 	ws := r.workers[wl]
 	if wl == wlBank || wl == wlQueue {
 		w := ws[pick]
-		f := Fault{Kind: fWorkerPause, Target: fmt.Sprintf("%s-%d", wl, w.cfg.Worker), Start: now()}
+		f := Fault{Kind: fWorkerPause, Target: fmt.Sprintf("%s-%d", wl, w.cfg.Worker), Scope: wl, Start: now()}
 		w.cmd.Process.Signal(syscall.SIGSTOP)
 		err := sleepCtx(ctx, 3*time.Second)
 		w.cmd.Process.Signal(syscall.SIGCONT)
@@ -231,7 +237,7 @@ func (r *run) pauseWorker(ctx context.Context, wl string, pick int) error {
 			return err
 		}
 	}
-	f := Fault{Kind: fWorkerPause, Target: fmt.Sprintf("%s-%d", wl, held.cfg.Worker), Start: now()}
+	f := Fault{Kind: fWorkerPause, Target: fmt.Sprintf("%s-%d", wl, held.cfg.Worker), Scope: wl, Start: now()}
 	held.cmd.Process.Signal(syscall.SIGSTOP)
 	// 2. Wait until another worker completes a write invoked after the
 	// stop (for a lock: it held the lock after the paused one's session

@@ -51,6 +51,7 @@ type workerConfig struct {
 	Think     time.Duration // time spent holding the lock between read and write
 	Prefix    string        // keys of this workload live under it
 	Accounts  int           // bank
+	CacheAddr string        // memlock workloads: the cache server
 }
 
 func (c workerConfig) register() string { return c.Prefix + "/register" }
@@ -107,6 +108,8 @@ func runWorker() int {
 		w.semaphoreLoop(ctx)
 	case wlQueue:
 		w.queueLoop(ctx)
+	case wlMemcached, wlRedis:
+		w.memlockLoop(ctx)
 	default:
 		fmt.Fprintln(os.Stderr, "faults: unknown workload", c.Workload)
 		return 2
