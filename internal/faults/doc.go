@@ -33,8 +33,18 @@
 //   - client-delay: 40 ms ± 30 ms on every client proxy, each way;
 //   - client-drop: blackhole every client proxy for 1.5 s;
 //   - worker-pause: SIGSTOP a worker the moment its history says it holds
-//     the lock and read the register, keep it stopped past its 2 s session
-//     TTL until another worker wrote, then SIGCONT it.
+//     the lock (or permit) and read the register, keep it stopped for at
+//     least its 2 s session TTL plus a second and until another worker
+//     completed an operation, then SIGCONT it. A bank or queue worker is
+//     paused for 3 s wherever it is;
+//   - cache-restart, cache-pause (memlock workloads only): kill and restart
+//     the memcached or redis-server empty, or SIGSTOP it for 4 s; and a
+//     memlock holder paused inside f for its TTL plus a second.
+//
+// The proxy's blackhole drops the bytes in flight on open connections
+// rather than stalling them, so a connection that outlives it has lost
+// whole requests or answers (and gRPC may reset it with PROTOCOL_ERROR):
+// message loss, harsher than packet loss under TCP.
 //
 // # Workloads and what is checked
 //
@@ -45,6 +55,14 @@
 //     Election.Guard.
 //   - bank: STM transfers between accounts, each writing a unique transfer
 //     id key, and reads of all balances.
+//   - semaphore: three workers on a Semaphore of limit 2 access a resource
+//     through a Txn guarded by their grant key's create revision (the token
+//     Semaphore.Rev) that also reads every grant key at that revision.
+//   - queue: workers enqueue unique items and dequeue them; the parent
+//     drains what is left after the run.
+//   - memlock-memcached, memlock-redis (when both servers are on PATH):
+//     workers take a memlock (TTL 3 s, refresh 500 ms) with TryWithLock and
+//     hold it in f for 1.2 s, stopping as soon as f's context ends.
 //
 // A register written under a lock is checked two ways. Its history goes to
 // porcupine with a model of a fenced register: a write is legal only if its
@@ -62,6 +80,20 @@
 // final balances are exactly the initial ones moved by the applied
 // transfers; transfers with an unknown outcome (ErrSTMIndeterminate) are
 // resolved by reading their id keys.
+//
+// The semaphore checks that every accepted access found its grant among
+// the first limit grants in line at that revision: at most limit grants
+// were accepted at once. The queue checks that no item is delivered twice
+// or from nowhere, and that every acknowledged item is delivered, except at
+// most one per Dequeue that returned ErrClaimUnknown.
+//
+// memlock is best effort: its holders can overlap. The suite reports the
+// overlaps and checks each one is of a kind the memlock package doc names
+// (a server restart dropped the lock, a paused server, a holder paused past
+// its TTL), and that the old holder's f saw its context end within the
+// bound the doc implies: the next refresh (refresh interval + timeout)
+// after the new holder got in, or at once when a paused holder resumes.
+// Unexplained overlaps and late cancellations are failures.
 //
 // # Controls
 //
@@ -81,7 +113,13 @@
 // -faults.seed reproduces a run's choices and -faults.dir chooses the
 // folder of its report: report.txt (workload × fault: operations,
 // outcomes, anomalies, recovery), faults.jsonl, one porcupine visualization
-// per register workload, the histories and the member logs.
+// per register workload, the histories and the member logs. An operation
+// counts under the latest fault that started before it (up to the next
+// one); recovery is the time from a fault's start to the first operation
+// started after it that succeeded and made progress (a write, transfer,
+// access, enqueue, dequeue or hold; reads do not count). Without memcached
+// and redis-server on PATH the memlock workloads are left out, unless CI is
+// set, where that is a failure.
 //
 // The suite runs on Linux only (it reads /proc and uses Pdeathsig).
 package faults
