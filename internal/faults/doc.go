@@ -52,7 +52,15 @@
 //     key, and write a new unique value through Mutex.Guard with the token
 //     Mutex.Rev stored alongside, then Unlock.
 //   - election: the same, as the leader of a baton Election, through
-//     Election.Guard.
+//     Election.Guard, one to three rounds per leadership.
+//
+// A holder whose write's answer was lost ends its hold (Unlock, Resign)
+// before it writes again. Fencing orders holders, not one holder's own
+// requests: a write held up by a paused or cut-off member can land after
+// the same leader's next write, with a token that is still valid, and
+// overwrite it (the suite saw this before the election workers resigned
+// on an unknown outcome). Once the hold has ended, the late write fails
+// its guard.
 //   - bank: STM transfers between accounts, each writing a unique transfer
 //     id key, and reads of all balances.
 //   - semaphore: three workers on a Semaphore of limit 2 access a resource

@@ -198,7 +198,7 @@ func (w *worker) think(ctx context.Context) {
 // writeRegister writes a new unique value with put and records it. put
 // returns (applied, definite): an error that proves nothing was written is
 // a fail, any other error an unknown.
-func (w *worker) writeRegister(ctx context.Context, prev string, tok int64, put func(ctx context.Context, v string) error, definite func(error) bool) {
+func (w *worker) writeRegister(ctx context.Context, prev string, tok int64, put func(ctx context.Context, v string) error, definite func(error) bool) (status string) {
 	w.seq++
 	val := fmt.Sprintf("w%d-%d", w.cfg.Worker, w.seq)
 	in := Record{F: "write", Val: val, Prev: prev, Tok: tok}
@@ -209,14 +209,16 @@ func (w *worker) writeRegister(ctx context.Context, prev string, tok int64, put 
 	out := in
 	switch {
 	case err == nil:
-		w.rec.complete(id, recOK, out)
+		status = recOK
 	case definite(err):
 		out.Err = err.Error()
-		w.rec.complete(id, recFail, out)
+		status = recFail
 	default:
 		out.Err = err.Error()
-		w.rec.complete(id, recUnknown, out)
+		status = recUnknown
 	}
+	w.rec.complete(id, status, out)
+	return status
 }
 
 func never(error) bool { return false }
@@ -419,11 +421,17 @@ func (w *worker) electionLoop(ctx context.Context) {
 			}
 			w.rec.event(Record{F: "hold", Tok: tok})
 			w.think(ctx)
-			w.writeRegister(ctx, prev, tok, func(ctx context.Context, v string) error {
+			st := w.writeRegister(ctx, prev, tok, func(ctx context.Context, v string) error {
 				_, err := e.Guard(ctx, clientv3.OpPut(w.cfg.register(), v))
 				return err
 			}, func(err error) bool { return errors.Is(err, concurrency.ErrElectionNotLeader) })
-			if ctx.Err() != nil {
+			// A write whose answer was lost may still be on its way (held
+			// by a paused or cut-off member) and land later with a token
+			// that is still valid: fencing orders leaders, not one
+			// leader's own requests. So the leader resigns before it
+			// writes again; the late write then fails its guard. (Writing
+			// on was seen to lose the next write's update.)
+			if st != recOK || ctx.Err() != nil {
 				break
 			}
 		}
