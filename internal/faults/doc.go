@@ -106,10 +106,12 @@
 // # Controls
 //
 // Two workloads prove the checkers bite: control-baton and control-etcd
-// write the register with a plain Put after Lock, with baton's Mutex and
-// with etcd's client/v3/concurrency Mutex. A lock alone is not a fence:
-// the worker paused past its TTL resumes after another took the lock and
-// overwrites its update. Both are expected to show lost-update and
+// write the register with a plain Put after Lock (tried again on an error,
+// as a client that trusts its lock does), with baton's Mutex and with
+// etcd's client/v3/concurrency Mutex. A lock alone is not a fence: the
+// worker paused past its TTL resumes after another took the lock and
+// overwrites its update. When the resumed worker's write does not land
+// (its connection broke), the pause is repeated, up to three times. Both are expected to show lost-update and
 // stale-token anomalies and a non-linearizable history; the suite reports
 // that as the expected non-guarantee, and fails if a control shows nothing
 // (the faults were too weak).

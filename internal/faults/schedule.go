@@ -180,7 +180,7 @@ func (r *run) pauseWorkers(ctx context.Context) error {
 	errc := make(chan error, len(wls))
 	for _, wl := range wls {
 		pick := r.rnd.IntN(len(r.workers[wl])) // chosen here: r.rnd is not shared across goroutines
-		go func() { errc <- r.pauseWorker(ctx, wl, pick) }()
+		go func() { errc <- r.pauseWorker(ctx, wl, pick, 1) }()
 	}
 	var first error
 	for range wls {
@@ -191,7 +191,7 @@ func (r *run) pauseWorkers(ctx context.Context) error {
 	return first
 }
 
-func (r *run) pauseWorker(ctx context.Context, wl string, pick int) error {
+func (r *run) pauseWorker(ctx context.Context, wl string, pick, attempt int) error {
 	ws := r.workers[wl]
 	if wl == wlBank || wl == wlQueue {
 		w := ws[pick]
@@ -239,6 +239,7 @@ func (r *run) pauseWorker(ctx context.Context, wl string, pick int) error {
 	}
 	f := Fault{Kind: fWorkerPause, Target: fmt.Sprintf("%s-%d", wl, held.cfg.Worker), Scope: wl, Start: now()}
 	held.cmd.Process.Signal(syscall.SIGSTOP)
+	stoppedAt := fileSize(held.cfg.History) // what it wrote before the stop
 	// 2. Wait until another worker completes a write invoked after the
 	// stop (for a lock: it held the lock after the paused one's session
 	// expired), and at least the session TTL and a second have passed.
@@ -272,6 +273,44 @@ func (r *run) pauseWorker(ctx context.Context, wl string, pick int) error {
 	// 3. Resume it while the other one holds (or has held) the lock.
 	held.cmd.Process.Signal(syscall.SIGCONT)
 	f.End = now()
+	if isControl(wl) {
+		// 4. A control must show what an unfenced write does after such a
+		// pause. If the resumed worker's write did not land (its
+		// connection broke, say), the pause proved nothing: repeat it,
+		// up to three times.
+		st, err := r.nextWrite(ctx, held, stoppedAt)
+		if err != nil {
+			return err
+		}
+		f.Note += "; its stale write: " + st
+		r.record(f)
+		if st != recOK && attempt < 3 {
+			return r.pauseWorker(ctx, wl, pick, attempt+1)
+		}
+		return nil
+	}
 	r.record(f)
 	return nil
+}
+
+// nextWrite waits for the first write completion in w's history after
+// offset off and returns its outcome.
+func (r *run) nextWrite(ctx context.Context, w *workerProc, off int64) (string, error) {
+	t := &tail{path: w.cfg.History, off: off}
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		recs, err := t.poll()
+		if err != nil {
+			return "", err
+		}
+		for _, rec := range recs {
+			if rec.F == "write" && rec.Type != recInvoke {
+				return rec.Type, nil
+			}
+		}
+		if err := sleepCtx(ctx, 10*time.Millisecond); err != nil {
+			return "", err
+		}
+	}
+	return "none within 30s", nil
 }

@@ -223,6 +223,20 @@ func (w *worker) writeRegister(ctx context.Context, prev string, tok int64, put 
 
 func never(error) bool { return false }
 
+// naivePut is the controls' write: a plain Put, tried again on an error
+// (up to three attempts within ctx), as a client that trusts its lock
+// does.
+func (w *worker) naivePut(ctx context.Context, v string) error {
+	var err error
+	for range 3 {
+		if _, err = w.cli.Put(ctx, w.cfg.register(), v); err == nil || ctx.Err() != nil {
+			return err
+		}
+		retryPause(ctx)
+	}
+	return err
+}
+
 // release runs unlock (Unlock, Resign, Release) until it succeeds, the
 // lock is found gone, or three attempts failed; it reports false in the
 // last case, and the caller then ends its session so that the lock it may
@@ -299,10 +313,7 @@ func (w *worker) lockLoop(ctx context.Context, fenced bool) {
 					return err
 				}, func(err error) bool { return errors.Is(err, concurrency.ErrLockLost) })
 			} else {
-				w.writeRegister(ctx, prev, tok, func(ctx context.Context, v string) error {
-					_, err := w.cli.Put(ctx, w.cfg.register(), v)
-					return err
-				}, never)
+				w.writeRegister(ctx, prev, tok, w.naivePut, never)
 			}
 		}
 		if !w.release(ctx, s.Done(), m.Unlock) {
@@ -358,10 +369,7 @@ func (w *worker) etcdLockLoop(ctx context.Context) {
 		} else {
 			w.rec.event(Record{F: "hold", Tok: tok})
 			w.think(ctx)
-			w.writeRegister(ctx, prev, tok, func(ctx context.Context, v string) error {
-				_, err := w.cli.Put(ctx, w.cfg.register(), v)
-				return err
-			}, never)
+			w.writeRegister(ctx, prev, tok, w.naivePut, never)
 		}
 		if !w.release(ctx, s.Done(), m.Unlock) {
 			s.Close()
