@@ -69,7 +69,8 @@ func (res *Result) Failures() []string {
 
 // check reads every history and the final state, and runs the checkers.
 func (r *run) check(ctx context.Context, finalAt int64) (*Result, error) {
-	res := &Result{Seed: r.opt.Seed, Faults: r.faults}
+	res := &Result{Seed: r.opt.Seed, Faults: append([]Fault(nil), r.faults...)}
+	sort.Slice(res.Faults, func(i, j int) bool { return res.Faults[i].Start < res.Faults[j].Start })
 	for _, wl := range r.opt.Workloads {
 		wr := &WorkloadResult{Name: wl, Control: isControl(wl)}
 		var events []Record
