@@ -6,6 +6,7 @@ import (
 	"context"
 	"flag"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -70,7 +71,11 @@ func runSuite(t *testing.T, d time.Duration) {
 	t.Logf("report: %s (%v)\n%s", opt.Dir+"/report.txt", res.Elapsed.Round(time.Second), res.Table)
 	if fs := res.Failures(); len(fs) > 0 {
 		t.Errorf("fault suite failed (report %s/report.txt):\n%s", opt.Dir, strings.Join(fs, "\n"))
+		return
 	}
+	// The members' data (about 200 MB of preallocated WAL) is kept only
+	// when the run failed; the report, histories and logs stay.
+	os.RemoveAll(filepath.Join(opt.Dir, "data"))
 }
 
 // TestFaultsShort runs one round of every fault against every workload.

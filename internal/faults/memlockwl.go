@@ -235,6 +235,7 @@ func checkMemlock(wl string, all []*Op, faults []Fault) (an []Anomaly, note stri
 					bound = max(bound, f.End+int64(memlockSlack))
 				}
 			}
+			why = dedup(why)
 			if len(why) == 0 {
 				an = append(an, Anomaly{"unexplained-overlap", b.Start, fmt.Sprintf("w%d entered f %v after w%d did, while w%d's f still ran, with no fault the memlock doc names", b.Worker, time.Duration(b.Start-a.Start), a.Worker, a.Worker)})
 				continue
@@ -255,4 +256,15 @@ func checkMemlock(wl string, all []*Op, faults []Fault) (an []Anomaly, note stri
 		note += ": " + strings.Join(cs, ", ")
 	}
 	return an, note
+}
+
+func dedup(ss []string) []string {
+	var out []string
+	for _, s := range ss {
+		if !slicesContains(out, s) {
+			out = append(out, s)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
