@@ -2,7 +2,7 @@
 GO ?= go
 TESTFLAGS ?= -race -timeout 40m
 
-.PHONY: test deps vet unit bench build
+.PHONY: test deps vet unit bench build faults
 
 # test installs the servers the tests need when they are missing, then vets
 # and runs every test with the race detector.
@@ -31,3 +31,15 @@ build:
 # embedded etcd started for the run.
 bench:
 	$(GO) run ./cmd/baton bench
+
+# faults runs the long fault suite (internal/faults): a 3-member cluster of
+# member processes behind proxies, worker processes, kills, pauses,
+# partitions and client-path faults, checked for linearizability. The seed
+# is printed; pass FAULTS_SEED to reproduce a run, FAULTS_DIR to choose the
+# report folder.
+FAULTS_DURATION ?= 10m
+FAULTS_SEED ?= 0
+FAULTS_DIR ?=
+faults:
+	$(GO) test -race -run TestFaultsLong -timeout 30m -v ./internal/faults -args \
+		-faults.duration=$(FAULTS_DURATION) -faults.seed=$(FAULTS_SEED) $(if $(FAULTS_DIR),-faults.dir=$(FAULTS_DIR))
