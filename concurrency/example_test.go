@@ -188,3 +188,36 @@ func ExampleWithLock() {
 	// err: <nil>
 	// result: done
 }
+
+// Goroutines that share one session are one participant by default, as in
+// etcd's package: a second Mutex on the session holds the lock as soon as
+// the first does. WithExclusive gives each Mutex a key of its own, so that
+// they exclude each other.
+func ExampleWithExclusive() {
+	srv, cli := exampleServer()
+	defer srv.Close()
+	defer cli.Close()
+	ctx := context.Background()
+
+	s, err := concurrency.NewSession(cli)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer s.Close()
+
+	shared1, shared2 := concurrency.NewMutex(s, "/shared"), concurrency.NewMutex(s, "/shared")
+	if err := shared1.Lock(ctx); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("second default Mutex on the session:", shared2.TryLock(ctx))
+
+	own1 := concurrency.NewMutex(s, "/own", concurrency.WithExclusive())
+	own2 := concurrency.NewMutex(s, "/own", concurrency.WithExclusive())
+	if err := own1.Lock(ctx); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("second exclusive Mutex on the session:", own2.TryLock(ctx))
+	// Output:
+	// second default Mutex on the session: <nil>
+	// second exclusive Mutex on the session: mutex: Locked by another session
+}
