@@ -56,11 +56,9 @@ func ctxEnded(ctx context.Context, err error, keep ...error) error {
 // it. Waiting for the answer instead makes the outcome known; the caller
 // checks ctx right after and deletes the key through the ordinary path.
 // It costs a cut-short call at most one request's time.
+//
+// It is the context of a cleanup (cleanupCtx), for the same reasons: the
+// request must finish whatever the caller's context does, within bounds.
 func joinContext(ctx context.Context, c *clientv3.Client) (context.Context, context.CancelFunc) {
-	jctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
-	jctx, stop := withClient(jctx, c)
-	return jctx, func() {
-		stop()
-		cancel()
-	}
+	return cleanupCtx(ctx, c)
 }
