@@ -111,7 +111,7 @@
 // etcd's client/v3/concurrency Mutex. A lock alone is not a fence: the
 // worker paused past its TTL resumes after another took the lock and
 // overwrites its update. When the resumed worker's write does not land
-// (its connection broke), the pause is repeated, up to three times. Both are expected to show lost-update and
+// (its connection broke), the pause is repeated (also when nobody took the lock over while it slept), up to five times. Both are expected to show lost-update and
 // stale-token anomalies and a non-linearizable history; the suite reports
 // that as the expected non-guarantee, and fails if a control shows nothing
 // (the faults were too weak).

@@ -10,8 +10,10 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -80,21 +82,25 @@ func runWorker() int {
 		return 1
 	}
 	defer rec.close()
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:            c.Endpoints,
-		DialTimeout:          5 * time.Second,
-		DialKeepAliveTime:    2 * time.Second,
-		DialKeepAliveTimeout: time.Second,
-		Logger:               zap.NewNop(),
-	})
+	newClient := func() (*clientv3.Client, error) {
+		return clientv3.New(clientv3.Config{
+			Endpoints:            c.Endpoints,
+			DialTimeout:          5 * time.Second,
+			DialKeepAliveTime:    2 * time.Second,
+			DialKeepAliveTimeout: time.Second,
+			Logger:               zap.NewNop(),
+		})
+	}
+	cli, err := newClient()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "faults: worker client:", err)
 		return 1
 	}
-	defer cli.Close()
+	defer func() { cli.Close() }()
 	rec.event(Record{F: "start"})
 	fmt.Println("ready")
-	w := &worker{cfg: c, cli: cli, rec: rec, rnd: rand.New(rand.NewPCG(c.Seed, uint64(c.Worker)))}
+	w := &worker{cfg: c, cli: cli, newClient: newClient, rec: rec, rnd: rand.New(rand.NewPCG(c.Seed, uint64(c.Worker)))}
+	defer func() { w.cli.Close() }()
 	switch c.Workload {
 	case wlMutex, wlControlBaton:
 		w.lockLoop(ctx, c.Workload == wlMutex)
@@ -118,11 +124,12 @@ func runWorker() int {
 }
 
 type worker struct {
-	cfg workerConfig
-	cli *clientv3.Client
-	rec *recorder
-	rnd *rand.Rand
-	seq int
+	cfg       workerConfig
+	cli       *clientv3.Client
+	newClient func() (*clientv3.Client, error)
+	rec       *recorder
+	rnd       *rand.Rand
+	seq       int
 }
 
 // retryPause waits a little before the next attempt after an error, so a
@@ -333,48 +340,81 @@ func (w *worker) etcdLockLoop(ctx context.Context) {
 			s.Close()
 		}
 	}()
+	var wedged atomic.Bool
 	for ctx.Err() == nil {
-		if s != nil {
-			select {
-			case <-s.Done():
-				s.Close()
-				s = nil
-			default:
-			}
-		}
-		if s == nil {
-			id, err := w.grant(ctx)
-			if err == nil {
-				s, err = etcdconc.NewSession(w.cli, etcdconc.WithTTL(w.cfg.TTL), etcdconc.WithLease(id))
-			}
-			if err != nil {
-				w.rec.event(Record{F: "session-error", Err: err.Error()})
+		if wedged.Swap(false) {
+			// See the watchdog below: start again on a new client.
+			w.rec.event(Record{F: "wedged", Err: "an iteration of etcd's Mutex took over 45s; goroutines dumped to stderr, client replaced"})
+			s = nil
+			if cli, err := w.newClient(); err == nil {
+				w.cli = cli
+			} else {
+				w.rec.event(Record{F: "client-error", Err: err.Error()})
 				retryPause(ctx)
 				continue
 			}
 		}
-		m := etcdconc.NewMutex(s, w.cfg.lockPfx())
-		lctx, cancel := context.WithTimeout(ctx, 2*opTimeout)
-		err := m.Lock(lctx)
-		cancel()
-		if err != nil {
-			w.rec.event(Record{F: "lock-error", Err: err.Error()})
-			retryPause(ctx)
-			continue
-		}
-		tok := m.Header().Revision
-		w.rec.event(Record{F: "lock", Tok: tok})
-		if prev, ok := w.readRegister(ctx); !ok {
-			retryPause(ctx)
-		} else {
-			w.rec.event(Record{F: "hold", Tok: tok})
-			w.think(ctx)
-			w.writeRegister(ctx, prev, tok, w.naivePut, never)
-		}
-		if !w.release(ctx, s.Done(), m.Unlock) {
+		// etcd's package can hang past every context it was given (its
+		// Lock cleans up a failed wait under the client's context, with
+		// no deadline): after 45 s, dump the goroutines for the record
+		// and close the client, which ends such calls. 45 s is longer than an
+		// iteration takes, the harness's pause of a holder (up to 30 s) included.
+		cli := w.cli
+		watchdog := time.AfterFunc(45*time.Second, func() {
+			pprof.Lookup("goroutine").WriteTo(os.Stderr, 1)
+			wedged.Store(true)
+			cli.Close()
+		})
+		w.etcdLockOnce(ctx, &s)
+		watchdog.Stop()
+	}
+}
+
+// etcdLockOnce is one iteration of etcdLockLoop, on the session *sp (made
+// or remade as needed).
+func (w *worker) etcdLockOnce(ctx context.Context, sp **etcdconc.Session) {
+	s := *sp
+	defer func() { *sp = s }()
+	if s != nil {
+		select {
+		case <-s.Done():
 			s.Close()
 			s = nil
+		default:
 		}
+	}
+	if s == nil {
+		id, err := w.grant(ctx)
+		if err == nil {
+			s, err = etcdconc.NewSession(w.cli, etcdconc.WithTTL(w.cfg.TTL), etcdconc.WithLease(id))
+		}
+		if err != nil {
+			w.rec.event(Record{F: "session-error", Err: err.Error()})
+			retryPause(ctx)
+			return
+		}
+	}
+	m := etcdconc.NewMutex(s, w.cfg.lockPfx())
+	lctx, cancel := context.WithTimeout(ctx, 2*opTimeout)
+	err := m.Lock(lctx)
+	cancel()
+	if err != nil {
+		w.rec.event(Record{F: "lock-error", Err: err.Error()})
+		retryPause(ctx)
+		return
+	}
+	tok := m.Header().Revision
+	w.rec.event(Record{F: "lock", Tok: tok})
+	if prev, ok := w.readRegister(ctx); !ok {
+		retryPause(ctx)
+	} else {
+		w.rec.event(Record{F: "hold", Tok: tok})
+		w.think(ctx)
+		w.writeRegister(ctx, prev, tok, w.naivePut, never)
+	}
+	if !w.release(ctx, s.Done(), m.Unlock) {
+		s.Close()
+		s = nil
 	}
 }
 
