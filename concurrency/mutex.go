@@ -346,7 +346,9 @@ func (m *Mutex) Header() *pb.ResponseHeader {
 }
 
 // Guard commits ops in one transaction only while this Mutex holds the lock.
-// It returns ErrLockLost, and commits nothing, when it does not.
+// It returns ErrLockReleased when this Mutex has not taken the lock (or has
+// released it), and ErrLockLost, committing nothing, when the lock ended
+// under it (the session expired or the key was deleted).
 func (m *Mutex) Guard(ctx context.Context, ops ...clientv3.Op) (*clientv3.TxnResponse, error) {
 	if m.err != nil {
 		return nil, m.err

@@ -50,6 +50,12 @@ type RWMutex struct {
 	// until its unlock (or its failure).
 	local chan struct{}
 
+	// unlockMu serializes unlocks, so that two racing RUnlock or Unlock
+	// calls of one acquisition release it once: the second finds it
+	// released, instead of taking the next acquisition's token from local
+	// or blocking on it forever.
+	unlockMu sync.Mutex
+
 	mu    sync.Mutex
 	myKey string
 	myRev int64
@@ -287,6 +293,8 @@ func (rw *RWMutex) unlockOnce(ctx context.Context, write bool) error {
 	if rw.err != nil {
 		return rw.err
 	}
+	rw.unlockMu.Lock()
+	defer rw.unlockMu.Unlock()
 	rw.mu.Lock()
 	key, rev, held := rw.myKey, rw.myRev, rw.write
 	rw.mu.Unlock()

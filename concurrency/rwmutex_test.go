@@ -265,6 +265,51 @@ func TestRWMutexBadInput(t *testing.T) {
 }
 
 // etcd #6278/#16156 family: a write lock on "rwx" does not block "rw".
+// Two racing unlocks of one acquisition release it once; the second used
+// to take the next acquisition's token or block forever (issue 11).
+func TestRWMutexConcurrentUnlocksReleaseOnce(t *testing.T) {
+	e := newEnv(t)
+	rw := concurrency.NewRWMutex(e.session(), "double-unlock-rw")
+	for _, write := range []bool{true, false} {
+		lock, unlock, notHeld := rw.RLock, rw.RUnlock, concurrency.ErrNotRLocked
+		if write {
+			lock, unlock, notHeld = rw.Lock, rw.Unlock, concurrency.ErrNotLocked
+		}
+		if err := lock(e.ctx); err != nil {
+			t.Fatal(err)
+		}
+		errs := make(chan error, 2)
+		for range 2 {
+			go func() { errs <- unlock(e.ctx) }()
+		}
+		var ok, refused int
+		for range 2 {
+			switch err := recv(t, errs, "unlock"); {
+			case err == nil:
+				ok++
+			case errors.Is(err, notHeld):
+				refused++
+			default:
+				t.Fatal(err)
+			}
+		}
+		if ok != 1 || refused != 1 {
+			t.Fatalf("write=%v: %d unlocks succeeded and %d were refused, want 1 and 1", write, ok, refused)
+		}
+		// The RWMutex is free for the next lock, which a stray token
+		// taken by the second unlock would have broken.
+		ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
+		err := lock(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("write=%v: lock after the racing unlocks: %v", write, err)
+		}
+		if err := unlock(e.ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func TestRWMutexPrefixSibling(t *testing.T) {
 	e := newEnv(t)
 	other := concurrency.NewRWMutex(e.session(), "rwx")
