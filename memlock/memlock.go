@@ -176,7 +176,8 @@ func New(c Cache, opts ...Option) (*Locker, error) {
 type cacheKey struct{}
 
 // Use returns a copy of ctx that carries c, for TryWithLock, with the
-// default options (so no metrics and no logs). Use(ctx, nil) returns a copy that carries no cache.
+// default options: no metrics and no logs among them. Use(ctx, nil) returns
+// a copy that carries no cache.
 func Use(ctx context.Context, c Cache) context.Context {
 	if c == nil {
 		return context.WithValue(ctx, cacheKey{}, (*Locker)(nil))
