@@ -1,0 +1,340 @@
+package concurrency_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/batonhq/baton/concurrency"
+)
+
+// termEvent is one callback of an elector, stamped on the test process's
+// monotonic clock.
+type termEvent struct {
+	what  string // "start", "lost", "return", "stop", "leader"
+	at    time.Time
+	rev   int64
+	key   string
+	cause error
+	id    string
+}
+
+// recorder records an elector's callbacks and checks, as they happen,
+// that terms never overlap.
+type recorder struct {
+	t      *testing.T
+	mu     sync.Mutex
+	events []termEvent
+	active int // OnStartedLeading calls running
+	starts chan *concurrency.Leadership
+	losses chan error
+	stops  chan struct{}
+	// hold, when set, is waited for by OnStartedLeading after its ctx
+	// ended, before it returns: a slow or wedged callback.
+	hold chan struct{}
+}
+
+func newRecorder(t *testing.T) *recorder {
+	return &recorder{
+		t:      t,
+		starts: make(chan *concurrency.Leadership, 100),
+		losses: make(chan error, 100),
+		stops:  make(chan struct{}, 100),
+	}
+}
+
+func (r *recorder) add(ev termEvent) {
+	ev.at = time.Now()
+	r.mu.Lock()
+	r.events = append(r.events, ev)
+	r.mu.Unlock()
+}
+
+func (r *recorder) callbacks() concurrency.LeaderCallbacks {
+	return concurrency.LeaderCallbacks{
+		OnStartedLeading: func(ctx context.Context, l *concurrency.Leadership) {
+			r.mu.Lock()
+			r.active++
+			if r.active > 1 {
+				r.t.Errorf("two OnStartedLeading at once")
+			}
+			r.mu.Unlock()
+			r.add(termEvent{what: "start", rev: l.Rev(), key: l.Key()})
+			r.starts <- l
+			<-ctx.Done()
+			cause := context.Cause(ctx)
+			r.add(termEvent{what: "lost", rev: l.Rev(), cause: cause})
+			r.losses <- cause
+			if r.hold != nil {
+				<-r.hold
+			}
+			r.mu.Lock()
+			r.active--
+			r.mu.Unlock()
+			r.add(termEvent{what: "return", rev: l.Rev()})
+		},
+		OnStoppedLeading: func() {
+			r.mu.Lock()
+			if r.active != 0 {
+				r.t.Errorf("OnStoppedLeading while OnStartedLeading runs")
+			}
+			r.mu.Unlock()
+			r.add(termEvent{what: "stop"})
+			r.stops <- struct{}{}
+		},
+		OnNewLeader: func(id string) { r.add(termEvent{what: "leader", id: id}) },
+	}
+}
+
+// first returns the first event of kind what.
+func (r *recorder) first(what string) termEvent {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, ev := range r.events {
+		if ev.what == what {
+			return ev
+		}
+	}
+	r.t.Fatalf("no %q event", what)
+	return termEvent{}
+}
+
+// terms returns the sequence of term callbacks, "start lost return stop"
+// for each term.
+func (r *recorder) terms() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var s []string
+	for _, ev := range r.events {
+		if ev.what != "leader" {
+			s = append(s, ev.what)
+		}
+	}
+	return s
+}
+
+// elector is a running LeaderElector.
+type elector struct {
+	*concurrency.LeaderElector
+	rec    *recorder
+	cancel context.CancelFunc
+	done   chan struct{} // closed when Run returned, with err set
+	err    error
+}
+
+func startElector(t *testing.T, cfg concurrency.LeaderElectionConfig, rec *recorder) *elector {
+	t.Helper()
+	if cfg.Callbacks.OnStartedLeading == nil {
+		cfg.Callbacks = rec.callbacks()
+	}
+	le, err := concurrency.NewLeaderElector(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	el := &elector{LeaderElector: le, rec: rec, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(el.done)
+		el.err = le.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if rec.hold != nil {
+			select {
+			case <-rec.hold:
+			default:
+				close(rec.hold)
+			}
+		}
+		select {
+		case <-el.done:
+		case <-time.After(30 * time.Second):
+			t.Errorf("Run did not return after its ctx ended")
+		}
+	})
+	return el
+}
+
+// stop cancels Run's ctx and returns its result.
+func (el *elector) stop(t *testing.T) error {
+	t.Helper()
+	el.cancel()
+	return el.wait(t)
+}
+
+// wait waits for Run to return and returns its result.
+func (el *elector) wait(t *testing.T) error {
+	t.Helper()
+	select {
+	case <-el.done:
+		return el.err
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return")
+		return nil
+	}
+}
+
+func waitStart(t *testing.T, rec *recorder, what string) *concurrency.Leadership {
+	t.Helper()
+	select {
+	case l := <-rec.starts:
+		return l
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s never started leading", what)
+		return nil
+	}
+}
+
+func waitLoss(t *testing.T, rec *recorder, what string) error {
+	t.Helper()
+	select {
+	case err := <-rec.losses:
+		return err
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s never saw its leadership end", what)
+		return nil
+	}
+}
+
+func waitStop(t *testing.T, rec *recorder, what string) {
+	t.Helper()
+	select {
+	case <-rec.stops:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s: OnStoppedLeading never ran", what)
+	}
+}
+
+// Each bad field is its own clear error, and nothing reaches the server.
+func TestLeaderElectorBadConfigs(t *testing.T) {
+	e := newEnv(t)
+	c := e.client()
+	start := func(context.Context, *concurrency.Leadership) {}
+	ok := concurrency.LeaderElectionConfig{Client: c, Prefix: "/bad", Callbacks: concurrency.LeaderCallbacks{OnStartedLeading: start}}
+	before, err := c.Get(e.ctx, "\x00", clientv3.WithFromKey(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		edit  func(*concurrency.LeaderElectionConfig)
+		is    error
+		field string
+	}{
+		{"nil client", func(c *concurrency.LeaderElectionConfig) { c.Client = nil }, concurrency.ErrNilClient, "Client"},
+		{"empty prefix", func(c *concurrency.LeaderElectionConfig) { c.Prefix = "" }, concurrency.ErrEmptyPrefix, "Prefix"},
+		{"no OnStartedLeading", func(c *concurrency.LeaderElectionConfig) { c.Callbacks.OnStartedLeading = nil }, nil, "OnStartedLeading"},
+		{"TTL too short", func(c *concurrency.LeaderElectionConfig) { c.TTL = time.Second }, concurrency.ErrInvalidTTL, "TTL"},
+		{"negative TTL", func(c *concurrency.LeaderElectionConfig) { c.TTL = -time.Second }, concurrency.ErrInvalidTTL, "TTL"},
+		{"TTL too long", func(c *concurrency.LeaderElectionConfig) { c.TTL = concurrency.MaxElectorTTL + time.Second }, concurrency.ErrInvalidTTL, "TTL"},
+		{"RenewDeadline not below TTL", func(c *concurrency.LeaderElectionConfig) { c.TTL, c.RenewDeadline = 6*time.Second, 6*time.Second }, nil, "RenewDeadline"},
+		{"RenewDeadline within a keep-alive", func(c *concurrency.LeaderElectionConfig) { c.TTL, c.RenewDeadline = 6*time.Second, 2*time.Second }, nil, "RenewDeadline"},
+		{"negative RenewDeadline", func(c *concurrency.LeaderElectionConfig) { c.RenewDeadline = -1 }, nil, "RenewDeadline"},
+		{"negative RetryPeriod", func(c *concurrency.LeaderElectionConfig) { c.RetryPeriod = -1 }, nil, "RetryPeriod"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := ok
+			tc.edit(&cfg)
+			le, err := concurrency.NewLeaderElector(cfg)
+			if err == nil || le != nil {
+				t.Fatalf("NewLeaderElector = %v, %v; want an error", le, err)
+			}
+			if !errors.Is(err, concurrency.ErrInvalidElectorConfig) || (tc.is != nil && !errors.Is(err, tc.is)) {
+				t.Errorf("error %q is not ErrInvalidElectorConfig and %v", err, tc.is)
+			}
+			if !strings.Contains(err.Error(), tc.field+":") {
+				t.Errorf("error %q does not name the field %s", err, tc.field)
+			}
+		})
+	}
+	// All at once: each is reported.
+	_, err = concurrency.NewLeaderElector(concurrency.LeaderElectionConfig{TTL: time.Second, RetryPeriod: -1})
+	for _, f := range []string{"Client:", "Prefix:", "OnStartedLeading:", "TTL:", "RetryPeriod:"} {
+		if err == nil || !strings.Contains(err.Error(), f) {
+			t.Errorf("error %v does not report %s", err, f)
+		}
+	}
+	// A good config is accepted; no key and no lease was written.
+	if _, err := concurrency.NewLeaderElector(ok); err != nil {
+		t.Fatal(err)
+	}
+	after, err := c.Get(e.ctx, "\x00", clientv3.WithFromKey(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Header.Revision != before.Header.Revision || after.Count != 0 {
+		t.Errorf("revision %d -> %d, %d keys: NewLeaderElector wrote to the server", before.Header.Revision, after.Header.Revision, after.Count)
+	}
+	leases, err := c.Leases(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(leases.Leases) != 0 {
+		t.Errorf("%d leases granted by NewLeaderElector", len(leases.Leases))
+	}
+}
+
+// Leadership is lost and regained 5 times, alternately by a deleted key
+// (the session lives on) and a revoked lease (a new session is needed).
+// Terms never overlap, OnStoppedLeading runs exactly once per term, and
+// every term's token is higher than the last.
+func TestLeaderElectorRecampaign(t *testing.T) {
+	e := newEnv(t)
+	other := e.client()
+	rec := newRecorder(t)
+	el := startElector(t, concurrency.LeaderElectionConfig{Client: e.client(), Prefix: "/re", TTL: 5 * time.Second}, rec)
+	var revs []int64
+	var leases []clientv3.LeaseID
+	for i := range 6 {
+		l := waitStart(t, rec, fmt.Sprintf("term %d", i))
+		if !el.IsLeader() {
+			t.Errorf("term %d: IsLeader false in OnStartedLeading", i)
+		}
+		revs, leases = append(revs, l.Rev()), append(leases, l.Session().Lease())
+		if i == 5 {
+			break
+		}
+		if i%2 == 0 {
+			if _, err := other.Delete(e.ctx, l.Key()); err != nil {
+				t.Fatal(err)
+			}
+		} else if _, err := other.Revoke(e.ctx, l.Session().Lease()); err != nil {
+			t.Fatal(err)
+		}
+		if cause := waitLoss(t, rec, "leader"); !errors.Is(cause, concurrency.ErrLeadershipLost) {
+			t.Errorf("term %d ended with cause %v, want ErrLeadershipLost", i, cause)
+		}
+		waitStop(t, rec, "leader")
+		if el.IsLeader() {
+			t.Errorf("term %d: IsLeader true after OnStoppedLeading", i)
+		}
+		if _, err := l.Guard(e.ctx, clientv3.OpPut("/re-data", "x")); !errors.Is(err, concurrency.ErrLeadershipLost) {
+			t.Errorf("term %d: Guard after the term: %v, want ErrLeadershipLost", i, err)
+		}
+	}
+	if err := el.stop(t); !errors.Is(err, context.Canceled) {
+		t.Errorf("Run = %v, want context.Canceled", err)
+	}
+	var want []string
+	for range 6 {
+		want = append(want, "start", "lost", "return", "stop")
+	}
+	if got := rec.terms(); strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("callbacks:\n got %v\nwant %v", got, want)
+	}
+	for i := 1; i < len(revs); i++ {
+		if revs[i] <= revs[i-1] {
+			t.Errorf("tokens %v do not increase", revs)
+		}
+		sameSession := leases[i] == leases[i-1]
+		if deleted := i%2 == 1; sameSession != deleted {
+			t.Errorf("term %d: lease %x after %x; want the same session only after a deleted key", i, leases[i], leases[i-1])
+		}
+	}
+}
