@@ -10,6 +10,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	etcdconc "go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/batonhq/baton/concurrency"
 )
@@ -38,6 +39,8 @@ type recorder struct {
 	// hold, when set, is waited for by OnStartedLeading after its ctx
 	// ended, before it returns: a slow or wedged callback.
 	hold chan struct{}
+	// beforeReturn, when set, runs last in OnStartedLeading.
+	beforeReturn func(l *concurrency.Leadership)
 }
 
 func newRecorder(t *testing.T) *recorder {
@@ -73,6 +76,9 @@ func (r *recorder) callbacks() concurrency.LeaderCallbacks {
 			r.losses <- cause
 			if r.hold != nil {
 				<-r.hold
+			}
+			if r.beforeReturn != nil {
+				r.beforeReturn(l)
 			}
 			r.mu.Lock()
 			r.active--
@@ -336,5 +342,162 @@ func TestLeaderElectorRecampaign(t *testing.T) {
 		if deleted := i%2 == 1; sameSession != deleted {
 			t.Errorf("term %d: lease %x after %x; want the same session only after a deleted key", i, leases[i], leases[i-1])
 		}
+	}
+}
+
+// With ReleaseOnCancel, a slow OnStartedLeading keeps the leader key until
+// it returns; the resign comes after, and the standby leads only then
+// (KEP-5366). Without it, Run leaves the key to expire with the lease.
+func TestLeaderElectorReleaseOnCancel(t *testing.T) {
+	e := newEnv(t)
+	c := e.client()
+	rec := newRecorder(t)
+	rec.hold = make(chan struct{})
+	a := startElector(t, concurrency.LeaderElectionConfig{Client: e.client(), Prefix: "/rel", TTL: 10 * time.Second, ReleaseOnCancel: true, Identity: "a"}, rec)
+	l := waitStart(t, rec, "a")
+	standby := newRecorder(t)
+	startElector(t, concurrency.LeaderElectionConfig{Client: e.client(), Prefix: "/rel", TTL: 10 * time.Second, Identity: "b"}, standby)
+	waitKeys(t, e.ctx, c, "/rel", 2)
+
+	// The callback's last act: the key must still be there.
+	keyAtReturn := make(chan error, 1)
+	rec.beforeReturn = func(l *concurrency.Leadership) {
+		r, err := c.Get(e.ctx, l.Key())
+		if err == nil && (len(r.Kvs) != 1 || r.Kvs[0].CreateRevision != l.Rev()) {
+			err = errors.New("leader key gone before OnStartedLeading returned")
+		}
+		keyAtReturn <- err
+	}
+	a.cancel()
+	if cause := waitLoss(t, rec, "a"); !errors.Is(cause, context.Canceled) {
+		t.Fatalf("cause %v, want context.Canceled (Run's ctx)", cause)
+	}
+	// OnStartedLeading is still running: the key must still be there, the
+	// standby not leading, and Run not returned.
+	r, err := c.Get(e.ctx, l.Key())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Kvs) != 1 || r.Kvs[0].CreateRevision != l.Rev() {
+		t.Fatalf("leader key gone while OnStartedLeading runs: %v", r.Kvs)
+	}
+	select {
+	case <-a.done:
+		t.Fatal("Run returned while OnStartedLeading ran")
+	case <-standby.starts:
+		t.Fatal("standby leads while the leader's OnStartedLeading runs")
+	default:
+	}
+	close(rec.hold)
+	if err := recv(t, keyAtReturn, "OnStartedLeading"); err != nil {
+		t.Fatal(err)
+	}
+	waitStart(t, standby, "b")
+	if err := a.wait(t); !errors.Is(err, context.Canceled) {
+		t.Errorf("Run = %v, want context.Canceled", err)
+	}
+	returned, stopped, started := rec.first("return").at, rec.first("stop").at, standby.first("start").at
+	if !returned.Before(started) {
+		t.Errorf("OnStartedLeading returned at %v, standby started at %v", returned, started)
+	}
+	if stopped.Before(returned) {
+		t.Errorf("OnStoppedLeading before OnStartedLeading returned")
+	}
+	t.Logf("release: OnStartedLeading returned -> standby's OnStartedLeading %v", started.Sub(returned))
+
+	// Without ReleaseOnCancel the key stays, with its lease, after Run
+	// returned.
+	rec2 := newRecorder(t)
+	b := startElector(t, concurrency.LeaderElectionConfig{Client: e.client(), Prefix: "/keep", TTL: 10 * time.Second}, rec2)
+	l2 := waitStart(t, rec2, "keeper")
+	if err := b.stop(t); !errors.Is(err, context.Canceled) {
+		t.Errorf("Run = %v", err)
+	}
+	r, err = c.Get(e.ctx, l2.Key())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ttl, err := c.TimeToLive(e.ctx, l2.Session().Lease())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Kvs) != 1 || ttl.TTL <= 0 {
+		t.Errorf("without ReleaseOnCancel: key %v, lease TTL %d; want the key left to expire with its live lease", r.Kvs, ttl.TTL)
+	}
+}
+
+// StopOnLoss: Run returns after the first term, with ErrLeadershipLost.
+func TestLeaderElectorStopOnLoss(t *testing.T) {
+	e := newEnv(t)
+	rec := newRecorder(t)
+	el := startElector(t, concurrency.LeaderElectionConfig{Client: e.client(), Prefix: "/once", TTL: 5 * time.Second, StopOnLoss: true}, rec)
+	l := waitStart(t, rec, "leader")
+	if _, err := e.client().Delete(e.ctx, l.Key()); err != nil {
+		t.Fatal(err)
+	}
+	if err := el.wait(t); !errors.Is(err, concurrency.ErrLeadershipLost) {
+		t.Errorf("Run = %v, want ErrLeadershipLost", err)
+	}
+	if got := strings.Join(rec.terms(), " "); got != "start lost return stop" {
+		t.Errorf("callbacks %s", got)
+	}
+	if n := len(e.keys("/once")); n != 0 {
+		t.Errorf("%d keys left", n)
+	}
+}
+
+// etcd's own Election on the same prefix sees baton's leader and waits
+// behind it, and baton's elector waits behind etcd's leader.
+func TestLeaderElectorInteropEtcdElection(t *testing.T) {
+	e := newEnv(t)
+	es, err := etcdconc.NewSession(e.client(), etcdconc.WithTTL(10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer es.Close()
+	ee := etcdconc.NewElection(es, "/mixed")
+	if err := ee.Campaign(e.ctx, "etcd-leader"); err != nil {
+		t.Fatal(err)
+	}
+	rec := newRecorder(t)
+	leaders := make(chan string, 10)
+	cbs := rec.callbacks()
+	cbs.OnNewLeader = func(id string) { leaders <- id }
+	el := startElector(t, concurrency.LeaderElectionConfig{Client: e.client(), Prefix: "/mixed", TTL: 10 * time.Second, Identity: "baton", Callbacks: cbs, ReleaseOnCancel: true}, rec)
+	if id := <-leaders; id != "etcd-leader" {
+		t.Fatalf("OnNewLeader(%q), want etcd's leader", id)
+	}
+	waitKeys(t, e.ctx, e.client(), "/mixed", 2)
+	if el.IsLeader() || el.GetLeader() != "etcd-leader" {
+		t.Fatalf("IsLeader %v, GetLeader %q while etcd's Election leads", el.IsLeader(), el.GetLeader())
+	}
+	if err := ee.Resign(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	l := waitStart(t, rec, "baton")
+	r, err := ee.Leader(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(r.Kvs[0].Value) != "baton" || string(r.Kvs[0].Key) != l.Key() || r.Kvs[0].CreateRevision != l.Rev() {
+		t.Errorf("etcd's Leader = %s=%s at %d; want baton's %s at %d", r.Kvs[0].Key, r.Kvs[0].Value, r.Kvs[0].CreateRevision, l.Key(), l.Rev())
+	}
+	// etcd's candidate waits behind baton's leader, and leads once baton
+	// resigns.
+	es2, err := etcdconc.NewSession(e.client(), etcdconc.WithTTL(10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer es2.Close()
+	ee2 := etcdconc.NewElection(es2, "/mixed")
+	won := make(chan error, 1)
+	go func() { won <- ee2.Campaign(e.ctx, "etcd-2") }()
+	waitKeys(t, e.ctx, e.client(), "/mixed", 2)
+	mustNotReturn(t, won, "etcd's Campaign behind baton's leader")
+	if err := el.stop(t); !errors.Is(err, context.Canceled) {
+		t.Errorf("Run = %v", err)
+	}
+	if err := recv(t, won, "etcd's Campaign"); err != nil {
+		t.Fatal(err)
 	}
 }
