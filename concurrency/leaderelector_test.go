@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +15,7 @@ import (
 	etcdconc "go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/batonhq/baton/concurrency"
+	"github.com/batonhq/baton/internal/testutil"
 )
 
 // termEvent is one callback of an elector, stamped on the test process's
@@ -500,4 +503,81 @@ func TestLeaderElectorInteropEtcdElection(t *testing.T) {
 	if err := recv(t, won, "etcd's Campaign"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// failoverThroughProxy runs leader A on a client whose only path to etcd
+// goes through p, and standby B on bEps. It cuts p in both directions, and
+// returns how long before B's OnStartedLeading A's ctx was cancelled,
+// from the two callbacks' own timestamps. A's callback is held by holdA
+// (nil: not held) once its ctx ended.
+func failoverThroughProxy(t *testing.T, p interface{ BlackholeTx(); BlackholeRx(); UnblackholeTx(); UnblackholeRx() },
+	aEps, bEps []string, holdA chan struct{}) (a *elector, margin time.Duration) {
+	t.Helper()
+	const ttl = 3 * time.Second
+	recA, recB := newRecorder(t), newRecorder(t)
+	recA.hold = holdA
+	a = startElector(t, concurrency.LeaderElectionConfig{Client: testutil.Client(t, aEps), Prefix: "/fo", TTL: ttl, Identity: "a"}, recA)
+	waitStart(t, recA, "a")
+	bc := testutil.Client(t, bEps)
+	startElector(t, concurrency.LeaderElectionConfig{Client: bc, Prefix: "/fo", TTL: ttl, Identity: "b"}, recB)
+	ctx := testCtx(t)
+	waitKeys(t, ctx, bc, "/fo", 2)
+
+	cut := time.Now()
+	p.BlackholeTx()
+	p.BlackholeRx()
+	t.Cleanup(func() {
+		p.UnblackholeTx()
+		p.UnblackholeRx()
+	})
+	cause := waitLoss(t, recA, "a")
+	if !errors.Is(cause, concurrency.ErrLeadershipLost) || !errors.Is(cause, concurrency.ErrLeaseUnconfirmed) {
+		t.Errorf("a's cause: %v, want ErrLeadershipLost and ErrLeaseUnconfirmed", cause)
+	}
+	waitStart(t, recB, "b")
+	lost, started := recA.first("lost").at, recB.first("start").at
+	margin = started.Sub(lost)
+	t.Logf("cut -> a's ctx cancelled %v (%v); -> b's OnStartedLeading %v; margin %v",
+		lost.Sub(cut).Round(time.Millisecond), cause, started.Sub(cut).Round(time.Millisecond), margin.Round(time.Millisecond))
+	if margin <= 0 {
+		t.Errorf("b started leading %v before a's ctx was cancelled", -margin)
+	}
+	return a, margin
+}
+
+// Failover: the leader's keep-alives stop getting answers (its only
+// connection goes silent, as for a stopped VM). Its ctx is cancelled
+// before the lease can expire, so the standby's OnStartedLeading comes
+// after. The leader's callback ignores its ctx: Check, and the healthz
+// handler, report it wedged.
+func TestLeaderElectorFailover(t *testing.T) {
+	srv := testutil.Server(t)
+	p, ep := testutil.Proxy(t, srv.Endpoints()[0])
+	hold := make(chan struct{})
+	a, _ := failoverThroughProxy(t, p, []string{ep}, srv.Endpoints(), hold)
+	deadline := time.Now().Add(20 * time.Second)
+	var err error
+	for err = a.Check(200 * time.Millisecond); err == nil && time.Now().Before(deadline); err = a.Check(200 * time.Millisecond) {
+		time.Sleep(20 * time.Millisecond) // liveness poll
+	}
+	if !errors.Is(err, concurrency.ErrWedgedLeader) {
+		t.Fatalf("Check with OnStartedLeading stuck after the loss: %v, want ErrWedgedLeader", err)
+	}
+	rw := httptest.NewRecorder()
+	a.HealthzHandler(200*time.Millisecond).ServeHTTP(rw, httptest.NewRequest("GET", "/healthz", nil))
+	if rw.Code != http.StatusInternalServerError || !strings.Contains(rw.Body.String(), "OnStartedLeading has not returned") {
+		t.Errorf("healthz: %d %q", rw.Code, rw.Body.String())
+	}
+	close(hold)
+}
+
+// Partition on a 3-member cluster: the leader reaches the cluster only
+// through a proxy to member 0, the standby members 1 and 2. The proxy is
+// cut: the partitioned leader stops (its ctx is cancelled) before the
+// standby starts leading. The margin is logged.
+func TestLeaderElectorPartition(t *testing.T) {
+	cl := testutil.Cluster(t)
+	p, ep := testutil.Proxy(t, cl.Members[0].Endpoints()[0])
+	bEps := append(cl.Members[1].Endpoints(), cl.Members[2].Endpoints()...)
+	failoverThroughProxy(t, p, []string{ep}, bEps, nil)
 }
