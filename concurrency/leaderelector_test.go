@@ -510,7 +510,12 @@ func TestLeaderElectorInteropEtcdElection(t *testing.T) {
 // returns how long before B's OnStartedLeading A's ctx was cancelled,
 // from the two callbacks' own timestamps. A's callback is held by holdA
 // (nil: not held) once its ctx ended.
-func failoverThroughProxy(t *testing.T, p interface{ BlackholeTx(); BlackholeRx(); UnblackholeTx(); UnblackholeRx() },
+func failoverThroughProxy(t *testing.T, p interface {
+	BlackholeTx()
+	BlackholeRx()
+	UnblackholeTx()
+	UnblackholeRx()
+},
 	aEps, bEps []string, holdA chan struct{}) (a *elector, margin time.Duration) {
 	t.Helper()
 	const ttl = 3 * time.Second
