@@ -430,7 +430,8 @@ func (le *LeaderElector) Run(ctx context.Context) error {
 			continue
 		}
 		cause := le.lead(ctx, s, e)
-		lost := errors.Is(cause, ErrLeadershipLost)
+		// A term that ended for any reason but Run's ctx is a loss.
+		lost := ctx.Err() == nil || errors.Is(cause, ErrLeadershipLost)
 		switch {
 		case !lost && le.cfg.ReleaseOnCancel:
 			le.resign(ctx, e)

@@ -586,3 +586,72 @@ func TestLeaderElectorPartition(t *testing.T) {
 	bEps := append(cl.Members[1].Endpoints(), cl.Members[2].Endpoints()...)
 	failoverThroughProxy(t, p, []string{ep}, bEps, nil)
 }
+
+// A standby that never led never gets OnStoppedLeading, follows the leader
+// through OnNewLeader and GetLeader (down to "" when nobody leads), and a
+// second Run of one elector is refused.
+func TestLeaderElectorStandby(t *testing.T) {
+	e := newEnv(t)
+	recA, recB := newRecorder(t), newRecorder(t)
+	a := startElector(t, concurrency.LeaderElectionConfig{Client: e.client(), Prefix: "/sb", TTL: 5 * time.Second, Identity: "a", ReleaseOnCancel: true}, recA)
+	waitStart(t, recA, "a")
+	leaders := make(chan string, 10)
+	cbs := recB.callbacks()
+	cbs.OnNewLeader = func(id string) { leaders <- id }
+	b := startElector(t, concurrency.LeaderElectionConfig{Client: e.client(), Prefix: "/sb", TTL: 5 * time.Second, Identity: "b", Callbacks: cbs}, recB)
+	if id := <-leaders; id != "a" {
+		t.Fatalf("b's OnNewLeader(%q), want a", id)
+	}
+	if got := b.GetLeader(); got != "a" || b.IsLeader() {
+		t.Errorf("b: GetLeader %q, IsLeader %v", got, b.IsLeader())
+	}
+	if err := b.Run(e.ctx); !errors.Is(err, concurrency.ErrElectorRunning) {
+		t.Errorf("a second Run: %v, want ErrElectorRunning", err)
+	}
+	waitKeys(t, e.ctx, e.client(), "/sb", 2)
+	if err := b.stop(t); !errors.Is(err, context.Canceled) {
+		t.Errorf("b's Run = %v", err)
+	}
+	if got := recB.terms(); len(got) != 0 {
+		t.Errorf("b never led, but its callbacks ran: %v", got)
+	}
+	if n := len(e.keys("/sb")); n != 1 {
+		t.Errorf("%d keys after the standby stopped, want the leader's only", n)
+	}
+	// A third elector, c, takes over from a, then loses its key: it sees
+	// "".
+	recC := newRecorder(t)
+	seen := make(chan string, 10)
+	cbsC := recC.callbacks()
+	cbsC.OnNewLeader = func(id string) { seen <- id }
+	// c's callback is held after its loss, so that c cannot campaign again
+	// before its observer reports that nobody leads.
+	recC.hold = make(chan struct{})
+	startElector(t, concurrency.LeaderElectionConfig{Client: e.client(), Prefix: "/sb", TTL: 5 * time.Second, Identity: "c", Callbacks: cbsC}, recC)
+	if id := <-seen; id != "a" {
+		t.Fatalf("c's OnNewLeader(%q), want a", id)
+	}
+	waitKeys(t, e.ctx, e.client(), "/sb", 2)
+	if err := a.stop(t); !errors.Is(err, context.Canceled) {
+		t.Errorf("a's Run = %v", err)
+	}
+	l := waitStart(t, recC, "c")
+	if id := <-seen; id != "c" {
+		t.Fatalf("c's OnNewLeader(%q) after a resigned, want c", id)
+	}
+	if _, err := e.client().Delete(e.ctx, l.Key()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case id := <-seen:
+		if id != "" {
+			t.Errorf("OnNewLeader(%q) after the only leader's key was deleted, want \"\"", id)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal(`OnNewLeader("") never came`)
+	}
+	if got := b.GetLeader(); got != "a" {
+		t.Errorf("b's GetLeader after its Run returned: %q, want the last it observed", got)
+	}
+	close(recC.hold)
+}
