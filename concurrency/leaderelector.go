@@ -382,6 +382,7 @@ func (le *LeaderElector) Run(ctx context.Context) error {
 		if s == nil {
 			return
 		}
+		le.log.Debug("dropping session", "lease", fmt.Sprintf("%x", s.Lease()), "revoke", revoke)
 		if revoke {
 			le.revoke(ctx, s)
 		} else {
@@ -394,6 +395,12 @@ func (le *LeaderElector) Run(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			drop(true)
 			return err
+		}
+		if le.cfg.Client.Ctx().Err() != nil {
+			// Without this check, a grant on the closed client would
+			// fail only after the client's retries, seconds later.
+			drop(false)
+			return ErrClientClosed
 		}
 		if s != nil && isDone(s.Done()) {
 			drop(false)
@@ -445,6 +452,7 @@ func (le *LeaderElector) Run(ctx context.Context) error {
 				drop(false)
 			}
 		}
+		le.log.Debug("term over", "lost", lost)
 		le.stopped()
 		if !lost {
 			return ctx.Err()

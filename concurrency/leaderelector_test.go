@@ -655,3 +655,25 @@ func TestLeaderElectorStandby(t *testing.T) {
 	}
 	close(recC.hold)
 }
+
+// The client closing under Run is not retried: the term ends, with
+// OnStoppedLeading, and Run returns ErrClientClosed.
+func TestLeaderElectorClientClosed(t *testing.T) {
+	e := newEnv(t)
+	c := e.client()
+	rec := newRecorder(t)
+	el := startElector(t, concurrency.LeaderElectionConfig{Client: c, Prefix: "/cc", TTL: 5 * time.Second}, rec)
+	waitStart(t, rec, "leader")
+	closed := time.Now()
+	c.Close()
+	defer func() { t.Logf("client closed -> Run returned %v", time.Since(closed)) }()
+	if cause := waitLoss(t, rec, "leader"); !errors.Is(cause, concurrency.ErrLeadershipLost) {
+		t.Errorf("cause %v, want ErrLeadershipLost", cause)
+	}
+	if err := el.wait(t); !errors.Is(err, concurrency.ErrClientClosed) {
+		t.Errorf("Run = %v, want ErrClientClosed", err)
+	}
+	if got := strings.Join(rec.terms(), " "); got != "start lost return stop" {
+		t.Errorf("callbacks %s", got)
+	}
+}
