@@ -347,11 +347,11 @@ func (le *LeaderElector) HealthzHandler(maxTolerableExpiredLease time.Duration) 
 //  2. Once leader it calls OnStartedLeading in a goroutine with a ctx that
 //     ends with the term (see LeaderCallbacks), and waits for the term to
 //     end and then for OnStartedLeading to return.
-//  3. After a loss it resigns if the key is still its own, drops the
-//     session if its lease expired or went unconfirmed, calls
-//     OnStoppedLeading and goes back to 1, on a new session if needed.
-//     When ctx ended it resigns with ReleaseOnCancel, or else orphans the
-//     session so that the key expires with the lease; then calls
+//  3. After a loss it calls OnStoppedLeading, resigns if the key is still
+//     its own, drops the session if its lease expired or went
+//     unconfirmed, and goes back to 1, on a new session if needed. When
+//     ctx ended it resigns with ReleaseOnCancel, or else orphans the
+//     session so that the key expires with the lease; then it calls
 //     OnStoppedLeading and returns.
 //
 // It returns ctx.Err() when ctx ends; with StopOnLoss, an error wrapping
@@ -439,23 +439,24 @@ func (le *LeaderElector) Run(ctx context.Context) error {
 		cause := le.lead(ctx, s, e)
 		// A term that ended for any reason but Run's ctx is a loss.
 		lost := ctx.Err() == nil || errors.Is(cause, ErrLeadershipLost)
-		switch {
-		case !lost && le.cfg.ReleaseOnCancel:
-			le.resign(ctx, e)
-			drop(true)
-		case !lost:
-			// The key expires with the lease, as client-go leaves its lock.
-			drop(false)
-		default:
-			le.resign(ctx, e)
-			if errors.Is(cause, ErrLeaseUnconfirmed) || isDone(s.Done()) || !le.leaseAlive(ctx, s) {
+		if !lost {
+			if le.cfg.ReleaseOnCancel {
+				le.resign(ctx, e)
+				drop(true)
+			} else {
+				// The key expires with the lease, as client-go leaves its
+				// lock.
 				drop(false)
 			}
-		}
-		le.log.Debug("term over", "lost", lost)
-		le.stopped()
-		if !lost {
+			le.stopped()
 			return ctx.Err()
+		}
+		// Lost: OnStoppedLeading first, since the cleanup below can take
+		// a request timeout when the cluster is out of reach.
+		le.stopped()
+		le.resign(ctx, e)
+		if errors.Is(cause, ErrLeaseUnconfirmed) || isDone(s.Done()) || !le.leaseAlive(ctx, s) {
+			drop(false)
 		}
 		if le.cfg.StopOnLoss {
 			drop(true)
