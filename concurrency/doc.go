@@ -74,9 +74,15 @@
 //     by any lock service.
 //
 // The loss signal of WithLock is prompt but not instantaneous: f learns of
-// the loss one watch event later, and the session's own view of its lease
-// lags the server by up to a third of the TTL when the network is the
-// problem. Treat the signal as "stop soon", and the token as the guard.
+// the loss one watch event later. When the network is the problem, no event
+// comes; the holder then goes by its keep-alives instead: once none has
+// been answered for the session's trust window (WithLeaseTrust: the whole
+// TTL by default, 2/3 of it in baton lock and baton elect), the hold's
+// context ends with ErrLeaseUnconfirmed, while the server still keeps the
+// lease, so a holder cut off from the cluster stops before anyone else can
+// be handed the lock. That margin is a timing assumption (clocks that run
+// at the same rate, a holder that stops promptly when told), so treat the
+// signal as "stop now", and the token as the guard.
 //
 // etcd refreshes every lease to its full TTL when its raft leader changes,
 // so the lock of a dead client can outlive its TTL during elections.

@@ -200,6 +200,13 @@ func (e *Election) Proclaim(ctx context.Context, val string) error {
 // keeps leading and Resign can be retried (etcd forgot the key, #22123).
 // Resigning when not leading is a no-op. It ends the leadership of every
 // Election of the session that shares it, as etcd's does.
+//
+// It returns ErrLeadershipLost when the leadership had already ended (the
+// session expired or someone deleted the leader key), as Unlock returns
+// ErrLockLost, but nil when another Election of the same session resigned
+// it; either way the Election no longer leads. A retry after a request
+// whose outcome was unknown (its ctx ended in flight) may find the key
+// already deleted by that request, and report ErrLeadershipLost.
 func (e *Election) Resign(ctx context.Context) error {
 	if e.err != nil {
 		return e.err
@@ -214,8 +221,9 @@ func (e *Election) Resign(ctx context.Context) error {
 	}
 	var hdr *pb.ResponseHeader
 	var err error
+	present := false
 	if sl != nil {
-		_, hdr, err = sl.release(ctx, rev)
+		present, hdr, err = sl.release(ctx, rev)
 	} else {
 		var resp *clientv3.TxnResponse
 		resp, err = e.s.Client().Txn(ctx).
@@ -223,7 +231,7 @@ func (e *Election) Resign(ctx context.Context) error {
 			Then(clientv3.OpDelete(key)).
 			Commit()
 		if err == nil {
-			hdr = resp.Header
+			hdr, present = resp.Header, resp.Succeeded
 		}
 	}
 	if err != nil {
@@ -233,6 +241,9 @@ func (e *Election) Resign(ctx context.Context) error {
 	e.hdr = hdr
 	e.mu.Unlock()
 	e.forget(key, rev, true)
+	if !present {
+		return ErrLeadershipLost
+	}
 	return nil
 }
 
@@ -310,9 +321,11 @@ func (e *Election) Guard(ctx context.Context, ops ...clientv3.Op) (*clientv3.Txn
 // WithLeadership campaigns with val, runs f while leading, and resigns. The
 // context f gets is cancelled as soon as leadership ends under it, with
 // context.Cause(ctx) == ErrLeadershipLost, seen through a watch on the
-// leader key. It returns the error of Campaign, else f's error, else
-// ErrLeadershipLost when leadership was lost while f ran, else the error of
-// Resign, which runs even when ctx is over, with its own timeout.
+// leader key, or when the session's trust window lapses (WithLeaseTrust;
+// the cause then matches ErrLeaseUnconfirmed too). It returns the error of
+// Campaign, else f's error, else ErrLeadershipLost when leadership was lost
+// while f ran, else the error of Resign, which runs even when ctx is over,
+// with its own timeout.
 func WithLeadership(ctx context.Context, e *Election, val string, f func(ctx context.Context) error) error {
 	if err := e.Campaign(ctx, val); err != nil {
 		return err
@@ -326,7 +339,7 @@ func WithLeadership(ctx context.Context, e *Election, val string, f func(ctx con
 	switch {
 	case ferr != nil:
 		return ferr
-	case lost:
+	case lost || errors.Is(rerr, ErrLeadershipLost):
 		return ErrLeadershipLost
 	default:
 		return rerr
@@ -336,8 +349,10 @@ func WithLeadership(ctx context.Context, e *Election, val string, f func(ctx con
 // HoldContext returns a context derived from parent that is cancelled,
 // with context.Cause == ErrLeadershipLost, as soon as this candidate's
 // leadership ends under it: the session ends or anyone deletes the leader
-// key. Call cancel when done with it. When not leading it returns a
-// context already cancelled with ErrElectionNotLeader.
+// key, or the session's trust window lapses (WithLeaseTrust; the cause then
+// matches ErrLeaseUnconfirmed too). Call cancel when done with it. When
+// not leading it returns a context already cancelled with
+// ErrElectionNotLeader.
 func (e *Election) HoldContext(parent context.Context) (ctx context.Context, cancel context.CancelFunc) {
 	e.mu.Lock()
 	key, rev, leading := e.leaderKey, e.leaderRev, e.leading

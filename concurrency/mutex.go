@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -277,7 +278,9 @@ func tryJoin(ctx context.Context, s *Session, dir, key, val string) (*joined, er
 // ErrLockLost when the lock had already ended (the session expired or the
 // key was deleted), but nil when another Mutex of the same session released
 // it; either way the Mutex is free for a new Lock. When the request fails,
-// the Mutex still holds the lock and Unlock can be retried.
+// the Mutex still holds the lock and Unlock can be retried; a retry after a
+// request whose outcome was unknown may find the key already deleted by
+// that request, and report ErrLockLost.
 func (m *Mutex) Unlock(ctx context.Context) error {
 	if m.err != nil {
 		return m.err
@@ -383,7 +386,9 @@ func guard(ctx context.Context, c *clientv3.Client, key string, rev int64, lost 
 //
 // It returns the error of Lock, else f's error, else ErrLockLost when the
 // lock was lost while f ran, else the error of Unlock. Unlock runs even
-// when ctx is over, with its own timeout.
+// when ctx is over, with its own timeout. The context also ends when no
+// keep-alive of the session has been answered for its trust window
+// (WithLeaseTrust); its cause then matches ErrLeaseUnconfirmed as well.
 func WithLock(ctx context.Context, m *Mutex, f func(ctx context.Context) error) error {
 	if err := m.Lock(ctx); err != nil {
 		return err
@@ -407,8 +412,10 @@ func WithLock(ctx context.Context, m *Mutex, f func(ctx context.Context) error) 
 
 // HoldContext returns a context derived from parent that is cancelled,
 // with context.Cause == ErrLockLost, as soon as the lock held by m ends
-// under it: the session ends or anyone deletes the holder's key. Call
-// cancel when done with it; it stops the watch. On a Mutex that does not
+// under it: the session ends or anyone deletes the holder's key, or when
+// the session's trust window lapses (WithLeaseTrust; the cause then matches
+// ErrLeaseUnconfirmed too). Call cancel when done with it; it stops the
+// watch. On a Mutex that does not
 // hold the lock it returns a context already cancelled with
 // ErrLockReleased. WithLock is built on it.
 func (m *Mutex) HoldContext(parent context.Context) (ctx context.Context, cancel context.CancelFunc) {
@@ -427,23 +434,33 @@ func (m *Mutex) HoldContext(parent context.Context) (ctx context.Context, cancel
 }
 
 // holdContext returns a context that is cancelled with cause lost when key
-// (created at rev) goes away or the session ends, and a stop function that
-// ends the watch and reports whether the loss happened.
+// (created at rev) goes away or the session ends, or with a cause matching
+// both lost and ErrLeaseUnconfirmed when the session's trust window lapses
+// (WithLeaseTrust). stop ends both watches and reports whether the hold
+// was lost.
 func holdContext(ctx context.Context, s *Session, key string, rev int64, lost error) (context.Context, func() bool) {
 	hctx, cancel := context.WithCancelCause(ctx)
-	done := make(chan struct{})
-	var wasLost bool
+	var wg sync.WaitGroup
+	var wasLost atomic.Bool
+	wg.Add(2)
 	go func() {
-		defer close(done)
+		defer wg.Done()
 		if watchHold(hctx, s, key, rev) {
-			wasLost = true
+			wasLost.Store(true)
 			cancel(lost)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		if err := s.distrusted(hctx); err != nil {
+			wasLost.Store(true)
+			cancel(fmt.Errorf("%w: %w", lost, err))
 		}
 	}()
 	return hctx, func() bool {
 		cancel(context.Canceled)
-		<-done
-		return wasLost
+		wg.Wait()
+		return wasLost.Load()
 	}
 }
 
