@@ -100,14 +100,15 @@
 // and with ReleaseOnCancel resigns only after OnStartedLeading returned.
 //
 // A leader steps down by itself when its keep-alives go unanswered for
-// RenewDeadline, by default 2/3 of the TTL (the session's lease trust,
-// WithLeaseTrust): the leader's ctx is cancelled a third of the TTL before
-// the server can expire the lease and elect another. The margin is what is
-// left of that third after the keep-alive's own delays; on a partitioned
-// 3-member cluster with a 3 s TTL the old leader's ctx ended about 1 s
-// before the new leader's OnStartedLeading. The step-down is a signal,
-// not a fence: a callback that ignores its ctx goes on acting, which
-// Check reports, and only Guard or the token stop its writes.
+// RenewDeadline: by default 2/3 of the TTL (client-go's 10 s of 15 s), the
+// session's lease trust (WithLeaseTrust), but at least TTL/3 + 1.5 s so
+// that a keep-alive cycle and a raft election fit in it. The leader's ctx
+// is then cancelled up to a third of the TTL before the server can expire
+// the lease and elect another. On a 3-member cluster with a 5 s TTL and
+// the leader's connection cut, its ctx ended 3.3 s after the cut and the
+// new leader's OnStartedLeading came about 1.8 s later. The step-down is a
+// signal, not a fence: a callback that ignores its ctx goes on acting,
+// which Check reports, and only Guard or the token stop its writes.
 //
 // # Barriers, semaphores, read-write locks and queues
 //

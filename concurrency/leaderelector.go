@@ -34,6 +34,10 @@ const (
 	DefaultRetryPeriod = 2 * time.Second
 )
 
+// keepAliveHeadroom is what the default RenewDeadline leaves beyond TTL/3
+// at least: the keep-alive loop's 500 ms tick and a raft leader election.
+const keepAliveHeadroom = 1500 * time.Millisecond
+
 // Errors of LeaderElector.
 var (
 	// ErrInvalidElectorConfig is wrapped by every error of
@@ -73,9 +77,16 @@ type LeaderElectionConfig struct {
 	// answer to its keep-alives: past it the leader's context is cancelled
 	// (cause ErrLeadershipLost and ErrLeaseUnconfirmed), before the lease
 	// can expire on the server at TTL. It sets the session's lease trust
-	// (WithLeaseTrust) to RenewDeadline/TTL. Default 2/3 of the TTL,
-	// client-go's 10 s of 15 s. It must be more than TTL/3, the
-	// keep-alive interval, and less than the TTL.
+	// (WithLeaseTrust) to RenewDeadline/TTL. It must be more than TTL/3,
+	// the keep-alive interval, and less than the TTL.
+	//
+	// Default: 2/3 of the TTL, client-go's 10 s of 15 s, but at least
+	// TTL/3 + 1.5 s and at most the TTL. etcd's client sends a keep-alive
+	// TTL/3 after the last answer, on a 500 ms tick, and a raft leader
+	// election delays answers by about 1 s; a shorter window would step
+	// down a healthy leader. So TTLs of 5 s and more get the full third
+	// of the TTL as margin, shorter ones less (TTL/3 + 1.5 s), and a 2 s
+	// TTL none: its leader stops when the client deems the lease expired.
 	RenewDeadline time.Duration
 	// RetryPeriod is the pause after a failed attempt to campaign (no
 	// session could be granted, the cluster had no leader), before the
@@ -229,7 +240,7 @@ func NewLeaderElector(cfg LeaderElectionConfig) (*LeaderElector, error) {
 	}
 	secs := int(math.Ceil(cfg.TTL.Seconds()))
 	ttl := time.Duration(secs) * time.Second
-	trust := 2.0 / 3
+	trust := min(max(2.0/3, (float64(ttl)/3+float64(keepAliveHeadroom))/float64(ttl)), 1)
 	switch {
 	case cfg.RenewDeadline < 0:
 		bad("RenewDeadline", nil, "%v is negative", cfg.RenewDeadline)

@@ -306,6 +306,9 @@ func TestLeaderElectorRecampaign(t *testing.T) {
 			t.Errorf("term %d: IsLeader false in OnStartedLeading", i)
 		}
 		revs, leases = append(revs, l.Rev()), append(leases, l.Session().Lease())
+		if tr := l.Session().LeaseTrust(); tr < 0.66 || tr > 0.67 {
+			t.Errorf("term %d: the session's lease trust is %v, want 2/3 (RenewDeadline's default)", i, tr)
+		}
 		if i == 5 {
 			break
 		}
@@ -518,7 +521,7 @@ func failoverThroughProxy(t *testing.T, p interface {
 },
 	aEps, bEps []string, holdA chan struct{}) (a *elector, margin time.Duration) {
 	t.Helper()
-	const ttl = 3 * time.Second
+	const ttl = 5 * time.Second // default RenewDeadline: 2/3, 3.33 s
 	recA, recB := newRecorder(t), newRecorder(t)
 	recA.hold = holdA
 	a = startElector(t, concurrency.LeaderElectionConfig{Client: testutil.Client(t, aEps), Prefix: "/fo", TTL: ttl, Identity: "a"}, recA)
