@@ -121,6 +121,8 @@ type LeaderElectionConfig struct {
 //     OnStartedLeading or OnStoppedLeading, and report the elector's own
 //     identity shortly before or after OnStartedLeading starts.
 //   - Run returns only after every callback it started has returned.
+//
+// A panic in a callback is not recovered: it ends the process.
 type LeaderCallbacks struct {
 	// OnStartedLeading runs in a goroutine of its own when the elector
 	// becomes leader. Its ctx is cancelled the moment leadership ends: the

@@ -2,7 +2,9 @@ package concurrency
 
 import (
 	"context"
+	"errors"
 	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -35,5 +37,24 @@ func TestLeaderElectorLeaseTrust(t *testing.T) {
 		if le.ttl != tc.secs || math.Abs(le.trust-tc.trust) > 1e-9 {
 			t.Errorf("TTL %v, RenewDeadline %v: %d s, trust %v; want %d s, %v", tc.ttl, tc.renew, le.ttl, le.trust, tc.secs, tc.trust)
 		}
+	}
+}
+
+// Check fails a leader whose session has had no keep-alive answer for
+// longer than the TTL plus the tolerance. Lease trust normally ends the
+// term first; this is the backstop for a leader whose step-down is stuck.
+func TestLeaderElectorCheckStaleKeepAlive(t *testing.T) {
+	le := &LeaderElector{cfg: LeaderElectionConfig{Prefix: "/p"}}
+	s := &Session{lastAnswer: time.Now().Add(-8 * time.Second), lastTTL: 5 * time.Second}
+	if err := le.Check(0); err != nil {
+		t.Errorf("Check of an elector that never led: %v", err)
+	}
+	le.open, le.leading, le.sess = true, true, s
+	if err := le.Check(time.Minute); err != nil {
+		t.Errorf("Check within the tolerance: %v", err)
+	}
+	err := le.Check(2 * time.Second)
+	if !errors.Is(err, ErrWedgedLeader) || !strings.Contains(err.Error(), "no keep-alive answered for 8") {
+		t.Errorf("Check 8 s after the last answer, TTL 5 s, tolerance 2 s: %v, want ErrWedgedLeader", err)
 	}
 }
