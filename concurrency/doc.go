@@ -191,6 +191,17 @@
 // retried, since a retry could apply it twice (etcd #14890, #18424). A panic
 // in apply reaches the caller in its own goroutine, with nothing written.
 //
+// # Metrics and logs
+//
+// Nothing is recorded or logged unless asked: WithMetrics and WithLogger
+// on a Session reach every Mutex, Election, RWMutex and Semaphore made on
+// it; WithQueueMetrics, WithQueueLogger, WithSTMMetrics and WithSTMLogger
+// do the same for queues and transactions. One metrics.Metrics value, built
+// once from a prometheus.Registerer, serves them all (and memlock). Logs
+// are changes of state only: keep-alives unanswered and back, a session
+// expired, a lock or leadership lost and its cause, a leader change seen, a
+// watch re-established, an outcome that stayed unknown. See ExampleWithMetrics.
+//
 // # Differences from etcd's package
 //
 //   - Invalid options and arguments are errors (ErrInvalidTTL,
@@ -202,7 +213,8 @@
 //   - The option types (SessionOption, MutexOption) are baton's own, so an
 //     etcd API that takes etcd's (leasing.NewKV(cli, pfx,
 //     concurrency.WithTTL(1))) needs etcd's package's option there.
-//   - Unlock returns ErrLockLost when the lock had already ended.
+//   - Unlock returns ErrLockLost, and Resign ErrLeadershipLost, when the
+//     lock or leadership had already ended.
 //   - Observe keeps its channel open across compactions and member
 //     failures; Events also reports when nobody leads.
 package concurrency

@@ -3,12 +3,16 @@ package concurrency
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/batonhq/baton/internal/obs"
 )
 
 // Errors of Election. The first two have the same text as etcd's package.
@@ -54,6 +58,7 @@ type Election struct {
 	leading   bool
 	slot      *slot // the key of this leadership; nil when resumed
 	hdr       *pb.ResponseHeader
+	tally     *tally // this leadership's metrics and logs
 }
 
 // NewElection makes an Election on prefix pfx. A nil session, an empty
@@ -111,6 +116,7 @@ func (e *Election) Campaign(ctx context.Context, val string) error {
 		return e.Proclaim(ctx, val)
 	}
 	e.mu.Unlock()
+	start := time.Now()
 	c := e.s.Client()
 	sl, err := takeSlot(e.s, e.pfx, e.exclusive)
 	if err != nil {
@@ -159,6 +165,10 @@ func (e *Election) Campaign(ctx context.Context, val string) error {
 	e.mu.Lock()
 	prev := e.slot
 	e.leaderKey, e.leaderRev, e.leading, e.slot, e.hdr = key, j.rev, true, sl, hdr
+	if e.tally == nil || e.tally.rev != j.rev {
+		e.tally.released()
+		e.tally = acquired(e.s, obs.Election, e.name(), key, j.rev, time.Since(start))
+	}
 	e.mu.Unlock()
 	if prev != nil {
 		// Two Campaigns of this Election at once: one leadership.
@@ -239,12 +249,27 @@ func (e *Election) Resign(ctx context.Context) error {
 	}
 	e.mu.Lock()
 	e.hdr = hdr
+	t := e.tally
 	e.mu.Unlock()
 	e.forget(key, rev, true)
 	if !present {
+		if t != nil {
+			t.lost(lossCause(e.s), ErrLeadershipLost)
+		}
 		return ErrLeadershipLost
 	}
+	t.released()
 	return nil
+}
+
+// name is the prefix as the caller gave it, for metrics and logs.
+func (e *Election) name() string { return strings.TrimSuffix(e.pfx, "/") }
+
+// currentTally is the current leadership's tally, nil when unobserved.
+func (e *Election) currentTally() *tally {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.tally
 }
 
 // forget drops the leadership of key created at rev, if it is still the
@@ -259,7 +284,11 @@ func (e *Election) forget(key string, rev int64, released bool) {
 	if e.slot != nil && !released {
 		e.slot.done(rev, false)
 	}
-	e.leaderKey, e.leaderRev, e.leading, e.slot = "", 0, false, nil
+	if !released && e.tally != nil {
+		// Found lost (Proclaim): the cause is asked outside e.mu.
+		go e.tally.lost(lossCause(e.s), ErrLeadershipLost)
+	}
+	e.leaderKey, e.leaderRev, e.leading, e.slot, e.tally = "", 0, false, nil, nil
 }
 
 // Leader returns the current leader's key and value, or
@@ -330,7 +359,7 @@ func WithLeadership(ctx context.Context, e *Election, val string, f func(ctx con
 	if err := e.Campaign(ctx, val); err != nil {
 		return err
 	}
-	fctx, stop := holdContext(ctx, e.s, e.Key(), e.Rev(), ErrLeadershipLost)
+	fctx, stop := holdContext(ctx, e.s, e.Key(), e.Rev(), ErrLeadershipLost, e.currentTally())
 	ferr := f(fctx)
 	lost := stop()
 	rctx, cancel := cleanupCtx(ctx, e.s.Client())
@@ -366,7 +395,7 @@ func (e *Election) HoldContext(parent context.Context) (ctx context.Context, can
 		}
 		return ctx, func() { cancelCause(context.Canceled) }
 	}
-	ctx, stop := holdContext(parent, e.s, key, rev, ErrLeadershipLost)
+	ctx, stop := holdContext(parent, e.s, key, rev, ErrLeadershipLost, e.currentTally())
 	return ctx, func() { stop() }
 }
 
@@ -459,6 +488,10 @@ func (e *Election) observe(ctx context.Context, emit func(LeaderEvent) bool) {
 		if same && !first {
 			return true
 		}
+		changed := (lead == nil) != (last == nil) || (lead != nil && last != nil && string(lead.Key) != string(last.Key))
+		if changed && !first {
+			e.leaderChanged(lead)
+		}
 		first, last = false, lead
 		return emit(LeaderEvent{Leader: lead, Rev: rev})
 	}
@@ -500,6 +533,19 @@ func (e *Election) observe(ctx context.Context, emit func(LeaderEvent) bool) {
 		}
 		cancel()
 	}
+}
+
+// leaderChanged records a change of leader that observe saw.
+func (e *Election) leaderChanged(lead *mvccpb.KeyValue) {
+	if !e.s.observed() {
+		return
+	}
+	e.s.opts.rec.LeaderChanged(e.name())
+	if lead == nil {
+		e.s.logInfo("leader changed: nobody leads", slog.String("name", e.name()))
+		return
+	}
+	e.s.logInfo("leader changed", slog.String("name", e.name()), slog.String("key", string(lead.Key)), slog.Int64("token", lead.CreateRevision))
 }
 
 // applyEvents applies a batch of watch events to a copy of the election's

@@ -7,9 +7,12 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/batonhq/baton/internal/obs"
 )
 
 // Errors of Mutex. The first three have the same text as etcd's package.
@@ -70,6 +73,7 @@ type Mutex struct {
 	myKey string
 	myRev int64
 	hdr   *pb.ResponseHeader
+	tally *tally // the current acquisition's metrics and logs
 }
 
 // MutexOption configures a Mutex (and, for WithExclusive, an Election).
@@ -180,6 +184,26 @@ func (m *Mutex) TryLock(ctx context.Context) error {
 }
 
 func (m *Mutex) lock(ctx context.Context, wait bool) error {
+	start := time.Now()
+	err := m.lockOnce(ctx, wait)
+	if errors.Is(err, ErrLocked) {
+		m.s.opts.rec.TryFailed(obs.Mutex, m.name())
+	}
+	if err == nil {
+		m.mu.Lock()
+		if m.tally == nil || m.tally.rev != m.myRev {
+			m.tally.released() // an earlier acquisition of this Mutex, replaced
+			m.tally = acquired(m.s, obs.Mutex, m.name(), m.myKey, m.myRev, time.Since(start))
+		}
+		m.mu.Unlock()
+	}
+	return err
+}
+
+// name is the prefix as the caller gave it, for metrics and logs.
+func (m *Mutex) name() string { return strings.TrimSuffix(m.pfx, "/") }
+
+func (m *Mutex) lockOnce(ctx context.Context, wait bool) error {
 	sl, err := takeSlot(m.s, m.pfx, m.exclusive)
 	if err != nil {
 		return err
@@ -303,7 +327,14 @@ func (m *Mutex) Unlock(ctx context.Context) error {
 	m.mu.Lock()
 	m.slot, m.myKey, m.myRev = nil, "", -1
 	m.hdr = hdr
+	t := m.tally
+	m.tally = nil
 	m.mu.Unlock()
+	if present {
+		t.released()
+	} else if t != nil {
+		t.lost(lossCause(m.s), ErrLockLost)
+	}
 	if m.exclusive {
 		<-m.local
 	}
@@ -311,6 +342,13 @@ func (m *Mutex) Unlock(ctx context.Context) error {
 		return ErrLockLost
 	}
 	return nil
+}
+
+// currentTally is the current acquisition's tally, nil when unobserved.
+func (m *Mutex) currentTally() *tally {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.tally
 }
 
 // IsOwner is a comparison that holds while this Mutex holds the lock, for
@@ -394,7 +432,7 @@ func WithLock(ctx context.Context, m *Mutex, f func(ctx context.Context) error) 
 		return err
 	}
 	key, rev := m.Key(), m.Rev()
-	fctx, stop := holdContext(ctx, m.s, key, rev, ErrLockLost)
+	fctx, stop := holdContext(ctx, m.s, key, rev, ErrLockLost, m.currentTally())
 	ferr := f(fctx)
 	lost := stop()
 	uctx, cancel := cleanupCtx(ctx, m.s.Client())
@@ -429,7 +467,7 @@ func (m *Mutex) HoldContext(parent context.Context) (ctx context.Context, cancel
 		}
 		return ctx, func() { cancelCause(context.Canceled) }
 	}
-	ctx, stop := holdContext(parent, m.s, key, rev, ErrLockLost)
+	ctx, stop := holdContext(parent, m.s, key, rev, ErrLockLost, m.currentTally())
 	return ctx, func() { stop() }
 }
 
@@ -438,7 +476,7 @@ func (m *Mutex) HoldContext(parent context.Context) (ctx context.Context, cancel
 // both lost and ErrLeaseUnconfirmed when the session's trust window lapses
 // (WithLeaseTrust). stop ends both watches and reports whether the hold
 // was lost.
-func holdContext(ctx context.Context, s *Session, key string, rev int64, lost error) (context.Context, func() bool) {
+func holdContext(ctx context.Context, s *Session, key string, rev int64, lost error, t *tally) (context.Context, func() bool) {
 	hctx, cancel := context.WithCancelCause(ctx)
 	var wg sync.WaitGroup
 	var wasLost atomic.Bool
@@ -448,6 +486,9 @@ func holdContext(ctx context.Context, s *Session, key string, rev int64, lost er
 		if watchHold(hctx, s, key, rev) {
 			wasLost.Store(true)
 			cancel(lost)
+			if t != nil {
+				t.lost(lossCause(s), lost)
+			}
 		}
 	}()
 	go func() {
@@ -455,6 +496,7 @@ func holdContext(ctx context.Context, s *Session, key string, rev int64, lost er
 		if err := s.distrusted(hctx); err != nil {
 			wasLost.Store(true)
 			cancel(fmt.Errorf("%w: %w", lost, err))
+			t.lost(obs.CauseUnconfirmed, err)
 		}
 	}()
 	return hctx, func() bool {

@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/batonhq/baton/internal/obs"
 )
 
 // defaultSessionTTL is the lease TTL in seconds when WithTTL is not given,
@@ -157,13 +160,13 @@ func NewSession(client *clientv3.Client, opts ...SessionOption) (*Session, error
 		// The channel closes when the lease is gone (expired or revoked),
 		// the context ends (Orphan, Close, WithContext), or the client
 		// closes.
-		for resp := range ka {
-			s.namesMu.Lock()
-			s.lastAnswer, s.lastTTL = time.Now(), time.Duration(resp.TTL)*time.Second
-			s.namesMu.Unlock()
-		}
+		s.keepAlive(ka)
 		orphaned := ctx.Err() != nil && client.Ctx().Err() == nil
 		cancel()
+		if !orphaned && client.Ctx().Err() == nil {
+			s.opts.rec.SessionExpired()
+			s.logWarn("session expired: the lease is gone")
+		}
 		if orphaned {
 			s.namesMu.Lock()
 			left := time.Until(s.lastAnswer.Add(s.lastTTL))
@@ -177,6 +180,43 @@ func NewSession(client *clientv3.Client, opts ...SessionOption) (*Session, error
 		close(s.donec)
 	}()
 	return s, nil
+}
+
+// keepAlive takes the keep-alive's answers until its channel closes. A
+// silence of half a TTL counts as a failed round (metrics) and is logged
+// once, with its end when answers come back.
+func (s *Session) keepAlive(ka <-chan *clientv3.LeaseKeepAliveResponse) {
+	half := func(ttl time.Duration) time.Duration { return max(ttl/2, 500*time.Millisecond) }
+	_, ttl := s.KeepAliveAnswered()
+	late := time.NewTimer(half(ttl))
+	defer late.Stop()
+	silent := false
+	for {
+		select {
+		case resp, ok := <-ka:
+			if !ok {
+				return
+			}
+			now, ttl := time.Now(), time.Duration(resp.TTL)*time.Second
+			s.namesMu.Lock()
+			last := s.lastAnswer
+			s.lastAnswer, s.lastTTL = now, ttl
+			s.namesMu.Unlock()
+			if silent {
+				silent = false
+				s.logInfo("session keep-alive answered again", slog.Duration("silent", now.Sub(last).Round(time.Millisecond)))
+			}
+			late.Reset(half(ttl))
+		case <-late.C:
+			at, ttl := s.KeepAliveAnswered()
+			s.opts.rec.KeepAliveFailed()
+			if !silent {
+				silent = true
+				s.logWarn("session keep-alive unanswered", slog.Duration("since", time.Since(at).Round(time.Millisecond)), slog.Duration("ttl", ttl))
+			}
+			late.Reset(half(ttl))
+		}
+	}
 }
 
 // ended marks the lease as gone: endc and lostc close.
@@ -403,6 +443,8 @@ func (s *Session) releaseName(name string) {
 }
 
 type sessionOptions struct {
+	rec     *obs.Recorder
+	log     *slog.Logger
 	trust   float64
 	ttl     int
 	leaseID clientv3.LeaseID

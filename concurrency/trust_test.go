@@ -24,8 +24,14 @@ type cutOffHolder struct {
 
 func newCutOffHolder(t *testing.T, e *env, ttl int, trust float64) *cutOffHolder {
 	t.Helper()
+	return newCutOffHolderWith(t, e, ttl, trust)
+}
+
+func newCutOffHolderWith(t *testing.T, e *env, ttl int, trust float64, opts ...concurrency.SessionOption) *cutOffHolder {
+	t.Helper()
 	p, ep := testutil.Proxy(t, e.eps[0])
-	s, err := concurrency.NewSession(testutil.Client(t, []string{ep}), concurrency.WithTTL(ttl), concurrency.WithLeaseTrust(trust))
+	opts = append([]concurrency.SessionOption{concurrency.WithTTL(ttl), concurrency.WithLeaseTrust(trust)}, opts...)
+	s, err := concurrency.NewSession(testutil.Client(t, []string{ep}), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
