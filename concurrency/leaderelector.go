@@ -17,6 +17,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/batonhq/baton/metrics"
 )
 
 // Bounds and defaults of LeaderElectionConfig.
@@ -103,8 +105,12 @@ type LeaderElectionConfig struct {
 	// StopOnLoss makes Run return after the first term instead of
 	// campaigning again.
 	StopOnLoss bool
-	// Logger receives the elector's logs; nil: no logs.
+	// Logger receives the elector's logs (campaigns, terms, retries), and
+	// its sessions' (WithLogger); nil: no logs.
 	Logger *slog.Logger
+	// Metrics records the sessions' and elections' metrics (WithMetrics);
+	// nil: none.
+	Metrics *metrics.Metrics
 }
 
 // LeaderCallbacks are the callbacks of a LeaderElector.
@@ -485,7 +491,8 @@ func (le *LeaderElector) Run(ctx context.Context) error {
 func (le *LeaderElector) newSession(ctx context.Context) (*Session, context.CancelFunc, error) {
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	stop := context.AfterFunc(ctx, cancel)
-	s, err := NewSession(le.cfg.Client, WithTTL(le.ttl), WithLeaseTrust(le.trust), WithContext(sctx))
+	s, err := NewSession(le.cfg.Client, WithTTL(le.ttl), WithLeaseTrust(le.trust), WithContext(sctx),
+		WithLogger(le.cfg.Logger), WithMetrics(le.cfg.Metrics))
 	if !stop() && err == nil {
 		// ctx ended during the grant: the keep-alive may already be over.
 		err = ctx.Err()

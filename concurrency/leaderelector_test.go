@@ -1,9 +1,11 @@
 package concurrency_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -436,7 +438,9 @@ func TestLeaderElectorReleaseOnCancel(t *testing.T) {
 func TestLeaderElectorStopOnLoss(t *testing.T) {
 	e := newEnv(t)
 	rec := newRecorder(t)
-	el := startElector(t, concurrency.LeaderElectionConfig{Client: e.client(), Prefix: "/once", TTL: 5 * time.Second, StopOnLoss: true}, rec)
+	var logs lockedBuffer
+	el := startElector(t, concurrency.LeaderElectionConfig{Client: e.client(), Prefix: "/once", TTL: 5 * time.Second, StopOnLoss: true,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))}, rec)
 	l := waitStart(t, rec, "leader")
 	if _, err := e.client().Delete(e.ctx, l.Key()); err != nil {
 		t.Fatal(err)
@@ -450,6 +454,30 @@ func TestLeaderElectorStopOnLoss(t *testing.T) {
 	if n := len(e.keys("/once")); n != 0 {
 		t.Errorf("%d keys left", n)
 	}
+	out := logs.String()
+	for _, want := range []string{"msg=leading election=/once key=" + l.Key(), `msg="leadership ended; waiting for OnStartedLeading to return"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("logs lack %s:\n%s", want, out)
+		}
+	}
+}
+
+// lockedBuffer is a bytes.Buffer for several writers.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (lb *lockedBuffer) Write(p []byte) (int, error) {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	return lb.b.Write(p)
+}
+
+func (lb *lockedBuffer) String() string {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	return lb.b.String()
 }
 
 // etcd's own Election on the same prefix sees baton's leader and waits
