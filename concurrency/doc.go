@@ -106,7 +106,7 @@
 // is then cancelled up to a third of the TTL before the server can expire
 // the lease and elect another. On a 3-member cluster with a 5 s TTL and
 // the leader's connection cut, its ctx ended 3.3 s after the cut and the
-// new leader's OnStartedLeading came about 1.8 s later. The step-down is a
+// new leader's OnStartedLeading came 1.8 to 2.1 s later. The step-down is a
 // signal, not a fence: a callback that ignores its ctx goes on acting,
 // which Check reports, and only Guard or the token stop its writes.
 //
