@@ -81,6 +81,12 @@ func NewElection(s *Session, pfx string, opts ...HandleOption) *Election {
 	return e
 }
 
+// observer is an Election that only follows the election on pfx (observe
+// needs a client, and the metrics and logger of o, not a lease).
+func observer(c *clientv3.Client, pfx string, o sessionOptions) *Election {
+	return &Election{s: &Session{client: c, opts: o}, pfx: pfx + "/"}
+}
+
 // ResumeElection makes an Election that already leads with leaderKey,
 // created at leaderRev, for example after a restart with WithLease. It uses
 // the same prefix as NewElection (etcd's used pfx without the "/", #13469).

@@ -619,7 +619,7 @@ func (le *LeaderElector) pause(ctx context.Context) {
 // observe follows the election for OnNewLeader and GetLeader until ctx
 // ends. It needs only the client, not a session of its own.
 func (le *LeaderElector) observe(ctx context.Context) {
-	obs := &Election{s: &Session{client: le.cfg.Client}, pfx: le.cfg.Prefix + "/"}
+	obs := observer(le.cfg.Client, le.cfg.Prefix, sessionOptions{rec: le.cfg.Metrics.Recorder(), log: le.cfg.Logger})
 	var key, id string
 	var rev int64
 	obs.observe(ctx, func(ev LeaderEvent) bool {

@@ -32,17 +32,20 @@ func WithLogger(l *slog.Logger) SessionOption {
 // callers skip the work of describing an event nobody takes.
 func (s *Session) observed() bool { return s.opts.rec != nil || s.opts.log != nil }
 
-// logWarn and logInfo log to the session's logger, if any, with the lease.
-func (s *Session) logWarn(msg string, args ...any) {
-	if s.opts.log != nil {
-		s.opts.log.Warn(msg, append([]any{slog.String("lease", fmt.Sprintf("%x", int64(s.id)))}, args...)...)
-	}
-}
+// logWarn and logInfo log to the session's logger, if any, with the lease
+// (none for an observer's stand-in session).
+func (s *Session) logWarn(msg string, args ...any) { s.logAt(slog.LevelWarn, msg, args) }
 
-func (s *Session) logInfo(msg string, args ...any) {
-	if s.opts.log != nil {
-		s.opts.log.Info(msg, append([]any{slog.String("lease", fmt.Sprintf("%x", int64(s.id)))}, args...)...)
+func (s *Session) logInfo(msg string, args ...any) { s.logAt(slog.LevelInfo, msg, args) }
+
+func (s *Session) logAt(level slog.Level, msg string, args []any) {
+	if s.opts.log == nil {
+		return
 	}
+	if s.id != 0 {
+		args = append([]any{slog.String("lease", fmt.Sprintf("%x", int64(s.id)))}, args...)
+	}
+	s.opts.log.Log(context.Background(), level, msg, args...)
 }
 
 // tally is one acquisition as metrics and logs see it. It ends once: by a

@@ -19,8 +19,9 @@ import (
 // LeakOptions are the goleak options for packages whose tests run embedded
 // etcd servers. etcd's raft transport keeps HTTP/1 keep-alive connections
 // between members that its Close does not wait for; they end by themselves
-// moments later. baton's own packages use no net/http, so ignoring those
-// goroutines hides nothing of ours.
+// moments later. baton's library packages start no HTTP connections of
+// their own (LeaderElector.HealthzHandler is served by the caller's server,
+// whose tests close it), so ignoring those goroutines hides nothing of ours.
 func LeakOptions() []goleak.Option {
 	return []goleak.Option{
 		goleak.IgnoreAnyFunction("net/http.(*conn).serve"),
