@@ -9,6 +9,8 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/batonhq/baton/internal/layout"
 )
 
 // Errors of Election. The first two have the same text as etcd's package.
@@ -64,7 +66,7 @@ func NewElection(s *Session, pfx string, opts ...HandleOption) *Election {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	e := &Election{s: s, pfx: pfx + "/", exclusive: o.exclusive}
+	e := &Election{s: s, pfx: layout.Dir(pfx), exclusive: o.exclusive}
 	switch {
 	case s == nil:
 		e.err = ErrNilSession
