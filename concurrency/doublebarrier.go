@@ -10,6 +10,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/batonhq/baton/internal/layout"
 )
 
 // Errors of DoubleBarrier.
@@ -87,7 +89,7 @@ type DoubleBarrier struct {
 func NewDoubleBarrier(s *Session, key string, count int) *DoubleBarrier {
 	b := &DoubleBarrier{
 		s: s, key: key, count: count,
-		wdir: key + "/waiters/", ready: key + "/ready", gone: key + "/withdrawn",
+		wdir: layout.Dir(key) + layout.DBWaiters, ready: layout.Dir(key) + layout.DBReady, gone: layout.Dir(key) + layout.DBWithdrawn,
 	}
 	switch {
 	case s == nil:

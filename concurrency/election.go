@@ -12,6 +12,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/batonhq/baton/internal/layout"
 	"github.com/batonhq/baton/internal/obs"
 )
 
@@ -69,7 +70,7 @@ func NewElection(s *Session, pfx string, opts ...HandleOption) *Election {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	e := &Election{s: s, pfx: pfx + "/", exclusive: o.exclusive}
+	e := &Election{s: s, pfx: layout.Dir(pfx), exclusive: o.exclusive}
 	switch {
 	case s == nil:
 		e.err = ErrNilSession

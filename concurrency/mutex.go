@@ -12,6 +12,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/batonhq/baton/internal/layout"
 	"github.com/batonhq/baton/internal/obs"
 )
 
@@ -110,7 +111,7 @@ func NewMutex(s *Session, pfx string, opts ...MutexOption) *Mutex {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	m := &Mutex{s: s, pfx: pfx + "/", exclusive: o.exclusive, local: make(chan struct{}, 1), myRev: -1}
+	m := &Mutex{s: s, pfx: layout.Dir(pfx), exclusive: o.exclusive, local: make(chan struct{}, 1), myRev: -1}
 	if o.val != nil {
 		m.val = *o.val
 	}

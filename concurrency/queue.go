@@ -17,6 +17,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/batonhq/baton/internal/layout"
 	"github.com/batonhq/baton/internal/obs"
 	"github.com/batonhq/baton/metrics"
 )
@@ -214,7 +215,7 @@ type queueCore struct {
 }
 
 func newQueueCore(c *clientv3.Client, key string, priority bool, opts []QueueOption) *queueCore {
-	q := &queueCore{c: c, dir: key + "/", seqKey: key + "/seq", wdir: key + "/w/", ndir: key + "/n/", priority: priority, next: 1, ttl: queueWaiterTTL, name: key}
+	q := &queueCore{c: c, dir: layout.Dir(key), seqKey: layout.Dir(key) + layout.QueueSeq, wdir: layout.Dir(key) + layout.QueueWaiters, ndir: layout.Dir(key) + layout.QueueArrivals, priority: priority, next: 1, ttl: queueWaiterTTL, name: key}
 	for _, opt := range opts {
 		opt(q)
 	}
@@ -231,9 +232,9 @@ func newQueueCore(c *clientv3.Client, key string, priority bool, opts []QueueOpt
 // itemKey names the item with sequence seq and priority pr.
 func (q *queueCore) itemKey(seq int64, pr uint16) string {
 	if q.priority {
-		return fmt.Sprintf("%s%05d/%020d", q.dir, pr, seq)
+		return layout.PriorityItem(q.dir, pr, seq)
 	}
-	return fmt.Sprintf("%s%020d", q.dir, seq)
+	return layout.QueueItem(q.dir, seq)
 }
 
 // arrivalKey is the key whose creation announces the item with sequence
@@ -242,7 +243,7 @@ func (q *queueCore) itemKey(seq int64, pr uint16) string {
 // priority, which a waiter cannot know in advance.
 func (q *queueCore) arrivalKey(seq int64) string {
 	if q.priority {
-		return fmt.Sprintf("%s%020d", q.ndir, seq)
+		return layout.ArrivalKey(q.dir, seq)
 	}
 	return q.itemKey(seq, 0)
 }
@@ -254,29 +255,8 @@ func (q *queueCore) itemSeq(k string) (int64, bool) {
 	if !ok {
 		return 0, false
 	}
-	if q.priority {
-		if len(s) != 26 || s[5] != '/' || !queueDigits(s[:5]) {
-			return 0, false
-		}
-		if _, err := strconv.ParseUint(s[:5], 10, 16); err != nil {
-			return 0, false
-		}
-		s = s[6:]
-	}
-	if len(s) != 20 || !queueDigits(s) {
-		return 0, false
-	}
-	seq, err := strconv.ParseInt(s, 10, 64)
-	return seq, err == nil
-}
-
-func queueDigits(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return true
+	seq, _, ok := layout.ParseQueueItem(s, q.priority)
+	return seq, ok
 }
 
 func (q *queueCore) enqueue(ctx context.Context, val string, pr uint16) error {
@@ -552,7 +532,7 @@ func (q *queueCore) await(ctx context.Context) (val string, again bool, err erro
 	if err != nil {
 		return "", false, err
 	}
-	wkey := fmt.Sprintf("%s%016x-%d", q.wdir, int64(lease), q.waiterN.Add(1))
+	wkey := layout.QueueWaiter(q.dir, int64(lease), q.waiterN.Add(1))
 	// The request that puts the waiter key runs to its answer
 	// (joinContext), so that a key it made is known and deleted below.
 	jctx, endJoin := joinContext(ctx, q.c)
@@ -828,7 +808,7 @@ func (q *queueCore) claim(ctx context.Context, kv *mvccpb.KeyValue, wkey string)
 		if err != nil {
 			return "", false, nil, err
 		}
-		rec := fmt.Sprintf("%sc/%016x-%d", q.dir, int64(lease), slot)
+		rec := layout.QueueClaimRecord(q.dir, int64(lease), slot)
 		id := strconv.FormatInt(q.claimN.Add(1), 10)
 		ops := []clientv3.Op{clientv3.OpDelete(key, clientv3.WithPrevKV()), clientv3.OpPut(rec, id, clientv3.WithLease(lease))}
 		if q.priority {

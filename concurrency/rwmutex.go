@@ -11,6 +11,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/batonhq/baton/internal/layout"
 	"github.com/batonhq/baton/internal/obs"
 )
 
@@ -70,7 +71,7 @@ type RWMutex struct {
 // when locked. A nil session or an empty prefix is reported by the first
 // call, which then touches nothing.
 func NewRWMutex(s *Session, pfx string) *RWMutex {
-	rw := &RWMutex{s: s, dir: pfx + "/", local: make(chan struct{}, 1), myRev: -1}
+	rw := &RWMutex{s: s, dir: layout.Dir(pfx), local: make(chan struct{}, 1), myRev: -1}
 	switch {
 	case s == nil:
 		rw.err = ErrNilSession
@@ -139,9 +140,9 @@ func (rw *RWMutex) lockOnce(ctx context.Context, write, wait bool) error {
 			return ErrLocked
 		}
 	}
-	kind := "read/"
+	kind := layout.RWRead
 	if write {
-		kind = "write/"
+		kind = layout.RWWrite
 	}
 	key := rw.s.claimName(rw.dir + kind)
 	rev, err := rw.acquire(ctx, key, write, wait)
@@ -185,7 +186,7 @@ func (rw *RWMutex) acquire(ctx context.Context, key string, write, wait bool) (i
 	at := j.hdr.Revision
 	switch {
 	case !wait:
-		if _, blocker := rwBlocker(j.queue, key, j.rev, rw.dir+"write/", write); blocker != nil {
+		if _, blocker := rwBlocker(j.queue, key, j.rev, rw.dir+layout.RWWrite, write); blocker != nil {
 			// Our key predates this call (a resumed lease) and is not
 			// through: give it up, as TryLock does.
 			err = ErrLocked
@@ -207,7 +208,7 @@ func (rw *RWMutex) acquire(ctx context.Context, key string, write, wait bool) (i
 // blocked, unless our key exists already (a resumed lease).
 func (rw *RWMutex) tryJoin(ctx context.Context, key string, write bool) (*joined, error) {
 	c := rw.s.Client()
-	blockers := rw.dir + "write/"
+	blockers := rw.dir + layout.RWWrite
 	if write {
 		blockers = rw.dir
 	}
@@ -269,7 +270,7 @@ func (rw *RWMutex) wait(ctx context.Context, key string, rev int64, write bool, 
 		}
 	}()
 	for {
-		present, b := rwBlocker(queue, key, rev, rw.dir+"write/", write)
+		present, b := rwBlocker(queue, key, rev, rw.dir+layout.RWWrite, write)
 		if !present {
 			return ErrSessionExpired
 		}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/batonhq/baton/internal/layout"
 	"github.com/batonhq/baton/internal/obs"
 )
 
@@ -95,7 +95,7 @@ type semEntry struct {
 // nil session, an empty prefix or a limit <= 0 is reported by the first
 // call, which then touches nothing.
 func NewSemaphore(s *Session, pfx string, limit int64) *Semaphore {
-	sm := &Semaphore{s: s, dir: pfx + "/", limit: limit}
+	sm := &Semaphore{s: s, dir: layout.Dir(pfx), limit: limit}
 	switch {
 	case s == nil:
 		sm.err = ErrNilSession
@@ -399,29 +399,11 @@ func (sm *Semaphore) Rev() int64 {
 // Limit is the number of permits of the semaphore.
 func (sm *Semaphore) Limit() int64 { return sm.limit }
 
-func semValue(n, limit int64) string {
-	return strconv.FormatInt(n, 10) + "/" + strconv.FormatInt(limit, 10)
-}
+func semValue(n, limit int64) string { return layout.SemaphoreValue(n, limit) }
 
 func semParse(v []byte) (n, limit int64) {
-	n, limit, _ = ParseSemaphoreValue(v)
+	n, limit, _ = layout.ParseSemaphoreValue(v)
 	return n, limit
-}
-
-// ParseSemaphoreValue parses the value a Semaphore writes in each holder's
-// and waiter's key, "permits/limit", for tools that list holders (baton
-// status). ok is false, with zeros, for any other value.
-func ParseSemaphoreValue(v []byte) (n, limit int64, ok bool) {
-	a, b, found := strings.Cut(string(v), "/")
-	if !found {
-		return 0, 0, false
-	}
-	n, err1 := strconv.ParseInt(a, 10, 64)
-	limit, err2 := strconv.ParseInt(b, 10, 64)
-	if err1 != nil || err2 != nil || n <= 0 || limit <= 0 {
-		return 0, 0, false
-	}
-	return n, limit, true
 }
 
 func semEntry1(kv *mvccpb.KeyValue) semEntry {
@@ -470,16 +452,7 @@ func semOrder(es []semEntry, limit int64) semQueue {
 	sorted := make([]semEntry, len(es))
 	copy(sorted, es)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].rev < sorted[j].rev })
-	q := semQueue{entries: sorted}
-	var sum int64
-	for _, e := range sorted {
-		sum += e.n
-		if sum > limit {
-			break
-		}
-		q.granted++
-	}
-	return q
+	return semQueue{entries: sorted, granted: layout.SemaphoreGranted(sorted, func(e semEntry) int64 { return e.n }, limit)}
 }
 
 // find returns the index of our key, or -1.

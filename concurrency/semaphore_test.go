@@ -385,26 +385,3 @@ func TestSemaphorePrefixSibling(t *testing.T) {
 		t.Fatalf("semaphore on sib blocked by sib2: %v", err)
 	}
 }
-
-func TestParseSemaphoreValue(t *testing.T) {
-	for _, c := range []struct {
-		v        string
-		n, limit int64
-		ok       bool
-	}{
-		{"2/5", 2, 5, true},
-		{"1/1", 1, 1, true},
-		{"", 0, 0, false},
-		{"2", 0, 0, false},
-		{"0/5", 0, 0, false},
-		{"2/0", 0, 0, false},
-		{"-1/5", 0, 0, false},
-		{"a/b", 0, 0, false},
-		{`{"kind":"lock"}`, 0, 0, false},
-	} {
-		n, limit, ok := concurrency.ParseSemaphoreValue([]byte(c.v))
-		if n != c.n || limit != c.limit || ok != c.ok {
-			t.Errorf("ParseSemaphoreValue(%q) = %d, %d, %v; want %d, %d, %v", c.v, n, limit, ok, c.n, c.limit, c.ok)
-		}
-	}
-}

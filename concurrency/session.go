@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/batonhq/baton/internal/layout"
 	"github.com/batonhq/baton/internal/obs"
 )
 
@@ -333,7 +333,7 @@ func (s *Session) Close() error {
 // under dir: dir + hex(lease), the key of etcd's package and etcdctl, so
 // resuming a session with WithLease finds its key again.
 func (s *Session) sharedName(dir string) string {
-	return dir + strconv.FormatInt(int64(s.id), 16)
+	return layout.Own(dir, int64(s.id))
 }
 
 // useShared registers a default handle as a user of the shared key under
@@ -423,13 +423,13 @@ func (s *Session) claim(dir string, from int) string {
 	defer s.namesMu.Unlock()
 	name := base
 	if from > 0 {
-		name = base + "-" + strconv.Itoa(from)
+		name = layout.Claim(base, from)
 	}
 	for n := from + 1; ; n++ {
 		if _, taken := s.names[name]; !taken {
 			break
 		}
-		name = base + "-" + strconv.Itoa(n)
+		name = layout.Claim(base, n)
 	}
 	s.names[name] = struct{}{}
 	return name

@@ -16,6 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/batonhq/baton/concurrency"
+	"github.com/batonhq/baton/internal/layout"
 )
 
 // held is a lock or a leadership this process holds.
@@ -154,7 +155,7 @@ func signalName(s syscall.Signal) string {
 // whatever take left behind.
 func (a *app) acquire(c *clientv3.Client, s *concurrency.Session, name, what string, timeout time.Duration, sigs <-chan os.Signal, take func(context.Context) error) error {
 	// Our key is the session's first claim under name: name/hex(lease).
-	ownKey := fmt.Sprintf("%s/%x", name, int64(s.Lease()))
+	ownKey := layout.Own(layout.Dir(name), int64(s.Lease()))
 	p := startProgress(a, s, name, ownKey, what)
 	ctx, cancel := context.WithCancel(context.Background())
 	if timeout > 0 {

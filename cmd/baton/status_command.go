@@ -8,14 +8,16 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/text/width"
 
-	"github.com/batonhq/baton/concurrency"
+	"github.com/batonhq/baton/internal/layout"
 )
 
 // statusOptions are the flags and arguments of "baton status".
@@ -29,16 +31,29 @@ func newStatusCommand(a *app) *cobra.Command {
 	o := &statusOptions{app: a}
 	cmd := &cobra.Command{
 		Use:   "status [PREFIX]",
-		Short: "Show the locks, elections and semaphores under PREFIX: holder, token, held for, waiters",
-		Long: `status lists the locks, elections and semaphores whose name starts with
-PREFIX (all of them by default): who holds each (host, pid and --note of a
-baton holder, the value of an election, or the lease of another etcd
-client; for a semaphore, the permits in use), its fencing token, for how
-long it has been held, and how many wait behind.
+		Short: "Show the locks, elections, semaphores, read-write locks, barriers and queues under PREFIX",
+		Long: `status lists the coordination state whose name starts with PREFIX (all of
+it by default), read from the keys that baton's primitives, etcd's Mutex
+and Election, and etcdctl write:
 
-Entries are recognised by their layout, NAME/<lease in hex> on a lease,
-which etcd's Mutex, Election, etcdctl and baton all use; "held for" is known
-for baton's holders only, and is computed with this machine's clock.`,
+  lock, election  who holds it (host, pid and --note of a baton holder, the
+                  value of an election, or the lease of another etcd
+                  client), its fencing token, for how long, and its waiters
+  semaphore       the permits in use of the limit, the holders, the waiters
+  rwmutex         the readers or the writer that hold it, and the waiters
+  doublebarrier   the participants in it, and whether it filled
+  barrier         held (a Barrier's key exists only while it is held)
+  queue           its depth (items), the line of waiting consumers, and
+                  the claim records of consumers (claims in progress, or
+                  made within the consumer's 10 s lease)
+
+"held for" is known for baton's holders only, and is computed with this
+machine's clock. A name or note with a tab, a new line or another
+unprintable character is shown quoted, Go style.
+
+Some layouts coincide: a lock named jobs/read looks like the readers of
+an RWMutex named jobs unless baton wrote it, and any key with no lease
+and an empty value looks like a held barrier.`,
 		Example: `  baton status
   baton status jobs/
   baton status --json | jq '.[] | select(.waiters | length > 0)'`,
@@ -54,24 +69,48 @@ for baton's holders only, and is computed with this machine's clock.`,
 	return cmd
 }
 
-// statusEntry is one lock or election.
+// Kinds that only status knows of (baton's own commands write kindLock and
+// kindElection into their identity).
+const (
+	kindRWMutex       = "rwmutex"
+	kindDoubleBarrier = "doublebarrier"
+	kindBarrier       = "barrier"
+	kindQueue         = "queue"
+)
+
+// statusEntry is one primitive.
 type statusEntry struct {
 	Kind string `json:"kind"`
 	Name string `json:"name"`
-	// Token is the holder's fencing token (its key's create revision).
+	// Token is the holder's fencing token (its key's create revision); for
+	// a barrier, the revision it was held at; 0 when nothing holds.
 	Token int64 `json:"token"`
 	// HeldForSeconds is null when the holder did not say since when.
 	HeldForSeconds *float64       `json:"held_for_seconds"`
 	Holder         statusMember   `json:"holder"`
 	Waiters        []statusMember `json:"waiters"`
 	// For a semaphore: its number of permits, how many are held, and
-	// every grant (Holder is the oldest).
+	// every grant (Holder is the oldest). For an RWMutex: the readers, or
+	// the writer, that hold it.
 	Limit   int64          `json:"limit,omitempty"`
 	Used    int64          `json:"used,omitempty"`
 	Holders []statusMember `json:"holders,omitempty"`
+	// Mode is an RWMutex's: "read" (readers hold it) or "write".
+	Mode string `json:"mode,omitempty"`
+	// For a double barrier: who is in, and whether it filled (its
+	// participants were released from Enter).
+	Participants []statusMember `json:"participants,omitempty"`
+	Full         bool           `json:"full,omitempty"`
+	// For a queue: the items waiting, the consumers waiting in line for
+	// one (oldest first), and the consumers' claim records.
+	Depth     int            `json:"depth,omitempty"`
+	Priority  bool           `json:"priority,omitempty"`
+	Consumers []statusMember `json:"consumers,omitempty"`
+	Claims    []statusMember `json:"claims,omitempty"`
 }
 
-// statusMember is one key of a queue: the holder or a waiter.
+// statusMember is one key of a primitive: a holder, a waiter, a
+// participant, a consumer.
 type statusMember struct {
 	Key      string    `json:"key"`
 	Token    int64     `json:"token"`
@@ -82,6 +121,8 @@ type statusMember struct {
 	Value string `json:"value,omitempty"`
 	// Permits is what a semaphore grant (or request) is for.
 	Permits int64 `json:"permits,omitempty"`
+	// Mode is an RWMutex key's: "read" or "write".
+	Mode string `json:"mode,omitempty"`
 }
 
 func (o *statusOptions) run(ctx context.Context) error {
@@ -103,62 +144,177 @@ func (o *statusOptions) run(ctx context.Context) error {
 		return enc.Encode(entries)
 	}
 	if len(entries) == 0 {
-		fmt.Fprintf(o.io.Out, "no locks, elections or semaphores under %q\n", o.prefix+o.under)
+		fmt.Fprintf(o.io.Out, "nothing under %s: no locks, elections, semaphores, read-write locks, barriers or queues\n", cell(o.prefix+o.under))
 		return nil
 	}
 	return writeStatusTable(o.io.Out, entries)
 }
 
-// queueDir returns the name of the queue kv belongs to, if its key has the
-// layout NAME/<hex lease> (or NAME/<hex lease>-<n>, a second handle of one
-// baton session) and it is attached to that lease.
-func queueDir(kv *mvccpb.KeyValue) (string, bool) {
-	if kv.Lease == 0 {
-		return "", false
-	}
-	key := string(kv.Key)
-	i := strings.LastIndexByte(key, '/')
-	if i <= 0 {
-		return "", false
-	}
-	leaf, lease := key[i+1:], strconv.FormatInt(kv.Lease, 16)
-	if leaf != lease {
-		n, ok := strings.CutPrefix(leaf, lease+"-")
-		if _, err := strconv.Atoi(n); !ok || err != nil {
-			return "", false
-		}
-	}
-	return key[:i], true
+func (o *statusOptions) entries(kvs []*mvccpb.KeyValue, now time.Time) []statusEntry {
+	return statusEntries(o.prefix, kvs, now)
 }
 
-// entries groups kvs into queues, each ordered by create revision: the
-// first key holds, the rest wait.
-func (o *statusOptions) entries(kvs []*mvccpb.KeyValue, now time.Time) []statusEntry {
-	queues := map[string][]*mvccpb.KeyValue{}
+// family groups keys into primitives: one name can be a lock and, with
+// other keys, an RWMutex at once.
+type family int
+
+const (
+	famQueue   family = iota // lock, election or semaphore: NAME/<lease>
+	famRW                    // NAME/read/, NAME/write/
+	famDB                    // NAME/waiters/, NAME/ready
+	famBarrier               // NAME
+	famItems                 // a queue: items, counter, waiters, claims
+)
+
+type group struct {
+	fam  family
+	name string
+}
+
+// parts is what status read of one primitive, by role.
+type parts map[layout.Role][]*mvccpb.KeyValue
+
+// statusEntries reads the primitives out of kvs (keys without the
+// --prefix namespace, which member adds back to each key shown).
+func statusEntries(prefix string, kvs []*mvccpb.KeyValue, now time.Time) []statusEntry {
+	groups := map[group]parts{}
 	for _, kv := range kvs {
-		if dir, ok := queueDir(kv); ok {
-			queues[dir] = append(queues[dir], kv)
+		k := layout.Parse(string(kv.Key), kv.Lease, kv.Value)
+		switch k.Role {
+		case layout.RoleReader, layout.RoleWriter, layout.RoleDBParticipant:
+			// baton's lock and elect say what they are: a lock named
+			// x/read, not a reader of x.
+			if id, ok := parseIdentity(kv.Value); ok && id.Kind != "" {
+				k = layout.Key{Name: string(kv.Key[:strings.LastIndexByte(string(kv.Key), '/')]), Role: layout.RoleParticipant}
+			}
 		}
+		var f family
+		switch k.Role {
+		case layout.RoleNone, layout.RoleQueueArrival:
+			continue
+		case layout.RoleParticipant:
+			f = famQueue
+		case layout.RoleReader, layout.RoleWriter:
+			f = famRW
+		case layout.RoleDBParticipant, layout.RoleDBReady, layout.RoleDBWithdrawn:
+			f = famDB
+		case layout.RoleBarrier:
+			f = famBarrier
+		default:
+			f = famItems
+		}
+		g := group{f, k.Name}
+		if groups[g] == nil {
+			groups[g] = parts{}
+		}
+		groups[g][k.Role] = append(groups[g][k.Role], kv)
 	}
-	entries := make([]statusEntry, 0, len(queues))
-	for name, q := range queues {
-		sort.Slice(q, func(i, j int) bool { return q[i].CreateRevision < q[j].CreateRevision })
-		e := statusEntry{Name: name, Kind: queueKind(q), Token: q[0].CreateRevision, Holder: o.member(q[0]), Waiters: []statusMember{}}
-		granted := 1 // a lock or an election has one holder: the oldest key
-		if e.Kind == kindSemaphore {
-			granted = o.semaphore(&e, q)
+	entries := make([]statusEntry, 0, len(groups))
+	for g, p := range groups {
+		for _, q := range p {
+			sort.Slice(q, func(i, j int) bool { return q[i].CreateRevision < q[j].CreateRevision })
 		}
-		for _, kv := range q[granted:] {
-			e.Waiters = append(e.Waiters, o.member(kv))
+		e := statusEntry{Name: g.name, Waiters: []statusMember{}}
+		switch g.fam {
+		case famQueue:
+			queueEntry(prefix, &e, p[layout.RoleParticipant])
+		case famRW:
+			rwEntry(prefix, &e, p)
+		case famDB:
+			if len(p[layout.RoleDBParticipant]) == 0 && len(p[layout.RoleDBReady]) == 0 {
+				continue // only the withdrawal marker, which stays between rounds
+			}
+			e.Kind = kindDoubleBarrier
+			for _, kv := range p[layout.RoleDBParticipant] {
+				e.Participants = append(e.Participants, member(prefix, kv))
+			}
+			if r := p[layout.RoleDBReady]; len(r) > 0 {
+				e.Full, e.Token = true, r[0].CreateRevision
+			}
+		case famBarrier:
+			e.Kind, e.Token = kindBarrier, p[layout.RoleBarrier][0].CreateRevision
+			e.Holder = statusMember{Key: prefix + string(p[layout.RoleBarrier][0].Key), Token: e.Token}
+		case famItems:
+			items := p[layout.RoleQueueItem]
+			if len(items) == 0 && len(p[layout.RoleQueueWaiter]) == 0 && len(p[layout.RoleQueueClaim]) == 0 {
+				continue // a counter alone: a queue that was used and is empty, with nobody waiting
+			}
+			e.Kind, e.Depth = kindQueue, len(items)
+			for _, kv := range items {
+				if k := layout.Parse(string(kv.Key), 0, kv.Value); k.IsPriority {
+					e.Priority = true
+				}
+			}
+			for _, kv := range p[layout.RoleQueueWaiter] {
+				e.Consumers = append(e.Consumers, member(prefix, kv))
+			}
+			for _, kv := range p[layout.RoleQueueClaim] {
+				e.Claims = append(e.Claims, member(prefix, kv))
+			}
 		}
-		if since, ok := heldSince(q[0]); ok {
+		if since, ok := heldSinceMember(e.Holder); ok {
 			secs := now.Sub(since).Seconds()
 			e.HeldForSeconds = &secs
 		}
 		entries = append(entries, e)
 	}
-	sort.Slice(entries, func(i, j int) bool { return entries[i].Name < entries[j].Name })
+	sort.Slice(entries, func(i, j int) bool {
+		if entries[i].Name != entries[j].Name {
+			return entries[i].Name < entries[j].Name
+		}
+		return entries[i].Kind < entries[j].Kind
+	})
 	return entries
+}
+
+// queueEntry fills in a lock, an election or a semaphore from its keys,
+// oldest first: the first key holds (for a semaphore, the oldest keys
+// whose permits fit), the rest wait.
+func queueEntry(prefix string, e *statusEntry, q []*mvccpb.KeyValue) {
+	e.Kind, e.Token, e.Holder = queueKind(q), q[0].CreateRevision, member(prefix, q[0])
+	granted := 1 // a lock or an election has one holder: the oldest key
+	if e.Kind == kindSemaphore {
+		_, e.Limit = semPermits(q[0].Value)
+		granted = layout.SemaphoreGranted(q, func(kv *mvccpb.KeyValue) int64 { n, _ := semPermits(kv.Value); return n }, e.Limit)
+		for _, kv := range q[:granted] {
+			m := member(prefix, kv)
+			e.Used += m.Permits
+			e.Holders = append(e.Holders, m)
+		}
+	}
+	for _, kv := range q[granted:] {
+		e.Waiters = append(e.Waiters, member(prefix, kv))
+	}
+}
+
+// rwEntry fills in an RWMutex: its readers and writers queue together by
+// create revision.
+func rwEntry(prefix string, e *statusEntry, p parts) {
+	q := append(append([]*mvccpb.KeyValue{}, p[layout.RoleReader]...), p[layout.RoleWriter]...)
+	sort.Slice(q, func(i, j int) bool { return q[i].CreateRevision < q[j].CreateRevision })
+	writer := func(kv *mvccpb.KeyValue) bool {
+		return layout.Parse(string(kv.Key), kv.Lease, kv.Value).Role == layout.RoleWriter
+	}
+	granted := layout.RWGranted(q, writer)
+	e.Kind, e.Token, e.Mode = kindRWMutex, q[0].CreateRevision, "read"
+	if writer(q[0]) {
+		e.Mode = "write"
+	}
+	for i, kv := range q {
+		m := member(prefix, kv)
+		m.Mode = "read"
+		if writer(kv) {
+			m.Mode = "write"
+		}
+		if i < granted {
+			e.Holders = append(e.Holders, m)
+			// The youngest holder's key is the newest fencing token.
+			e.Token = max(e.Token, kv.CreateRevision)
+		} else {
+			e.Waiters = append(e.Waiters, m)
+		}
+	}
+	e.Holder = e.Holders[0]
 }
 
 // queueKind tells a lock from an election and a semaphore: baton says so
@@ -188,30 +344,15 @@ func queueKind(q []*mvccpb.KeyValue) string {
 
 // semPermits parses a semaphore key's value; 0, 0 when it is not one.
 func semPermits(v []byte) (n, limit int64) {
-	n, limit, _ = concurrency.ParseSemaphoreValue(v)
+	n, limit, _ = layout.ParseSemaphoreValue(v)
 	return n, limit
 }
 
-// semaphore fills in e from the semaphore queue q and returns how many of
-// its keys are granted: the longest run of oldest keys whose permits fit
-// within the limit (the queue is first come, first served).
-func (o *statusOptions) semaphore(e *statusEntry, q []*mvccpb.KeyValue) int {
-	_, e.Limit = semPermits(q[0].Value)
-	granted := 0
-	for _, kv := range q {
-		n, _ := semPermits(kv.Value)
-		if e.Used+n > e.Limit {
-			break
-		}
-		e.Used += n
-		e.Holders = append(e.Holders, o.member(kv))
-		granted++
+func member(prefix string, kv *mvccpb.KeyValue) statusMember {
+	m := statusMember{Key: prefix + string(kv.Key), Token: kv.CreateRevision}
+	if kv.Lease != 0 {
+		m.Lease = strconv.FormatInt(kv.Lease, 16)
 	}
-	return granted
-}
-
-func (o *statusOptions) member(kv *mvccpb.KeyValue) statusMember {
-	m := statusMember{Key: o.prefix + string(kv.Key), Token: kv.CreateRevision, Lease: strconv.FormatInt(kv.Lease, 16)}
 	if id, ok := parseIdentity(kv.Value); ok {
 		m.Identity = &id
 	} else {
@@ -221,27 +362,138 @@ func (o *statusOptions) member(kv *mvccpb.KeyValue) statusMember {
 	return m
 }
 
-func writeStatusTable(w io.Writer, entries []statusEntry) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "KIND\tNAME\tHOLDER\tNOTE\tTOKEN\tHELD FOR\tWAITERS")
-	for _, e := range entries {
-		holder, note := "lease "+e.Holder.Lease, "-"
-		if id := e.Holder.Identity; id != nil {
-			holder = id.Host + " pid " + strconv.Itoa(id.PID)
-			if id.Note != "" {
-				note = id.Note
+// heldSinceMember is heldSince for a member already parsed.
+func heldSinceMember(m statusMember) (time.Time, bool) {
+	if m.Identity == nil || m.Identity.Acquired.IsZero() {
+		return time.Time{}, false
+	}
+	return m.Identity.Acquired, true
+}
+
+// holderText is the HOLDER and NOTE columns of e.
+func holderText(e statusEntry) (holder, note string) {
+	holder, note = memberText(e.Holder), "-"
+	if id := e.Holder.Identity; id != nil && id.Note != "" {
+		note = id.Note
+	}
+	switch e.Kind {
+	case kindSemaphore:
+		holder = fmt.Sprintf("%d/%d permits, %d holders", e.Used, e.Limit, len(e.Holders))
+	case kindRWMutex:
+		if e.Mode == "read" {
+			holder = fmt.Sprintf("%d readers", len(e.Holders))
+			if len(e.Holders) == 1 {
+				holder = "1 reader: " + memberText(e.Holder)
 			}
-		} else if e.Holder.Value != "" {
-			holder = strconv.Quote(truncate(e.Holder.Value, 32))
+		} else {
+			holder = "writer " + memberText(e.Holder)
 		}
-		if e.Kind == kindSemaphore {
-			holder = fmt.Sprintf("%d/%d permits, %d holders", e.Used, e.Limit, len(e.Holders))
+	case kindDoubleBarrier:
+		holder = fmt.Sprintf("%d in, filling", len(e.Participants))
+		if e.Full {
+			holder = fmt.Sprintf("%d in, full", len(e.Participants))
 		}
+	case kindBarrier:
+		holder = "held"
+	case kindQueue:
+		holder = fmt.Sprintf("%d items, %d claims", e.Depth, len(e.Claims))
+	}
+	return holder, note
+}
+
+// memberText describes who m is for the table.
+func memberText(m statusMember) string {
+	switch {
+	case m.Identity != nil:
+		return cell(m.Identity.Host) + " pid " + strconv.Itoa(m.Identity.PID)
+	case m.Value != "":
+		return strconv.Quote(truncate(m.Value, 32))
+	case m.Lease != "":
+		return "lease " + m.Lease
+	}
+	return "-"
+}
+
+func writeStatusTable(w io.Writer, entries []statusEntry) error {
+	rows := [][]string{{"KIND", "NAME", "HOLDER", "NOTE", "TOKEN", "HELD FOR", "WAITERS"}}
+	for _, e := range entries {
+		holder, note := holderText(e)
 		heldFor := "-"
 		if e.HeldForSeconds != nil {
 			heldFor = human(time.Duration(*e.HeldForSeconds * float64(time.Second)))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\n", e.Kind, e.Name, holder, note, e.Token, heldFor, len(e.Waiters))
+		token := "-"
+		if e.Token != 0 {
+			token = strconv.FormatInt(e.Token, 10)
+		}
+		waiters := len(e.Waiters)
+		if e.Kind == kindQueue {
+			waiters = len(e.Consumers)
+		}
+		// holder is made of cells already (memberText).
+		rows = append(rows, []string{e.Kind, cell(e.Name), holder, cell(note), token, heldFor, strconv.Itoa(waiters)})
 	}
-	return tw.Flush()
+	return writeTable(w, rows)
+}
+
+// writeTable writes rows as columns two spaces apart, padded by display
+// width: a wide character (CJK, say) takes two columns of a terminal, a
+// combining mark none. Cells must come through cell first.
+func writeTable(w io.Writer, rows [][]string) error {
+	widths := []int{}
+	for _, r := range rows {
+		for i, c := range r {
+			if i == len(widths) {
+				widths = append(widths, 0)
+			}
+			widths[i] = max(widths[i], displayWidth(c))
+		}
+	}
+	var b strings.Builder
+	for _, r := range rows {
+		for i, c := range r {
+			b.WriteString(c)
+			if i < len(r)-1 {
+				b.WriteString(strings.Repeat(" ", widths[i]-displayWidth(c)+2))
+			}
+		}
+		b.WriteByte('\n')
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// cell makes s safe for one cell of a table: a string with a new line, a
+// tab, another control or format character, or invalid UTF-8 is shown
+// quoted and escaped (Go syntax), so that it cannot break the rows or the
+// columns; one that starts with a quote is quoted too, so that it cannot
+// pass for such an escape.
+func cell(s string) string {
+	if s == "" {
+		return `""`
+	}
+	if !utf8.ValidString(s) || strings.HasPrefix(s, `"`) {
+		return strconv.Quote(s)
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) || unicode.Is(unicode.Cf, r) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
+}
+
+// displayWidth is how many terminal columns s takes.
+func displayWidth(s string) int {
+	n := 0
+	for _, r := range s {
+		switch {
+		case unicode.In(r, unicode.Mn, unicode.Me, unicode.Cf):
+		case width.LookupRune(r).Kind() == width.EastAsianWide || width.LookupRune(r).Kind() == width.EastAsianFullwidth:
+			n += 2
+		default:
+			n++
+		}
+	}
+	return n
 }
