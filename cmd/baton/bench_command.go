@@ -8,7 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/batonhq/baton/bench"
+	"github.com/batonhq/baton/internal/bench"
 )
 
 // benchOptions are the flags of "baton bench".

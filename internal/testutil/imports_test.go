@@ -15,7 +15,6 @@ const module = "github.com/batonhq/baton"
 var notLibrary = []string{
 	module + "/cmd/",
 	module + "/embedded",
-	module + "/bench",
 	module + "/internal/",
 }
 
@@ -25,7 +24,8 @@ var forbidden = []string{
 	"go.etcd.io/etcd/server/",
 	"go.etcd.io/etcd/pkg/v3/proxy",
 	module + "/embedded",
-	module + "/bench",
+	module + "/internal/bench",
+	module + "/internal/faults",
 	module + "/internal/testutil",
 }
 
@@ -53,7 +53,7 @@ func hasAnyPrefix(s string, prefixes []string) bool {
 func TestLibraryPackagesImportNoServer(t *testing.T) {
 	var libs []string
 	for _, p := range goList(t, module+"/...") {
-		if !hasAnyPrefix(p, notLibrary) && p != module+"/embedded" && p != module+"/bench" {
+		if !hasAnyPrefix(p, notLibrary) && p != module+"/embedded" {
 			libs = append(libs, p)
 		}
 	}
