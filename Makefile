@@ -4,17 +4,18 @@ TESTFLAGS ?= -race -timeout 40m
 
 .PHONY: test deps vet unit bench build faults
 
-# test installs the servers the tests need when they are missing, then vets
-# and runs every test with the race detector.
+# test installs the servers and the browser (chromium, for baton web's
+# tests) when they are missing, then vets and runs every test with the race
+# detector.
 test: deps vet unit
 
 deps:
-	@if ! command -v memcached >/dev/null 2>&1 || ! command -v redis-server >/dev/null 2>&1; then \
+	@if ! command -v memcached >/dev/null 2>&1 || ! command -v redis-server >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "installing memcached and redis-server"; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq memcached redis-server >/dev/null; \
+			echo "installing memcached, redis-server and chromium"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq memcached redis-server chromium >/dev/null; \
 		else \
-			echo "memcached/redis-server missing: run 'apt-get install -y memcached redis-server' as root" >&2; \
+			echo "memcached/redis-server/chromium missing: run 'apt-get install -y memcached redis-server chromium' as root" >&2; \
 		fi; \
 	fi
 

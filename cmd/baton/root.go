@@ -144,6 +144,7 @@ Every command but serve and bench talks to etcd at --endpoints.`,
 		newElectCommand(a),
 		newStatusCommand(a),
 		newBenchCommand(a),
+		newWebCommand(a),
 	)
 	return root
 }
