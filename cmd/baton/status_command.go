@@ -378,7 +378,7 @@ func holderText(e statusEntry) (holder, note string) {
 	}
 	switch e.Kind {
 	case kindSemaphore:
-		holder = fmt.Sprintf("%d/%d permits, %d holders", e.Used, e.Limit, len(e.Holders))
+		holder = fmt.Sprintf("%d/%d permits, %s", e.Used, e.Limit, plural(len(e.Holders), "holder"))
 	case kindRWMutex:
 		if e.Mode == "read" {
 			holder = fmt.Sprintf("%d readers", len(e.Holders))
@@ -496,4 +496,12 @@ func displayWidth(s string) int {
 		}
 	}
 	return n
+}
+
+// plural is "1 holder", "2 holders".
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }
