@@ -67,21 +67,24 @@ func (a *app) holdUntilInterrupted(h held, sigs <-chan os.Signal) error {
 // lost it gets SIGTERM, then SIGKILL after grace (at once when grace is
 // 0), and runChild returns an exit-71 error whatever CMD's own status.
 func (a *app) runChild(h held, argv, env []string, sigs <-chan os.Signal, grace time.Duration) error {
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = a.io.In, a.io.Out, a.io.Err
-	cmd.Env = append(os.Environ(), env...)
-	// When baton's output is not a file (tests), Wait copies CMD's output;
-	// a grandchild that keeps the pipe open must not hold baton forever.
-	cmd.WaitDelay = 2 * time.Second
-	prepareChild(cmd)
-	defer lockThread()() // see prepareChild: CMD dies with this thread
-	if err := cmd.Start(); err != nil {
+	path, err := exec.LookPath(argv[0])
+	if err != nil {
 		code := exitCannotRun
 		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, fs.ErrNotExist) {
 			code = exitNotFound
 		}
 		return withCode(code, fmt.Errorf("run %s: %w", argv[0], err))
 	}
+	cmd := &exec.Cmd{Path: path, Args: argv, Env: append(os.Environ(), env...)}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = a.io.In, a.io.Out, a.io.Err
+	// When baton's output is not a file (tests), Wait copies CMD's output;
+	// a grandchild that keeps the pipe open must not hold baton forever.
+	cmd.WaitDelay = 2 * time.Second
+	ch, err := startChild(cmd)
+	if err != nil {
+		return withCode(exitCannotRun, fmt.Errorf("run %s: %w", argv[0], err))
+	}
+	defer ch.kill() // whatever CMD left behind
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 
@@ -92,7 +95,6 @@ func (a *app) runChild(h held, argv, env []string, sigs <-chan os.Signal, grace 
 		select {
 		case err := <-done:
 			if wasLost {
-				signalGroup(cmd.Process, syscall.SIGKILL) // whatever CMD left behind
 				return withCode(exitLost, fmt.Errorf("%s lost: %s was stopped (%s)", h.what, argv[0], describeExit(cmd.ProcessState)))
 			}
 			if err != nil && cmd.ProcessState == nil {
@@ -104,24 +106,34 @@ func (a *app) runChild(h held, argv, env []string, sigs <-chan os.Signal, grace 
 			return nil
 		case sig := <-sigs:
 			if s, ok := sig.(syscall.Signal); ok {
-				signalGroup(cmd.Process, s)
+				ch.signal(s)
 			}
 		case <-lost:
 			lost, wasLost = nil, true
 			if grace <= 0 {
 				fmt.Fprintf(a.io.Err, "baton: %s lost (session expired or key deleted): killing %s (SIGKILL)\n", h.what, argv[0])
-				signalGroup(cmd.Process, syscall.SIGKILL)
+				ch.kill()
 				continue
 			}
 			fmt.Fprintf(a.io.Err, "baton: %s lost (session expired or key deleted): stopping %s (SIGTERM, SIGKILL after %v)\n", h.what, argv[0], grace)
-			signalGroup(cmd.Process, syscall.SIGTERM)
+			ch.signal(syscall.SIGTERM)
 			kill = time.After(grace)
 		case <-kill:
 			kill = nil
 			fmt.Fprintf(a.io.Err, "baton: %s still running %v after SIGTERM: SIGKILL\n", argv[0], grace)
-			signalGroup(cmd.Process, syscall.SIGKILL)
+			ch.kill()
 		}
 	}
+}
+
+// child is CMD, started by startChild (one file per system).
+type child struct {
+	cmd *exec.Cmd
+	// signal sends a signal to CMD's process group.
+	signal func(syscall.Signal)
+	// kill sends SIGKILL to everything CMD started that is still running;
+	// CMD's own end is then seen by cmd.Wait.
+	kill func()
 }
 
 // describeExit says how CMD ended: "exit status 1", "killed by SIGTERM".

@@ -51,9 +51,11 @@ should refuse a token lower than one it has seen.
 If the lock is lost while CMD runs (the session expired, someone deleted
 the key), CMD gets SIGTERM, then SIGKILL after --kill-grace, and baton exits
 71. SIGINT, SIGTERM and SIGHUP are passed on to CMD; the lock is released when CMD
-exits. CMD runs in its own process group and must not read the terminal.
-If baton itself is killed, CMD gets SIGKILL (Linux): it must not run on
-after the lease expires.
+exits, after whatever CMD left running is killed. CMD runs in its own
+process group and must not read the terminal. On Linux CMD runs under a
+small supervisor: if baton itself is killed (kill -9 included), every
+process CMD started gets SIGKILL at once, so none runs on after the lease
+expires.
 
 While it waits, lock says on stderr who holds the lock, for how long, and
 how long it has waited. Without CMD it prints the key and the token and

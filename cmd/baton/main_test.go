@@ -34,6 +34,10 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == superviseArg {
+		// A command run in-process (Main) re-executes this binary.
+		os.Exit(runSupervisor(os.Args[2:]))
+	}
 	dir, err := os.MkdirTemp("", "baton-cli-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
