@@ -43,10 +43,14 @@ func newLockCommand(a *app) *cobra.Command {
 exits with CMD's exit code. The lock is the same as etcdctl lock's and etcd's
 Mutex: they exclude each other.
 
-CMD gets BATON_LOCK_KEY and BATON_FENCING_TOKEN in its environment (and
-ETCD_LOCK_KEY and ETCD_LOCK_REV, as etcdctl sets them). The fencing token
-grows with every acquisition: pass it to what the lock protects, which
-should refuse a token lower than one it has seen.
+CMD gets BATON_LOCK_KEY and BATON_FENCING_TOKEN in its environment, and
+ETCD_LOCK_KEY and ETCD_LOCK_REV as etcdctl sets them. Both numbers grow
+with every acquisition: pass one to what the lock protects, which should
+refuse a number lower than one it has seen. BATON_FENCING_TOKEN is the
+create revision of the holder's key (what status shows); ETCD_LOCK_REV is
+the revision at which the lock was acquired, as etcdctl gives it. When
+etcdctl lock and baton lock share a lock, use ETCD_LOCK_REV: etcdctl
+holders have no other number, and the two kinds do not compare.
 
 If the lock is lost while CMD runs (the session expired, someone deleted
 the key), CMD gets SIGTERM, then SIGKILL after --kill-grace, and baton exits
@@ -155,7 +159,12 @@ func (o *lockOptions) run(ctx context.Context) error {
 	h := held{what: what, key: o.prefix + m.Key(), token: m.Rev()}
 	token := strconv.FormatInt(h.token, 10)
 	vars := []string{"BATON_LOCK_KEY=" + h.key, "BATON_FENCING_TOKEN=" + token}
-	etcdVars := []string{"ETCD_LOCK_KEY=" + h.key, "ETCD_LOCK_REV=" + token}
+	// ETCD_LOCK_REV means what etcdctl's means: the revision of the
+	// answer that found the lock ours. It and the fencing token both grow
+	// with every acquisition, but they are not comparable with each other:
+	// a resource that sees both kinds of holder must be given one kind.
+	rev := strconv.FormatInt(m.Header().Revision, 10)
+	etcdVars := []string{"ETCD_LOCK_KEY=" + h.key, "ETCD_LOCK_REV=" + rev}
 	idle := fmt.Sprintf("holding %s (token %s) until interrupted", what, token)
 	lost, herr := o.holdWhile(m.HoldContext, h, o.argv, vars, etcdVars, idle, sigs, o.killGrace)
 	if lost {
