@@ -81,9 +81,9 @@ PROPOSAL exactly, as other etcd clients expect.
 	f := cmd.Flags()
 	f.BoolVarP(&o.listen, "listen", "l", false, "print every change of leader instead of campaigning")
 	f.BoolVar(&o.json, "json", false, "with --listen, print JSON lines")
-	f.DurationVar(&o.ttl, "ttl", defaultTTL, "lease TTL: how long leadership outlives a baton that stops renewing it (rounded up to seconds)")
-	f.DurationVar(&o.timeout, "timeout", 0, "give up campaigning after this long (exit 72); 0 waits forever")
-	f.DurationVar(&o.killGrace, "kill-grace", defaultKillGrace, "on leadership loss, time between SIGTERM and SIGKILL to CMD; 0 kills at once")
+	durationFlag(f, &o.ttl, "ttl", defaultTTL, "lease TTL: how long leadership outlives a baton that stops renewing it (rounded up to seconds)")
+	durationFlag(f, &o.timeout, "timeout", 0, "give up campaigning after this long (exit 72); 0 waits forever")
+	durationFlag(f, &o.killGrace, "kill-grace", defaultKillGrace, "on leadership loss, time between SIGTERM and SIGKILL to CMD; 0 kills at once")
 	f.StringVar(&o.note, "note", "", "a note about this candidate, shown by status and --listen")
 	return cmd
 }
@@ -112,6 +112,7 @@ func (o *electOptions) run(ctx context.Context) error {
 	}
 	defer s.Close()
 	e := concurrency.NewElection(s, o.name)
+	o.warnNested(c, o.name)
 	if o.listen {
 		return o.runListen(e, sigs)
 	}

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"time"
 
@@ -176,21 +177,36 @@ func (a *app) acquire(c *clientv3.Client, s *concurrency.Session, name, what str
 	errc := make(chan error, 1)
 	go func() { errc <- take(ctx) }()
 	var (
-		err error
-		sig os.Signal
+		err     error
+		sig     os.Signal
+		expired bool
 	)
 	select {
 	case err = <-errc:
 	case sig = <-sigs:
 		cancel()
 		err = <-errc
+	case <-s.Done():
+		// The lease is no longer renewed: our place in the queue goes
+		// with it, and take may not notice while etcd is unreachable.
+		expired = true
+		cancel()
+		err = <-errc
 	}
 	shown := p.stop()
+	if expired && err != nil {
+		err = concurrency.ErrSessionExpired
+	}
 	switch {
 	case sig != nil:
 		return withCode(exitCodeOf(sig), fmt.Errorf("interrupted (%v) while waiting for %s", sig, what))
 	case err != nil && timeout > 0 && errors.Is(err, context.DeadlineExceeded):
 		return withCode(exitTimeout, fmt.Errorf("timed out after %v waiting for %s%s", timeout, what, a.holderNote(c, name)))
+	case err != nil && errors.Is(err, concurrency.ErrSessionExpired) && !a.answers(c):
+		// The lease ran out because no keep-alive got through: say so,
+		// not "session is expired".
+		return withCode(exitUnavailable, fmt.Errorf("%s: %w at %s: it stopped answering while we waited, and our place in the queue expired with the lease (is the server down?)",
+			what, errUnreachable, strings.Join(c.Endpoints(), ",")))
 	case err != nil:
 		return fmt.Errorf("%s: %w", what, err)
 	}
@@ -198,6 +214,72 @@ func (a *app) acquire(c *clientv3.Client, s *concurrency.Session, name, what str
 		fmt.Fprintf(a.io.Err, "baton: got %s after waiting %s\n", what, human(p.waited()))
 	}
 	return nil
+}
+
+// answers reports whether any endpoint of c answers within the dial
+// timeout.
+func (a *app) answers(c *clientv3.Client) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), a.dialTimeout)
+	defer cancel()
+	ok := make(chan bool, len(c.Endpoints()))
+	for _, ep := range c.Endpoints() {
+		go func() {
+			_, err := c.Status(ctx, ep)
+			ok <- err == nil
+		}()
+	}
+	for range c.Endpoints() {
+		if <-ok {
+			return true
+		}
+	}
+	return false
+}
+
+// warnNested warns on stderr when name and another name in use nest:
+// etcd's layout keeps the queue of NAME under NAME/, so "a" waits behind
+// the holders of "a/b" (etcdctl's and etcd's Mutex do the same). baton
+// keeps the layout, for interop, and says so.
+func (a *app) warnNested(c *clientv3.Client, name string) {
+	for _, other := range nestedNames(c, name, a.dialTimeout) {
+		outer, inner := min(name, other), max(name, other) // outer is a prefix of inner
+		fmt.Fprintf(a.io.Err, "baton: warning: names %q and %q nest: etcd keeps the queue of %q under %q, so %q also waits for the holders of %q (as with etcdctl); choose names where neither is the other followed by /\n",
+			outer, inner, outer, outer+"/", outer, inner)
+	}
+}
+
+// nestedNames lists the live names that nest with name: those under
+// name/ (keys name/x/.../lease) and those name is under (a key p/lease
+// for a prefix p of name ending before a /). Errors count as none: this
+// is only a warning.
+func nestedNames(c *clientv3.Client, name string, timeout time.Duration) []string {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var out []string
+	if r, err := c.Get(ctx, name+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly()); err == nil {
+		seen := map[string]bool{}
+		for _, kv := range r.Kvs {
+			rest := strings.TrimPrefix(string(kv.Key), name+"/")
+			if i := strings.LastIndexByte(rest, '/'); i >= 0 && !seen[rest[:i]] {
+				seen[rest[:i]] = true
+				out = append(out, name+"/"+rest[:i])
+			}
+		}
+	}
+	for i := strings.LastIndexByte(name, '/'); i > 0; i = strings.LastIndexByte(name[:i], '/') {
+		parent := name[:i]
+		r, err := c.Get(ctx, parent+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err != nil {
+			break
+		}
+		for _, kv := range r.Kvs {
+			if !strings.Contains(strings.TrimPrefix(string(kv.Key), parent+"/"), "/") {
+				out = append(out, parent) // a holder or waiter of parent itself
+				break
+			}
+		}
+	}
+	return out
 }
 
 // holderNote describes the current holder of the queue under name, as

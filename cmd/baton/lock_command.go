@@ -82,9 +82,9 @@ holds the lock until interrupted.`,
 		},
 	}
 	f := cmd.Flags()
-	f.DurationVar(&o.ttl, "ttl", defaultTTL, "lease TTL: how long the lock outlives a baton that stops renewing it (rounded up to seconds)")
-	f.DurationVar(&o.timeout, "timeout", 0, "give up waiting after this long (exit 72); 0 waits forever")
-	f.DurationVar(&o.killGrace, "kill-grace", defaultKillGrace, "on lock loss, time between SIGTERM and SIGKILL to CMD; 0 kills at once")
+	durationFlag(f, &o.ttl, "ttl", defaultTTL, "lease TTL: how long the lock outlives a baton that stops renewing it (rounded up to seconds)")
+	durationFlag(f, &o.timeout, "timeout", 0, "give up waiting after this long (exit 72); 0 waits forever")
+	durationFlag(f, &o.killGrace, "kill-grace", defaultKillGrace, "on lock loss, time between SIGTERM and SIGKILL to CMD; 0 kills at once")
 	f.BoolVar(&o.try, "try", false, "fail at once (exit 75) if the lock is held or waited for")
 	f.StringVar(&o.note, "note", "", "a note about this holder, shown by status and by waiters")
 	return cmd
@@ -129,6 +129,7 @@ func (o *lockOptions) run(ctx context.Context) error {
 	defer s.Close()
 
 	what := "lock " + o.name
+	o.warnNested(c, o.name)
 	id := newIdentity(kindLock, o.note)
 	m := concurrency.NewMutex(s, o.name, concurrency.WithMutexValue(id.encode()))
 	if o.try {
