@@ -165,7 +165,11 @@ func (o *electOptions) run(ctx context.Context) error {
 
 // leaderLine is one line of --listen --json.
 type leaderLine struct {
-	Rev    int64       `json:"rev"`
+	Rev int64 `json:"rev"`
+	// Change is what the line reports: "leader" (a new leader, handoffs
+	// included), "no leader", or "value" (the same leader proclaimed a
+	// new value).
+	Change string      `json:"change"`
 	Leader *leaderJSON `json:"leader"`
 }
 
@@ -175,6 +179,46 @@ type leaderJSON struct {
 	Token  int64     `json:"token"`
 	Lease  string    `json:"lease"`
 	Holder *identity `json:"holder,omitempty"`
+}
+
+// Kinds of --listen lines.
+const (
+	changeLeader  = "leader"
+	changeNone    = "no leader"
+	changeValue   = "value"
+	changeUnshown = ""
+)
+
+// leaderChange says what cur is after prev, for --listen: text and JSON
+// print the same lines, decided here. A baton leader's first update, which
+// only records since when it leads, is not a change: it must not read as
+// a second leader.
+func leaderChange(first bool, prev, cur *mvccpb.KeyValue) string {
+	switch {
+	case cur == nil && (first || prev != nil):
+		return changeNone
+	case cur == nil:
+		return changeUnshown
+	case first || prev == nil || string(prev.Key) != string(cur.Key) || prev.CreateRevision != cur.CreateRevision:
+		return changeLeader
+	case sameValue(prev.Value, cur.Value):
+		return changeUnshown
+	}
+	return changeValue
+}
+
+// sameValue: equal, or baton identities that differ only in Acquired.
+func sameValue(a, b []byte) bool {
+	if string(a) == string(b) {
+		return true
+	}
+	ia, oka := parseIdentity(a)
+	ib, okb := parseIdentity(b)
+	if !oka || !okb {
+		return false
+	}
+	ia.Acquired, ib.Acquired = time.Time{}, time.Time{}
+	return ia == ib
 }
 
 // runListen prints the leader of e at each change until interrupted.
@@ -194,7 +238,8 @@ func (o *electOptions) runListen(e *concurrency.Election, sigs <-chan os.Signal)
 		for range events { // let the observer end before the client closes
 		}
 	}()
-	last := ""
+	var prev *mvccpb.KeyValue
+	first := true
 	for {
 		select {
 		case <-sigs:
@@ -203,17 +248,16 @@ func (o *electOptions) runListen(e *concurrency.Election, sigs <-chan os.Signal)
 			if !ok {
 				return errors.New("listen: the watch on the election ended (the client closed)")
 			}
-			if !o.json {
-				// A new value from the same leader can read the same (a
-				// baton leader recording since when it leads): print
-				// changes only.
-				if l := o.leaderText(ev.Leader); l != last {
-					fmt.Fprintln(o.io.Out, l)
-					last = l
-				}
+			change := leaderChange(first, prev, ev.Leader)
+			first, prev = false, ev.Leader
+			if change == changeUnshown {
 				continue
 			}
-			b, err := o.leaderJSON(ev)
+			if !o.json {
+				fmt.Fprintln(o.io.Out, o.leaderText(change, ev.Leader))
+				continue
+			}
+			b, err := o.leaderJSON(change, ev)
 			if err != nil {
 				return err
 			}
@@ -222,15 +266,19 @@ func (o *electOptions) runListen(e *concurrency.Election, sigs <-chan os.Signal)
 	}
 }
 
-func (o *electOptions) leaderText(kv *mvccpb.KeyValue) string {
+func (o *electOptions) leaderText(change string, kv *mvccpb.KeyValue) string {
 	if kv == nil {
 		return "no leader"
 	}
-	return fmt.Sprintf("leader: %s, token %d, key %s%s", holderOf(kv), kv.CreateRevision, o.prefix, kv.Key)
+	label := "leader"
+	if change == changeValue {
+		label = "leader's new value"
+	}
+	return fmt.Sprintf("%s: %s, token %d, key %s%s", label, holderOf(kv), kv.CreateRevision, o.prefix, kv.Key)
 }
 
-func (o *electOptions) leaderJSON(ev concurrency.LeaderEvent) ([]byte, error) {
-	l := leaderLine{Rev: ev.Rev}
+func (o *electOptions) leaderJSON(change string, ev concurrency.LeaderEvent) ([]byte, error) {
+	l := leaderLine{Rev: ev.Rev, Change: change}
 	if kv := ev.Leader; kv != nil {
 		l.Leader = &leaderJSON{
 			Key:   o.prefix + string(kv.Key),
