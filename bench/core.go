@@ -3,6 +3,8 @@ package bench
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -10,7 +12,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	etcdc "go.etcd.io/etcd/client/v3/concurrency"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/batonhq/baton/concurrency"
+	"github.com/batonhq/baton/metrics"
 )
 
 // locker is what the mutex workloads need from either implementation.
@@ -46,6 +51,19 @@ var batonImpl = impl{
 	},
 }
 
+// batonObservedImpl is baton with metrics (a registry of its own) and a
+// JSON logger that discards its output, to measure what they cost.
+var batonObservedImpl = impl{
+	name: "baton+metrics",
+	session: func(c *clientv3.Client) (closer, error) {
+		m := metrics.New(prometheus.NewRegistry())
+		l := slog.New(slog.NewJSONHandler(io.Discard, nil))
+		return concurrency.NewSession(c, concurrency.WithTTL(30), concurrency.WithMetrics(m), concurrency.WithLogger(l))
+	},
+	mutex:    batonImpl.mutex,
+	election: batonImpl.election,
+}
+
 var etcdImpl = impl{
 	name: "etcd",
 	session: func(c *clientv3.Client) (closer, error) {
@@ -76,12 +94,20 @@ func runCore(ctx context.Context, o Options) ([]Row, error) {
 	// Uncontended latency is close to the floor for both, so the two are
 	// measured interleaved, one operation each in turn, to share whatever
 	// the machine is doing.
-	ub, ue, err := uncontendedLock(ctx, e, uncontended)
+	ub, ue, err := uncontendedLock(ctx, e, uncontended, batonImpl, etcdImpl)
 	if err != nil {
 		return nil, fmt.Errorf("uncontended Lock+Unlock: %w", err)
 	}
 	rows = append(rows, Row{Workload: "uncontended Lock+Unlock", Unit: "ms p50", Baton: ub, Peer: ue,
 		PeerName: "etcd concurrency", Note: "measured interleaved, one operation of each in turn"})
+	// The cost of metrics and logs: baton with both against baton without,
+	// interleaved the same way.
+	mo, mf, err := uncontendedLock(ctx, e, uncontended, batonObservedImpl, batonImpl)
+	if err != nil {
+		return nil, fmt.Errorf("uncontended Lock+Unlock with metrics: %w", err)
+	}
+	rows = append(rows, Row{Workload: "uncontended Lock+Unlock, metrics and logger on", Unit: "ms p50", Baton: mo, Peer: mf,
+		PeerName: "baton, metrics off", Note: "measured interleaved; the overhead should be within noise"})
 	type pair struct {
 		workload, unit string
 		higher         bool
@@ -126,9 +152,11 @@ func uniquePrefix(what string) string {
 	return fmt.Sprintf("bench/%s/%d", what, runID.Add(1))
 }
 
-func uncontendedLock(ctx context.Context, e *etcdEnv, n int) (batonP50, etcdP50 float64, err error) {
+// uncontendedLock measures Lock+Unlock on an uncontended mutex for a and
+// b, interleaved, and returns the p50 of each in ms.
+func uncontendedLock(ctx context.Context, e *etcdEnv, n int, a, b impl) (aP50, bP50 float64, err error) {
 	var ms [2]locker
-	for i, im := range []impl{batonImpl, etcdImpl} {
+	for i, im := range []impl{a, b} {
 		c, err := e.client()
 		if err != nil {
 			return 0, 0, err

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/batonhq/baton/concurrency"
 )
@@ -148,7 +149,7 @@ func TestBarrierWaitClientClosedIsError(t *testing.T) {
 	if err := b.Hold(e.ctx); err != nil {
 		t.Fatal(err)
 	}
-	c, err := clientv3.New(clientv3.Config{Endpoints: e.eps})
+	c, err := clientv3.New(clientv3.Config{Endpoints: e.eps, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}

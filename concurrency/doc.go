@@ -74,12 +74,41 @@
 //     by any lock service.
 //
 // The loss signal of WithLock is prompt but not instantaneous: f learns of
-// the loss one watch event later, and the session's own view of its lease
-// lags the server by up to a third of the TTL when the network is the
-// problem. Treat the signal as "stop soon", and the token as the guard.
+// the loss one watch event later. When the network is the problem, no event
+// comes; the holder then goes by its keep-alives instead: once none has
+// been answered for the session's trust window (WithLeaseTrust: the whole
+// TTL by default, 2/3 of it in baton lock and baton elect), the hold's
+// context ends with ErrLeaseUnconfirmed, while the server still keeps the
+// lease, so a holder cut off from the cluster stops before anyone else can
+// be handed the lock. That margin is a timing assumption (clocks that run
+// at the same rate, a holder that stops promptly when told), so treat the
+// signal as "stop now", and the token as the guard.
 //
 // etcd refreshes every lease to its full TTL when its raft leader changes,
 // so the lock of a dead client can outlive its TTL during elections.
+//
+// # A leader elector in client-go's shape
+//
+// LeaderElector runs callbacks as it gains and loses leadership of an
+// Election, with the names of client-go's leaderelection (Run, IsLeader,
+// GetLeader, Check, OnStartedLeading, OnStoppedLeading, OnNewLeader,
+// ReleaseOnCancel), so that controllers move over field by field. Unlike
+// client-go's, it fences: each term has a token (Leadership.Rev) and a
+// Guard that etcd applies only while the term's key exists. Run campaigns
+// again after every loss, never runs two terms at once, calls
+// OnStoppedLeading once per term and never for a node that did not lead,
+// and with ReleaseOnCancel resigns only after OnStartedLeading returned.
+//
+// A leader steps down by itself when its keep-alives go unanswered for
+// RenewDeadline: by default 2/3 of the TTL (client-go's 10 s of 15 s), the
+// session's lease trust (WithLeaseTrust), but at least TTL/3 + 1.5 s so
+// that a keep-alive cycle and a raft election fit in it. The leader's ctx
+// is then cancelled up to a third of the TTL before the server can expire
+// the lease and elect another. On a 3-member cluster with a 5 s TTL and
+// the leader's connection cut, its ctx ended 3.3 s after the cut and the
+// new leader's OnStartedLeading came 1.8 to 2.1 s later. The step-down is a
+// signal, not a fence: a callback that ignores its ctx goes on acting,
+// which Check reports, and only Guard or the token stop its writes.
 //
 // # Barriers, semaphores, read-write locks and queues
 //
@@ -162,6 +191,17 @@
 // retried, since a retry could apply it twice (etcd #14890, #18424). A panic
 // in apply reaches the caller in its own goroutine, with nothing written.
 //
+// # Metrics and logs
+//
+// Nothing is recorded or logged unless asked: WithMetrics and WithLogger
+// on a Session reach every Mutex, Election, RWMutex and Semaphore made on
+// it; WithQueueMetrics, WithQueueLogger, WithSTMMetrics and WithSTMLogger
+// do the same for queues and transactions. One metrics.Metrics value, built
+// once from a prometheus.Registerer, serves them all (and memlock). Logs
+// are changes of state only: keep-alives unanswered and back, a session
+// expired, a lock or leadership lost and its cause, a leader change seen, a
+// watch re-established, an outcome that stayed unknown. See ExampleWithMetrics.
+//
 // # Differences from etcd's package
 //
 //   - Invalid options and arguments are errors (ErrInvalidTTL,
@@ -173,7 +213,8 @@
 //   - The option types (SessionOption, MutexOption) are baton's own, so an
 //     etcd API that takes etcd's (leasing.NewKV(cli, pfx,
 //     concurrency.WithTTL(1))) needs etcd's package's option there.
-//   - Unlock returns ErrLockLost when the lock had already ended.
+//   - Unlock returns ErrLockLost, and Resign ErrLeadershipLost, when the
+//     lock or leadership had already ended.
 //   - Observe keeps its channel open across compactions and member
 //     failures; Events also reports when nobody leads.
 package concurrency

@@ -3,12 +3,16 @@ package concurrency
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/batonhq/baton/internal/obs"
 )
 
 // Errors of Election. The first two have the same text as etcd's package.
@@ -54,6 +58,7 @@ type Election struct {
 	leading   bool
 	slot      *slot // the key of this leadership; nil when resumed
 	hdr       *pb.ResponseHeader
+	tally     *tally // this leadership's metrics and logs
 }
 
 // NewElection makes an Election on prefix pfx. A nil session, an empty
@@ -111,6 +116,7 @@ func (e *Election) Campaign(ctx context.Context, val string) error {
 		return e.Proclaim(ctx, val)
 	}
 	e.mu.Unlock()
+	start := time.Now()
 	c := e.s.Client()
 	sl, err := takeSlot(e.s, e.pfx, e.exclusive)
 	if err != nil {
@@ -159,6 +165,10 @@ func (e *Election) Campaign(ctx context.Context, val string) error {
 	e.mu.Lock()
 	prev := e.slot
 	e.leaderKey, e.leaderRev, e.leading, e.slot, e.hdr = key, j.rev, true, sl, hdr
+	if e.tally == nil || e.tally.rev != j.rev {
+		e.tally.released()
+		e.tally = acquired(e.s, obs.Election, e.name(), key, j.rev, time.Since(start))
+	}
 	e.mu.Unlock()
 	if prev != nil {
 		// Two Campaigns of this Election at once: one leadership.
@@ -200,6 +210,13 @@ func (e *Election) Proclaim(ctx context.Context, val string) error {
 // keeps leading and Resign can be retried (etcd forgot the key, #22123).
 // Resigning when not leading is a no-op. It ends the leadership of every
 // Election of the session that shares it, as etcd's does.
+//
+// It returns ErrLeadershipLost when the leadership had already ended (the
+// session expired or someone deleted the leader key), as Unlock returns
+// ErrLockLost, but nil when another Election of the same session resigned
+// it; either way the Election no longer leads. A retry after a request
+// whose outcome was unknown (its ctx ended in flight) may find the key
+// already deleted by that request, and report ErrLeadershipLost.
 func (e *Election) Resign(ctx context.Context) error {
 	if e.err != nil {
 		return e.err
@@ -214,8 +231,9 @@ func (e *Election) Resign(ctx context.Context) error {
 	}
 	var hdr *pb.ResponseHeader
 	var err error
+	present := false
 	if sl != nil {
-		_, hdr, err = sl.release(ctx, rev)
+		present, hdr, err = sl.release(ctx, rev)
 	} else {
 		var resp *clientv3.TxnResponse
 		resp, err = e.s.Client().Txn(ctx).
@@ -223,7 +241,7 @@ func (e *Election) Resign(ctx context.Context) error {
 			Then(clientv3.OpDelete(key)).
 			Commit()
 		if err == nil {
-			hdr = resp.Header
+			hdr, present = resp.Header, resp.Succeeded
 		}
 	}
 	if err != nil {
@@ -231,9 +249,27 @@ func (e *Election) Resign(ctx context.Context) error {
 	}
 	e.mu.Lock()
 	e.hdr = hdr
+	t := e.tally
 	e.mu.Unlock()
 	e.forget(key, rev, true)
+	if !present {
+		if t != nil {
+			t.lost(lossCause(e.s), ErrLeadershipLost)
+		}
+		return ErrLeadershipLost
+	}
+	t.released()
 	return nil
+}
+
+// name is the prefix as the caller gave it, for metrics and logs.
+func (e *Election) name() string { return strings.TrimSuffix(e.pfx, "/") }
+
+// currentTally is the current leadership's tally, nil when unobserved.
+func (e *Election) currentTally() *tally {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.tally
 }
 
 // forget drops the leadership of key created at rev, if it is still the
@@ -248,7 +284,11 @@ func (e *Election) forget(key string, rev int64, released bool) {
 	if e.slot != nil && !released {
 		e.slot.done(rev, false)
 	}
-	e.leaderKey, e.leaderRev, e.leading, e.slot = "", 0, false, nil
+	if !released && e.tally != nil {
+		// Found lost (Proclaim): the cause is asked outside e.mu.
+		go e.tally.lost(lossCause(e.s), ErrLeadershipLost)
+	}
+	e.leaderKey, e.leaderRev, e.leading, e.slot, e.tally = "", 0, false, nil, nil
 }
 
 // Leader returns the current leader's key and value, or
@@ -310,14 +350,16 @@ func (e *Election) Guard(ctx context.Context, ops ...clientv3.Op) (*clientv3.Txn
 // WithLeadership campaigns with val, runs f while leading, and resigns. The
 // context f gets is cancelled as soon as leadership ends under it, with
 // context.Cause(ctx) == ErrLeadershipLost, seen through a watch on the
-// leader key. It returns the error of Campaign, else f's error, else
-// ErrLeadershipLost when leadership was lost while f ran, else the error of
-// Resign, which runs even when ctx is over, with its own timeout.
+// leader key, or when the session's trust window lapses (WithLeaseTrust;
+// the cause then matches ErrLeaseUnconfirmed too). It returns the error of
+// Campaign, else f's error, else ErrLeadershipLost when leadership was lost
+// while f ran, else the error of Resign, which runs even when ctx is over,
+// with its own timeout.
 func WithLeadership(ctx context.Context, e *Election, val string, f func(ctx context.Context) error) error {
 	if err := e.Campaign(ctx, val); err != nil {
 		return err
 	}
-	fctx, stop := holdContext(ctx, e.s, e.Key(), e.Rev(), ErrLeadershipLost)
+	fctx, stop := holdContext(ctx, e.s, e.Key(), e.Rev(), ErrLeadershipLost, e.currentTally())
 	ferr := f(fctx)
 	lost := stop()
 	rctx, cancel := cleanupCtx(ctx, e.s.Client())
@@ -326,7 +368,7 @@ func WithLeadership(ctx context.Context, e *Election, val string, f func(ctx con
 	switch {
 	case ferr != nil:
 		return ferr
-	case lost:
+	case lost || errors.Is(rerr, ErrLeadershipLost):
 		return ErrLeadershipLost
 	default:
 		return rerr
@@ -336,8 +378,10 @@ func WithLeadership(ctx context.Context, e *Election, val string, f func(ctx con
 // HoldContext returns a context derived from parent that is cancelled,
 // with context.Cause == ErrLeadershipLost, as soon as this candidate's
 // leadership ends under it: the session ends or anyone deletes the leader
-// key. Call cancel when done with it. When not leading it returns a
-// context already cancelled with ErrElectionNotLeader.
+// key, or the session's trust window lapses (WithLeaseTrust; the cause then
+// matches ErrLeaseUnconfirmed too). Call cancel when done with it. When
+// not leading it returns a context already cancelled with
+// ErrElectionNotLeader.
 func (e *Election) HoldContext(parent context.Context) (ctx context.Context, cancel context.CancelFunc) {
 	e.mu.Lock()
 	key, rev, leading := e.leaderKey, e.leaderRev, e.leading
@@ -351,7 +395,7 @@ func (e *Election) HoldContext(parent context.Context) (ctx context.Context, can
 		}
 		return ctx, func() { cancelCause(context.Canceled) }
 	}
-	ctx, stop := holdContext(parent, e.s, key, rev, ErrLeadershipLost)
+	ctx, stop := holdContext(parent, e.s, key, rev, ErrLeadershipLost, e.currentTally())
 	return ctx, func() { stop() }
 }
 
@@ -444,6 +488,10 @@ func (e *Election) observe(ctx context.Context, emit func(LeaderEvent) bool) {
 		if same && !first {
 			return true
 		}
+		changed := (lead == nil) != (last == nil) || (lead != nil && last != nil && string(lead.Key) != string(last.Key))
+		if changed && !first {
+			e.leaderChanged(lead)
+		}
 		first, last = false, lead
 		return emit(LeaderEvent{Leader: lead, Rev: rev})
 	}
@@ -485,6 +533,19 @@ func (e *Election) observe(ctx context.Context, emit func(LeaderEvent) bool) {
 		}
 		cancel()
 	}
+}
+
+// leaderChanged records a change of leader that observe saw.
+func (e *Election) leaderChanged(lead *mvccpb.KeyValue) {
+	if !e.s.observed() {
+		return
+	}
+	e.s.opts.rec.LeaderChanged(e.name())
+	if lead == nil {
+		e.s.logInfo("leader changed: nobody leads", slog.String("name", e.name()))
+		return
+	}
+	e.s.logInfo("leader changed", slog.String("name", e.name()), slog.String("key", string(lead.Key)), slog.Int64("token", lead.CreateRevision))
 }
 
 // applyEvents applies a batch of watch events to a copy of the election's

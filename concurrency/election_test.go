@@ -283,8 +283,9 @@ func TestResignDeletesOnlyOwnLeadership(t *testing.T) {
 	if _, err := admin.Put(e.ctx, key, "newer", clientv3.WithLease(s.Lease())); err != nil {
 		t.Fatal(err)
 	}
-	if err := el.Resign(e.ctx); err != nil {
-		t.Fatal(err)
+	// The old leadership was lost when its key was deleted: Resign says so.
+	if err := el.Resign(e.ctx); !errors.Is(err, concurrency.ErrLeadershipLost) {
+		t.Fatalf("Resign of a lost leadership: %v, want ErrLeadershipLost", err)
 	}
 	r, err := admin.Get(e.ctx, key)
 	if err != nil || len(r.Kvs) != 1 || string(r.Kvs[0].Value) != "newer" {

@@ -6,6 +6,7 @@ import (
 	"log"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/batonhq/baton/concurrency"
 	"github.com/batonhq/baton/embedded"
@@ -18,7 +19,7 @@ func exampleServer() (*embedded.Server, *clientv3.Client) {
 	if err != nil {
 		log.Fatal(err)
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: srv.Endpoints()})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: srv.Endpoints(), Logger: zap.NewNop()})
 	if err != nil {
 		log.Fatal(err)
 	}

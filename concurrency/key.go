@@ -368,7 +368,11 @@ func waitEvent(ctx context.Context, s *Session, own, pred *keyWatch, ownRev, pre
 			return 0, ErrSessionExpired
 		case wr, ok := <-own.ch:
 			if !ok || wr.Err() != nil {
-				return 0, remake(ctx, c, own, wr, ok)
+				err := remake(ctx, c, own, wr, ok)
+				if err == nil {
+					s.watchRemade(own.key, wr.Err())
+				}
+				return 0, err
 			}
 			if _, gone := deleted(wr, ownRev); gone {
 				return 0, ErrSessionExpired
@@ -378,6 +382,7 @@ func waitEvent(ctx context.Context, s *Session, own, pred *keyWatch, ownRev, pre
 				if err := remake(ctx, c, pred, wr, ok); err != nil {
 					return 0, err
 				}
+				s.watchRemade(pred.key, wr.Err())
 				return pred.created, nil
 			}
 			if d, gone := deleted(wr, predRev); gone {

@@ -6,9 +6,13 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/batonhq/baton/internal/obs"
 )
 
 // Errors of Mutex. The first three have the same text as etcd's package.
@@ -69,6 +73,7 @@ type Mutex struct {
 	myKey string
 	myRev int64
 	hdr   *pb.ResponseHeader
+	tally *tally // the current acquisition's metrics and logs
 }
 
 // MutexOption configures a Mutex (and, for WithExclusive, an Election).
@@ -179,6 +184,26 @@ func (m *Mutex) TryLock(ctx context.Context) error {
 }
 
 func (m *Mutex) lock(ctx context.Context, wait bool) error {
+	start := time.Now()
+	err := m.lockOnce(ctx, wait)
+	if errors.Is(err, ErrLocked) {
+		m.s.opts.rec.TryFailed(obs.Mutex, m.name())
+	}
+	if err == nil {
+		m.mu.Lock()
+		if m.tally == nil || m.tally.rev != m.myRev {
+			m.tally.released() // an earlier acquisition of this Mutex, replaced
+			m.tally = acquired(m.s, obs.Mutex, m.name(), m.myKey, m.myRev, time.Since(start))
+		}
+		m.mu.Unlock()
+	}
+	return err
+}
+
+// name is the prefix as the caller gave it, for metrics and logs.
+func (m *Mutex) name() string { return strings.TrimSuffix(m.pfx, "/") }
+
+func (m *Mutex) lockOnce(ctx context.Context, wait bool) error {
 	sl, err := takeSlot(m.s, m.pfx, m.exclusive)
 	if err != nil {
 		return err
@@ -277,7 +302,9 @@ func tryJoin(ctx context.Context, s *Session, dir, key, val string) (*joined, er
 // ErrLockLost when the lock had already ended (the session expired or the
 // key was deleted), but nil when another Mutex of the same session released
 // it; either way the Mutex is free for a new Lock. When the request fails,
-// the Mutex still holds the lock and Unlock can be retried.
+// the Mutex still holds the lock and Unlock can be retried; a retry after a
+// request whose outcome was unknown may find the key already deleted by
+// that request, and report ErrLockLost.
 func (m *Mutex) Unlock(ctx context.Context) error {
 	if m.err != nil {
 		return m.err
@@ -300,7 +327,14 @@ func (m *Mutex) Unlock(ctx context.Context) error {
 	m.mu.Lock()
 	m.slot, m.myKey, m.myRev = nil, "", -1
 	m.hdr = hdr
+	t := m.tally
+	m.tally = nil
 	m.mu.Unlock()
+	if present {
+		t.released()
+	} else if t != nil {
+		t.lost(lossCause(m.s), ErrLockLost)
+	}
 	if m.exclusive {
 		<-m.local
 	}
@@ -308,6 +342,13 @@ func (m *Mutex) Unlock(ctx context.Context) error {
 		return ErrLockLost
 	}
 	return nil
+}
+
+// currentTally is the current acquisition's tally, nil when unobserved.
+func (m *Mutex) currentTally() *tally {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.tally
 }
 
 // IsOwner is a comparison that holds while this Mutex holds the lock, for
@@ -383,13 +424,15 @@ func guard(ctx context.Context, c *clientv3.Client, key string, rev int64, lost 
 //
 // It returns the error of Lock, else f's error, else ErrLockLost when the
 // lock was lost while f ran, else the error of Unlock. Unlock runs even
-// when ctx is over, with its own timeout.
+// when ctx is over, with its own timeout. The context also ends when no
+// keep-alive of the session has been answered for its trust window
+// (WithLeaseTrust); its cause then matches ErrLeaseUnconfirmed as well.
 func WithLock(ctx context.Context, m *Mutex, f func(ctx context.Context) error) error {
 	if err := m.Lock(ctx); err != nil {
 		return err
 	}
 	key, rev := m.Key(), m.Rev()
-	fctx, stop := holdContext(ctx, m.s, key, rev, ErrLockLost)
+	fctx, stop := holdContext(ctx, m.s, key, rev, ErrLockLost, m.currentTally())
 	ferr := f(fctx)
 	lost := stop()
 	uctx, cancel := cleanupCtx(ctx, m.s.Client())
@@ -407,8 +450,10 @@ func WithLock(ctx context.Context, m *Mutex, f func(ctx context.Context) error) 
 
 // HoldContext returns a context derived from parent that is cancelled,
 // with context.Cause == ErrLockLost, as soon as the lock held by m ends
-// under it: the session ends or anyone deletes the holder's key. Call
-// cancel when done with it; it stops the watch. On a Mutex that does not
+// under it: the session ends or anyone deletes the holder's key, or when
+// the session's trust window lapses (WithLeaseTrust; the cause then matches
+// ErrLeaseUnconfirmed too). Call cancel when done with it; it stops the
+// watch. On a Mutex that does not
 // hold the lock it returns a context already cancelled with
 // ErrLockReleased. WithLock is built on it.
 func (m *Mutex) HoldContext(parent context.Context) (ctx context.Context, cancel context.CancelFunc) {
@@ -422,28 +467,42 @@ func (m *Mutex) HoldContext(parent context.Context) (ctx context.Context, cancel
 		}
 		return ctx, func() { cancelCause(context.Canceled) }
 	}
-	ctx, stop := holdContext(parent, m.s, key, rev, ErrLockLost)
+	ctx, stop := holdContext(parent, m.s, key, rev, ErrLockLost, m.currentTally())
 	return ctx, func() { stop() }
 }
 
 // holdContext returns a context that is cancelled with cause lost when key
-// (created at rev) goes away or the session ends, and a stop function that
-// ends the watch and reports whether the loss happened.
-func holdContext(ctx context.Context, s *Session, key string, rev int64, lost error) (context.Context, func() bool) {
+// (created at rev) goes away or the session ends, or with a cause matching
+// both lost and ErrLeaseUnconfirmed when the session's trust window lapses
+// (WithLeaseTrust). stop ends both watches and reports whether the hold
+// was lost.
+func holdContext(ctx context.Context, s *Session, key string, rev int64, lost error, t *tally) (context.Context, func() bool) {
 	hctx, cancel := context.WithCancelCause(ctx)
-	done := make(chan struct{})
-	var wasLost bool
+	var wg sync.WaitGroup
+	var wasLost atomic.Bool
+	wg.Add(2)
 	go func() {
-		defer close(done)
+		defer wg.Done()
 		if watchHold(hctx, s, key, rev) {
-			wasLost = true
+			wasLost.Store(true)
 			cancel(lost)
+			if t != nil {
+				t.lost(lossCause(s), lost)
+			}
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		if err := s.distrusted(hctx); err != nil {
+			wasLost.Store(true)
+			cancel(fmt.Errorf("%w: %w", lost, err))
+			t.lost(obs.CauseUnconfirmed, err)
 		}
 	}()
 	return hctx, func() bool {
 		cancel(context.Canceled)
-		<-done
-		return wasLost
+		wg.Wait()
+		return wasLost.Load()
 	}
 }
 

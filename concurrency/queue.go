@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -15,6 +16,9 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/batonhq/baton/internal/obs"
+	"github.com/batonhq/baton/metrics"
 )
 
 // Errors of Queue and PriorityQueue.
@@ -96,14 +100,30 @@ type PriorityQueue struct{ q *queueCore }
 
 // NewQueue makes a Queue on key. A nil client or an empty key is reported
 // by the first call, which then touches nothing.
-func NewQueue(c *clientv3.Client, key string) *Queue {
-	return &Queue{q: newQueueCore(c, key, false)}
+func NewQueue(c *clientv3.Client, key string, opts ...QueueOption) *Queue {
+	return &Queue{q: newQueueCore(c, key, false, opts)}
 }
 
 // NewPriorityQueue makes a PriorityQueue on key. A nil client or an empty
 // key is reported by the first call, which then touches nothing.
-func NewPriorityQueue(c *clientv3.Client, key string) *PriorityQueue {
-	return &PriorityQueue{q: newQueueCore(c, key, true)}
+func NewPriorityQueue(c *clientv3.Client, key string, opts ...QueueOption) *PriorityQueue {
+	return &PriorityQueue{q: newQueueCore(c, key, true, opts)}
+}
+
+// QueueOption configures a Queue or PriorityQueue.
+type QueueOption func(*queueCore)
+
+// WithQueueMetrics makes the queue record into m: items enqueued and
+// delivered, the wait of each Dequeue that delivered, and claims whose
+// outcome stayed unknown. Default (and a nil m): nothing is recorded.
+func WithQueueMetrics(m *metrics.Metrics) QueueOption {
+	return func(q *queueCore) { q.rec = m.Recorder() }
+}
+
+// WithQueueLogger makes the queue log its claims whose outcome stayed
+// unknown (ErrClaimUnknown) to l. Default (and a nil l): no logs.
+func WithQueueLogger(l *slog.Logger) QueueOption {
+	return func(q *queueCore) { q.log = l }
 }
 
 // Enqueue appends val to the queue. It returns ctx.Err() when ctx ends
@@ -187,10 +207,17 @@ type queueCore struct {
 	// contended counts down the Dequeue calls for which this consumer
 	// still spreads its claims (see claimAny).
 	contended atomic.Int32
+
+	name string // the key as given, for metrics and logs
+	rec  *obs.Recorder
+	log  *slog.Logger
 }
 
-func newQueueCore(c *clientv3.Client, key string, priority bool) *queueCore {
-	q := &queueCore{c: c, dir: key + "/", seqKey: key + "/seq", wdir: key + "/w/", ndir: key + "/n/", priority: priority, next: 1, ttl: queueWaiterTTL}
+func newQueueCore(c *clientv3.Client, key string, priority bool, opts []QueueOption) *queueCore {
+	q := &queueCore{c: c, dir: key + "/", seqKey: key + "/seq", wdir: key + "/w/", ndir: key + "/n/", priority: priority, next: 1, ttl: queueWaiterTTL, name: key}
+	for _, opt := range opts {
+		opt(q)
+	}
 	q.lo, q.hi = q.dir+"0", q.dir+":" // ':' follows '9'
 	switch {
 	case c == nil:
@@ -253,7 +280,11 @@ func queueDigits(s string) bool {
 }
 
 func (q *queueCore) enqueue(ctx context.Context, val string, pr uint16) error {
-	return ctxEnded(ctx, q.enqueueOnce(ctx, val, pr))
+	err := q.enqueueOnce(ctx, val, pr)
+	if err == nil {
+		q.rec.Enqueued(q.name)
+	}
+	return ctxEnded(ctx, err)
 }
 
 func (q *queueCore) enqueueOnce(ctx context.Context, val string, pr uint16) error {
@@ -373,10 +404,18 @@ func (q *queueCore) filter(kvs []*mvccpb.KeyValue) []*mvccpb.KeyValue {
 // errors.Is), except ErrQueueEmpty and ErrClaimUnknown, which say more. An
 // item taken is returned with a nil error, whatever became of ctx.
 func (q *queueCore) dequeue(ctx context.Context, wait bool) (string, error) {
+	start := time.Now()
 	val, err := q.dequeueOnce(ctx, wait)
 	if err != nil {
+		if errors.Is(err, ErrClaimUnknown) {
+			q.rec.ClaimUnknown(q.name)
+			if q.log != nil {
+				q.log.Warn("queue claim outcome unknown", slog.String("name", q.name), slog.String("why", err.Error()))
+			}
+		}
 		return "", ctxEnded(ctx, err, ErrQueueEmpty, ErrClaimUnknown)
 	}
+	q.rec.Delivered(q.name, time.Since(start))
 	return val, nil
 }
 

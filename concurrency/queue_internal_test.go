@@ -11,6 +11,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -169,7 +170,7 @@ func TestQueueDeadWaiterReleasesTheLineWithItsLease(t *testing.T) {
 	defer cancel()
 	srv := testutil.Server(t)
 	c := testutil.Client(t, srv.Endpoints())
-	dying, err := clientv3.New(clientv3.Config{Endpoints: srv.Endpoints()})
+	dying, err := clientv3.New(clientv3.Config{Endpoints: srv.Endpoints(), Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}

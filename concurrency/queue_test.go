@@ -10,6 +10,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/batonhq/baton/concurrency"
 	"github.com/batonhq/baton/internal/testutil"
@@ -267,7 +268,7 @@ func TestQueueCancelledDequeueLosesNothing(t *testing.T) {
 // still there for others.
 func TestQueueConsumerClientClosed(t *testing.T) {
 	e := newEnv(t)
-	c, err := clientv3.New(clientv3.Config{Endpoints: e.eps})
+	c, err := clientv3.New(clientv3.Config{Endpoints: e.eps, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/batonhq/baton/internal/obs"
 )
 
 // Errors of RWMutex. TryLock and TryRLock return ErrLocked when the lock is
@@ -60,6 +63,7 @@ type RWMutex struct {
 	myKey string
 	myRev int64
 	write bool
+	tally *tally // the current acquisition's metrics and logs
 }
 
 // NewRWMutex makes an RWMutex on prefix pfx. It talks to the server only
@@ -93,8 +97,27 @@ func (rw *RWMutex) TryRLock(ctx context.Context) error { return rw.lock(ctx, fal
 func (rw *RWMutex) TryLock(ctx context.Context) error { return rw.lock(ctx, true, false) }
 
 func (rw *RWMutex) lock(ctx context.Context, write, wait bool) error {
-	return ctxEnded(ctx, rw.lockOnce(ctx, write, wait), ErrLocked, ErrSessionExpired)
+	start := time.Now()
+	err := rw.lockOnce(ctx, write, wait)
+	if rw.err == nil {
+		prim := obs.RLock
+		if write {
+			prim = obs.WLock
+		}
+		switch {
+		case err == nil:
+			rw.mu.Lock()
+			rw.tally = acquired(rw.s, prim, rw.name(), rw.myKey, rw.myRev, time.Since(start))
+			rw.mu.Unlock()
+		case errors.Is(err, ErrLocked) && !wait:
+			rw.s.opts.rec.TryFailed(prim, rw.name())
+		}
+	}
+	return ctxEnded(ctx, err, ErrLocked, ErrSessionExpired)
 }
+
+// name is the prefix as the caller gave it, for metrics and logs.
+func (rw *RWMutex) name() string { return strings.TrimSuffix(rw.dir, "/") }
 
 func (rw *RWMutex) lockOnce(ctx context.Context, write, wait bool) error {
 	if rw.err != nil {
@@ -314,12 +337,18 @@ func (rw *RWMutex) unlockOnce(ctx context.Context, write bool) error {
 	}
 	rw.mu.Lock()
 	rw.myKey, rw.myRev, rw.write = "", -1, false
+	t := rw.tally
+	rw.tally = nil
 	rw.mu.Unlock()
 	rw.s.releaseName(key)
 	<-rw.local
 	if !resp.Succeeded {
+		if t != nil {
+			t.lost(lossCause(rw.s), ErrLockLost)
+		}
 		return ErrLockLost
 	}
+	t.released()
 	return nil
 }
 

@@ -8,9 +8,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/batonhq/baton/internal/obs"
 )
 
 // Errors of Semaphore.
@@ -72,9 +75,10 @@ type Semaphore struct {
 
 // semGrant is one granted acquisition.
 type semGrant struct {
-	key string
-	rev int64 // create revision of key: the fencing token
-	n   int64
+	key   string
+	rev   int64 // create revision of key: the fencing token
+	n     int64
+	tally *tally
 }
 
 // semEntry is one key of the queue as read from the server.
@@ -119,7 +123,25 @@ func (sm *Semaphore) checkWeight(n int64) error {
 // its key goes, ErrLimitMismatch, or the server's) and leaves the semaphore
 // unchanged: its key is deleted, with its own timeout if ctx is over.
 func (sm *Semaphore) Acquire(ctx context.Context, n int64) error {
+	var rec *obs.Recorder
+	if sm.err == nil {
+		rec = sm.s.opts.rec
+	}
+	rec.SemWaiting(sm.name(), 1)
+	defer rec.SemWaiting(sm.name(), -1)
 	return ctxEnded(ctx, sm.acquire(ctx, n), ErrSessionExpired, ErrLimitMismatch, ErrInvalidWeight)
+}
+
+// name is the prefix as the caller gave it, for metrics and logs.
+func (sm *Semaphore) name() string { return strings.TrimSuffix(sm.dir, "/") }
+
+// granted records a grant of n permits (key created at rev) that took wait.
+func (sm *Semaphore) granted(key string, rev, n int64, wait time.Duration) {
+	t := acquired(sm.s, obs.Semaphore, sm.name(), key, rev, wait)
+	sm.s.opts.rec.Permits(sm.name(), n)
+	sm.mu.Lock()
+	sm.grants = append(sm.grants, semGrant{key: key, rev: rev, n: n, tally: t})
+	sm.mu.Unlock()
 }
 
 func (sm *Semaphore) acquire(ctx context.Context, n int64) error {
@@ -129,6 +151,7 @@ func (sm *Semaphore) acquire(ctx context.Context, n int64) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	start := time.Now()
 	c := sm.s.Client()
 	key := sm.s.claimName(sm.dir)
 	val := semValue(n, sm.limit)
@@ -179,9 +202,7 @@ func (sm *Semaphore) acquire(ctx context.Context, n int64) error {
 		sm.s.releaseName(key)
 		return err
 	}
-	sm.mu.Lock()
-	sm.grants = append(sm.grants, semGrant{key: key, rev: rev, n: n})
-	sm.mu.Unlock()
+	sm.granted(key, rev, n, time.Since(start))
 	return nil
 }
 
@@ -214,6 +235,7 @@ func (sm *Semaphore) tryAcquire(ctx context.Context, n int64) error {
 			used += e.n
 		}
 		if used+n > sm.limit {
+			sm.s.opts.rec.TryFailed(obs.Semaphore, sm.name())
 			return ErrNoPermits
 		}
 		// The permits are free at r's revision. Take them only if no key
@@ -234,9 +256,7 @@ func (sm *Semaphore) tryAcquire(ctx context.Context, n int64) error {
 			return ctxErr(ctx, err)
 		}
 		if t.Succeeded {
-			sm.mu.Lock()
-			sm.grants = append(sm.grants, semGrant{key: key, rev: t.Header.Revision, n: n})
-			sm.mu.Unlock()
+			sm.granted(key, t.Header.Revision, n, 0)
 			return nil
 		}
 		sm.s.releaseName(key)
@@ -257,6 +277,12 @@ func (sm *Semaphore) tryAcquire(ctx context.Context, n int64) error {
 // still the one of its grant, so a late or retried Release never removes a
 // newer grant's key. When the request fails, nothing is released and
 // Release can be retried.
+//
+// Releasing more than 100 grants at once takes one transaction per 100
+// (etcd refuses transactions of more than 128 operations by default). When
+// a later one fails, the grants of the earlier ones stay released, Held
+// and Rev count only what is still held, and a retried Release of the
+// rest releases it.
 func (sm *Semaphore) Release(ctx context.Context, n int64) error {
 	return ctxEnded(ctx, sm.release(ctx, n), ErrPermitsLost, ErrNotHeld, ErrInvalidWeight)
 }
@@ -289,6 +315,18 @@ func (sm *Semaphore) release(ctx context.Context, n int64) error {
 		rest -= take
 	}
 	lost := false
+	// Grants released by a transaction leave sm.grants even when a later
+	// transaction fails.
+	defer func() {
+		kept := sm.grants[:0]
+		for _, g := range sm.grants {
+			if g.n > 0 {
+				kept = append(kept, g)
+			}
+		}
+		clear(sm.grants[len(kept):])
+		sm.grants = kept
+	}()
 	const chunk = 100 // well under etcd's default --max-txn-ops of 128
 	for len(plan) > 0 {
 		part := plan[:min(chunk, len(plan))]
@@ -306,25 +344,23 @@ func (sm *Semaphore) release(ctx context.Context, n int64) error {
 			return err
 		}
 		for j, st := range part {
-			if !resp.Responses[j].GetResponseTxn().Succeeded {
-				lost = true
+			g := &sm.grants[st.i]
+			gone := !resp.Responses[j].GetResponseTxn().Succeeded
+			lost = lost || gone
+			sm.s.opts.rec.Permits(sm.name(), st.left-g.n)
+			if st.left > 0 && !gone {
+				g.n = st.left
+				continue
 			}
-			if st.left > 0 {
-				sm.grants[st.i].n = st.left
-			} else {
-				sm.s.releaseName(sm.grants[st.i].key)
-				sm.grants[st.i].n = 0
+			if gone && g.tally != nil {
+				g.tally.lost(lossCause(sm.s), ErrPermitsLost)
 			}
+			g.tally.released()
+			sm.s.releaseName(g.key)
+			g.n = 0
 		}
 		plan = plan[len(part):]
 	}
-	kept := sm.grants[:0]
-	for _, g := range sm.grants {
-		if g.n > 0 {
-			kept = append(kept, g)
-		}
-	}
-	sm.grants = kept
 	if lost {
 		return ErrPermitsLost
 	}

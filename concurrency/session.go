@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/batonhq/baton/internal/obs"
 )
 
 // defaultSessionTTL is the lease TTL in seconds when WithTTL is not given,
@@ -34,6 +37,16 @@ var (
 	// and WithExclusive handles mixed on one session and prefix. Use one
 	// kind per session and prefix.
 	ErrWaitsOnItself = errors.New("concurrency: would wait on its own session")
+	// ErrInvalidLeaseTrust is returned by NewSession when WithLeaseTrust got
+	// a fraction outside (0, 1].
+	ErrInvalidLeaseTrust = errors.New("concurrency: lease trust must be in (0, 1]")
+	// ErrLeaseUnconfirmed is part of the cause of a holder's context (see
+	// HoldContext, WithLock, WithLeadership) that ended because no
+	// keep-alive of the session was answered for its trust window
+	// (WithLeaseTrust): the lease may be expiring on the server although the
+	// server has not said so. The cause also matches the primitive's "lost"
+	// error (ErrLockLost, ErrLeadershipLost).
+	ErrLeaseUnconfirmed = errors.New("concurrency: lease unconfirmed: no keep-alive answered in time")
 )
 
 // Session is a lease kept alive for as long as the session lives. Keys that
@@ -103,7 +116,7 @@ func NewSession(client *clientv3.Client, opts ...SessionOption) (*Session, error
 	if client == nil {
 		return nil, ErrNilClient
 	}
-	o := sessionOptions{ttl: defaultSessionTTL, ctx: client.Ctx()}
+	o := sessionOptions{ttl: defaultSessionTTL, ctx: client.Ctx(), trust: defaultLeaseTrust}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -147,13 +160,13 @@ func NewSession(client *clientv3.Client, opts ...SessionOption) (*Session, error
 		// The channel closes when the lease is gone (expired or revoked),
 		// the context ends (Orphan, Close, WithContext), or the client
 		// closes.
-		for resp := range ka {
-			s.namesMu.Lock()
-			s.lastAnswer, s.lastTTL = time.Now(), time.Duration(resp.TTL)*time.Second
-			s.namesMu.Unlock()
-		}
+		s.keepAlive(ka)
 		orphaned := ctx.Err() != nil && client.Ctx().Err() == nil
 		cancel()
+		if !orphaned && client.Ctx().Err() == nil {
+			s.opts.rec.SessionExpired()
+			s.logWarn("session expired: the lease is gone")
+		}
 		if orphaned {
 			s.namesMu.Lock()
 			left := time.Until(s.lastAnswer.Add(s.lastTTL))
@@ -167,6 +180,43 @@ func NewSession(client *clientv3.Client, opts ...SessionOption) (*Session, error
 		close(s.donec)
 	}()
 	return s, nil
+}
+
+// keepAlive takes the keep-alive's answers until its channel closes. A
+// silence of half a TTL counts as a failed round (metrics) and is logged
+// once, with its end when answers come back.
+func (s *Session) keepAlive(ka <-chan *clientv3.LeaseKeepAliveResponse) {
+	half := func(ttl time.Duration) time.Duration { return max(ttl/2, 500*time.Millisecond) }
+	_, ttl := s.KeepAliveAnswered()
+	late := time.NewTimer(half(ttl))
+	defer late.Stop()
+	silent := false
+	for {
+		select {
+		case resp, ok := <-ka:
+			if !ok {
+				return
+			}
+			now, ttl := time.Now(), time.Duration(resp.TTL)*time.Second
+			s.namesMu.Lock()
+			last := s.lastAnswer
+			s.lastAnswer, s.lastTTL = now, ttl
+			s.namesMu.Unlock()
+			if silent {
+				silent = false
+				s.logInfo("session keep-alive answered again", slog.Duration("silent", now.Sub(last).Round(time.Millisecond)))
+			}
+			late.Reset(half(ttl))
+		case <-late.C:
+			at, ttl := s.KeepAliveAnswered()
+			s.opts.rec.KeepAliveFailed()
+			if !silent {
+				silent = true
+				s.logWarn("session keep-alive unanswered", slog.Duration("since", time.Since(at).Round(time.Millisecond)), slog.Duration("ttl", ttl))
+			}
+			late.Reset(half(ttl))
+		}
+	}
 }
 
 // ended marks the lease as gone: endc and lostc close.
@@ -191,6 +241,46 @@ func (s *Session) expired() <-chan struct{} { return s.endc }
 // lost is closed when the lease is gone, or an orphaned lease's TTL has run
 // out since the last keep-alive answer. Holders report a loss then.
 func (s *Session) lost() <-chan struct{} { return s.lostc }
+
+// KeepAliveAnswered returns when the server last answered a keep-alive of
+// the session (or granted its lease), as this process's clock saw the
+// answer arrive, and the TTL that answer gave.
+func (s *Session) KeepAliveAnswered() (at time.Time, ttl time.Duration) {
+	s.namesMu.Lock()
+	defer s.namesMu.Unlock()
+	return s.lastAnswer, s.lastTTL
+}
+
+// TTL is the lease's TTL as the server last gave it.
+func (s *Session) TTL() time.Duration {
+	_, ttl := s.KeepAliveAnswered()
+	return ttl
+}
+
+// LeaseTrust is the fraction of the TTL set with WithLeaseTrust.
+func (s *Session) LeaseTrust() float64 { return s.opts.trust }
+
+// distrusted waits until no keep-alive has been answered for the trust
+// window and returns an error that matches ErrLeaseUnconfirmed and says for
+// how long, or returns nil when ctx ends first. The window restarts with
+// every answer.
+func (s *Session) distrusted(ctx context.Context) error {
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		at, ttl := s.KeepAliveAnswered()
+		window := time.Duration(float64(ttl) * s.opts.trust)
+		if age := time.Since(at); age >= window {
+			return fmt.Errorf("%w: none for %s of the %s TTL", ErrLeaseUnconfirmed, age.Truncate(100*time.Millisecond), ttl)
+		}
+		t.Reset(time.Until(at.Add(window)))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
 
 // Client is the etcd client the session was made with.
 func (s *Session) Client() *clientv3.Client { return s.client }
@@ -353,6 +443,9 @@ func (s *Session) releaseName(name string) {
 }
 
 type sessionOptions struct {
+	rec     *obs.Recorder
+	log     *slog.Logger
+	trust   float64
 	ttl     int
 	leaseID clientv3.LeaseID
 	ctx     context.Context
@@ -372,6 +465,40 @@ func WithTTL(ttl int) SessionOption {
 			return
 		}
 		o.ttl = ttl
+	}
+}
+
+// defaultLeaseTrust is the trust window's fraction of the TTL when
+// WithLeaseTrust is not given: a hold is given up when a whole TTL has gone
+// by without a keep-alive answer, when the lease has expired on the server
+// unless a new raft leader extended it.
+const defaultLeaseTrust = 1.0
+
+// WithLeaseTrust sets how long holders on the session trust the lease
+// without news from the server: once no keep-alive has been answered for
+// fraction × TTL, the contexts of HoldContext, WithLock and WithLeadership
+// end with a cause that matches both ErrLeaseUnconfirmed and the
+// primitive's "lost" error, although the server may still keep the lease.
+// A holder cut off from the cluster then stops acting before the server can
+// expire its lease and hand the lock on; the margin is (1 - fraction) × TTL
+// less the time a cancelled holder needs to stop.
+//
+// The default is 1: a hold ends a whole TTL after the last answer, and no
+// earlier than the server's own expiry. It is not lower by default because
+// the right fraction depends on the TTL: etcd's client sends a keep-alive a
+// third of the TTL after the last answer, checked every 500 ms, so a window
+// must cover at least one such cycle plus a raft leader election (about 1 s
+// with etcd's default timing), or a hold ends falsely. 2/3 suits TTLs of
+// 5 s and more (`baton lock` and `baton elect` use it with their 10 s
+// default); with a TTL of 2 s, leave the default. A fraction outside
+// (0, 1] makes NewSession fail with ErrInvalidLeaseTrust.
+func WithLeaseTrust(fraction float64) SessionOption {
+	return func(o *sessionOptions) {
+		if !(fraction > 0 && fraction <= 1) {
+			o.err = fmt.Errorf("%w (got %v)", ErrInvalidLeaseTrust, fraction)
+			return
+		}
+		o.trust = fraction
 	}
 }
 

@@ -3,6 +3,7 @@ package concurrency_test
 import (
 	"context"
 	"errors"
+	"math"
 	"testing"
 	"time"
 
@@ -18,6 +19,11 @@ func TestSessionBadInput(t *testing.T) {
 	for _, ttl := range []int{0, -5} {
 		if _, err := concurrency.NewSession(c, concurrency.WithTTL(ttl)); !errors.Is(err, concurrency.ErrInvalidTTL) {
 			t.Fatalf("TTL %d: %v", ttl, err)
+		}
+	}
+	for _, f := range []float64{0, -0.5, 1.01, math.NaN()} {
+		if _, err := concurrency.NewSession(c, concurrency.WithLeaseTrust(f)); !errors.Is(err, concurrency.ErrInvalidLeaseTrust) {
+			t.Fatalf("lease trust %v: %v", f, err)
 		}
 	}
 	leases, err := c.Leases(e.ctx)

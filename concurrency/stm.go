@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"sort"
 	"time"
@@ -14,6 +15,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/batonhq/baton/internal/obs"
+	"github.com/batonhq/baton/metrics"
 )
 
 // STM is software transactional memory over etcd: the view of the keyspace
@@ -252,11 +256,30 @@ type stmOptions struct {
 	maxTxnOps   int
 	// sleep waits d or until ctx ends; tests replace it.
 	sleep func(ctx context.Context, d time.Duration) error
+	// rec, log and name: WithSTMMetrics and WithSTMLogger.
+	rec  *obs.Recorder
+	log  *slog.Logger
+	name string
 }
 
 // STMOption configures NewSTM. Values out of range make NewSTM fail with
 // ErrSTMInvalidOption.
 type STMOption func(*stmOptions)
+
+// WithSTMMetrics makes the transaction record into m under the label
+// name (say, what the transaction does: "transfer"): a commit, the number
+// of attempts, an indeterminate commit, or an abort and its reason. Default
+// (and a nil m): nothing is recorded.
+func WithSTMMetrics(m *metrics.Metrics, name string) STMOption {
+	return func(o *stmOptions) { o.rec, o.name = m.Recorder(), name }
+}
+
+// WithSTMLogger makes the transaction log an indeterminate commit
+// (ErrSTMIndeterminate) to l, the one outcome a caller must look into.
+// Default (and a nil l): no logs.
+func WithSTMLogger(l *slog.Logger) STMOption {
+	return func(o *stmOptions) { o.log = l }
+}
 
 // WithIsolation sets the isolation level. Default SerializableSnapshot.
 func WithIsolation(lvl Isolation) STMOption {
@@ -363,7 +386,32 @@ func NewSTM(c *clientv3.Client, apply func(STM) error, opts ...STMOption) (*clie
 	}
 	t := &stmTxn{client: c, o: o}
 	defer func() { t.done = true }()
-	return t.run(apply)
+	if o.rec == nil && o.log == nil {
+		return t.run(apply)
+	}
+	reason := "apply" // kept if apply panics
+	defer func() {
+		o.rec.STMDone(o.name, t.attempts, reason)
+		if reason == "indeterminate" && o.log != nil {
+			o.log.Warn("stm commit outcome unknown", slog.String("name", o.name), slog.Int("attempts", t.attempts))
+		}
+	}()
+	resp, err := t.run(apply)
+	switch {
+	case err == nil:
+		reason = ""
+	case errors.Is(err, ErrSTMIndeterminate):
+		reason = "indeterminate"
+	case errors.Is(err, ErrSTMTooManyAttempts):
+		reason = "attempts"
+	case o.ctx.Err() != nil:
+		reason = "ctx"
+	case t.applyFailed:
+		reason = "apply"
+	default:
+		reason = "error"
+	}
+	return resp, err
 }
 
 func (o *stmOptions) check() error {
@@ -453,6 +501,8 @@ type stmTxn struct {
 	client *clientv3.Client
 	o      stmOptions
 
+	applyFailed bool // the last attempt's apply ended the transaction with an error
+
 	// Per attempt.
 	rev    int64                       // snapshot revision (snapshot levels), 0 before the first read
 	hdr    *pb.ResponseHeader          // header of the attempt's first read
@@ -514,6 +564,7 @@ func (t *stmTxn) run(apply func(STM) error) (*clientv3.TxnResponse, error) {
 		retry, err := t.apply(apply)
 		t.fresh, t.freshRanges, t.freshHdr = nil, nil, nil
 		if err != nil && !retry {
+			t.applyFailed = true
 			return nil, err
 		}
 		if !retry {

@@ -3,6 +3,7 @@ package memlock
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"time"
@@ -25,8 +26,9 @@ type Cache interface {
 	// whether h is now stored.
 	take(ctx context.Context, h *hold) (bool, error)
 	// extend resets the expiry of h's key to h.ttl if it still holds h's
-	// value. It returns errLost when the value is certainly gone or not
-	// ours; any other error leaves the question open.
+	// value. When the lock is certainly no longer ours it returns errGone
+	// (the item is not there) or errChanged (it holds another value); any
+	// other error leaves the question open.
 	extend(ctx context.Context, h *hold) error
 	// release frees h's key if it still holds h's value, and otherwise
 	// leaves it alone.
@@ -39,10 +41,21 @@ type Cache interface {
 	// lifetime is how long a value written with ttl is sure to live,
 	// counted from the moment the write was sent.
 	lifetime(ttl time.Duration) time.Duration
+	// backend names the store in metrics and logs: "memcached", "redis"
+	// or "memory".
+	backend() string
 }
 
-// errLost is what extend returns when the lock is certainly no longer ours.
-var errLost = errors.New("memlock: lock not held")
+// What extend returns when the lock is certainly no longer ours; both wrap
+// errLost. The difference is the cause of the loss in metrics and logs.
+var (
+	errLost = errors.New("memlock: lock not held")
+	// errGone: the item vanished (expired, evicted, deleted, flushed, or
+	// the server that held it is gone).
+	errGone = fmt.Errorf("%w: item gone", errLost)
+	// errChanged: the item holds a value that is not ours.
+	errChanged = fmt.Errorf("%w: value changed", errLost)
+)
 
 // hold is one holding of a lock: what is stored, and for how long.
 type hold struct {

@@ -23,6 +23,14 @@
 // same clientID is defined (see Locker.TryWithLock); fencing tokens are
 // optional (WithFencing, Token).
 //
+// # Metrics and logs
+//
+// WithMetrics records acquisitions, failed takes, refreshes and losses by
+// cause (changed, gone, refresh) into a metrics.Metrics, labelled by backend
+// and key; WithLogger logs a lost lock and refreshes that start failing or
+// recover, and nothing per call. Without them (and through Use) nothing is
+// recorded or logged.
+//
 // # What it does not promise
 //
 // These are efficiency locks: they keep two workers from doing the same

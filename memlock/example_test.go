@@ -4,9 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"os"
+	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/batonhq/baton/memlock"
+	"github.com/batonhq/baton/metrics"
 )
 
 // The luci form: the cache travels in the context. In a service it would be
@@ -75,4 +81,52 @@ func ExampleToken() {
 	// Output:
 	// 1 true
 	// 2 true
+}
+
+// Metrics go to a registry and state changes to a logger: here a lock that
+// another worker fails to take, then loses when it is taken over.
+func ExampleWithMetrics() {
+	reg := prometheus.NewRegistry() // in a service: prometheus.DefaultRegisterer
+	m := metrics.New(reg)
+	logger := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{
+		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey {
+				return slog.Attr{} // for a stable Output
+			}
+			return a
+		},
+	}))
+	l, err := memlock.New(memlock.NewMemory(), memlock.WithMetrics(m), memlock.WithLogger(logger),
+		memlock.WithTTL(time.Second), memlock.WithRefreshInterval(100*time.Millisecond), memlock.WithTimeout(100*time.Millisecond))
+	if err != nil {
+		panic(err)
+	}
+	l.TryWithLock(context.Background(), "job", "worker-1", func(ctx context.Context) error {
+		l.TryWithLock(ctx, "job", "worker-2", func(context.Context) error { return nil })
+		// worker-1, restarted, takes its lock over and releases it: the
+		// next refresh finds the lock gone.
+		l.TryWithLock(context.Background(), "job", "worker-1", func(context.Context) error { return nil })
+		<-ctx.Done()
+		return context.Cause(ctx)
+	})
+
+	families, _ := reg.Gather()
+	for _, f := range families {
+		if !strings.HasPrefix(f.GetName(), "baton_memlock_") {
+			continue
+		}
+		for _, s := range f.GetMetric() {
+			fmt.Print(f.GetName())
+			for _, p := range s.GetLabel() {
+				fmt.Printf(" %s=%s", p.GetName(), p.GetValue())
+			}
+			fmt.Println(":", s.GetCounter().GetValue())
+		}
+	}
+	// Output:
+	// level=WARN msg="memlock: lock lost" key=job client_id=worker-1 backend=memory cause=gone
+	// baton_memlock_acquisitions_total backend=memory name=job: 2
+	// baton_memlock_failed_to_lock_total backend=memory name=job: 1
+	// baton_memlock_losses_total backend=memory cause=gone name=job: 1
+	// baton_memlock_refreshes_total backend=memory name=job result=failed: 1
 }

@@ -58,6 +58,8 @@ func memcacheExpiration(ttl time.Duration) int32 {
 	return int32((ttl + time.Second - 1) / time.Second)
 }
 
+func (m *memcacheCache) backend() string { return "memcached" }
+
 func (m *memcacheCache) lifetime(ttl time.Duration) time.Duration {
 	if ttl > memcacheMaxRelative {
 		return 0
@@ -129,11 +131,11 @@ func (m *memcacheCache) extend(ctx context.Context, h *hold) error {
 	it, err := m.get(ctx, h.key)
 	switch {
 	case errors.Is(err, memcache.ErrCacheMiss), refused(err):
-		return errLost
+		return errGone
 	case err != nil:
 		return err
 	case string(it.Value) != h.value:
-		return errLost
+		return errChanged
 	}
 	if err := ctx.Err(); err != nil {
 		return err
@@ -141,10 +143,12 @@ func (m *memcacheCache) extend(ctx context.Context, h *hold) error {
 	it.Expiration = memcacheExpiration(h.ttl)
 	err = m.c.CompareAndSwap(it)
 	switch {
+	case errors.Is(err, memcache.ErrCASConflict):
+		return errChanged // written since the Get
 	// gomemcache reports a CAS on a missing item as ErrCacheMiss, although
 	// its doc says ErrNotStored.
-	case errors.Is(err, memcache.ErrCASConflict), errors.Is(err, memcache.ErrCacheMiss), refused(err):
-		return errLost
+	case errors.Is(err, memcache.ErrCacheMiss), refused(err):
+		return errGone
 	}
 	return err
 }

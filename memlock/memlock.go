@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/batonhq/baton/internal/obs"
+	"github.com/batonhq/baton/metrics"
 )
 
 // Defaults, luci's: a lock lives 16 s unless refreshed, and is refreshed
@@ -56,6 +60,8 @@ type Option func(*options)
 type options struct {
 	ttl, refresh, timeout time.Duration
 	fencing               bool
+	metrics               *metrics.Metrics
+	logger                *slog.Logger
 }
 
 // WithTTL sets how long a lock lives unless refreshed; default DefaultTTL
@@ -90,12 +96,52 @@ func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout =
 // clients' clocks are not behind.
 func WithFencing() Option { return func(o *options) { o.fencing = true } }
 
+// WithMetrics makes the Locker record into m (see package metrics), each
+// series labelled with the cache's backend ("memcached", "redis" or
+// "memory") and the key as "name":
+//
+//   - baton_memlock_acquisitions_total: locks taken (a nested re-entry
+//     takes nothing and is not counted);
+//   - baton_memlock_failed_to_lock_total: takes that failed, the lock held
+//     by someone else or the cache unreachable (a call whose ctx was done
+//     before anything was sent is not counted);
+//   - baton_memlock_refreshes_total{result}: each refresh, "ok" when it
+//     extended the lock, else "failed" (also when it found the lock lost);
+//   - baton_memlock_losses_total{cause}: locks lost while f ran, once per
+//     holding: "changed" (the item holds another value: someone took the
+//     lock over), "gone" (the item vanished: expired, evicted, deleted,
+//     flushed, or a memcached that is no longer running), "refresh" (no
+//     refresh succeeded for as long as the lock is sure to live).
+//
+// Keys become label values: when they embed IDs, bound them with
+// metrics.WithNameLabel. Default: no metrics; a nil m is the default.
+func WithMetrics(m *metrics.Metrics) Option { return func(o *options) { o.metrics = m } }
+
+// WithLogger makes the Locker log the changes of a holding's state to l,
+// and nothing per operation:
+//
+//   - Warn "memlock: lock lost", when a lock is lost while f runs, with
+//     its cause (changed, gone or refresh, as in WithMetrics);
+//   - Warn "memlock: refresh failing", at the first refresh that fails
+//     without finding the lock lost, after the take or a refresh that
+//     succeeded, with err and lost_in (how long until the lock is given
+//     up unless a refresh succeeds);
+//   - Info "memlock: refresh recovered", at the refresh that succeeds after
+//     failed ones, with failures (their number) and failing_for.
+//
+// Every record carries the attributes key, client_id and backend, and token
+// with WithFencing. Default: discard; a nil l is the default.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
+
 // Locker takes locks in one Cache with one set of options. A Locker is safe
 // for use by several goroutines.
 type Locker struct {
-	cache Cache
-	opts  options
-	life  time.Duration // cache.lifetime(opts.ttl)
+	cache   Cache
+	opts    options
+	life    time.Duration // cache.lifetime(opts.ttl)
+	backend string        // cache.backend()
+	rec     *obs.Recorder // nil without WithMetrics
+	log     *slog.Logger
 }
 
 // New returns a Locker on c. Options out of range are errors wrapping
@@ -120,13 +166,18 @@ func New(c Cache, opts ...Option) (*Locker, error) {
 		return nil, fmt.Errorf("%w: a lock with TTL %v is sure to live %v in this cache, room for fewer than %d refreshes every %v",
 			ErrInvalidOption, o.ttl, life, minRefreshes, o.refresh)
 	}
-	return &Locker{cache: c, opts: o, life: life}, nil
+	log := o.logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Locker{cache: c, opts: o, life: life, backend: c.backend(), rec: o.metrics.Recorder(), log: log}, nil
 }
 
 type cacheKey struct{}
 
 // Use returns a copy of ctx that carries c, for TryWithLock, with the
-// default options. Use(ctx, nil) returns a copy that carries no cache.
+// default options: no metrics and no logs among them. Use(ctx, nil) returns
+// a copy that carries no cache.
 func Use(ctx context.Context, c Cache) context.Context {
 	if c == nil {
 		return context.WithValue(ctx, cacheKey{}, (*Locker)(nil))
@@ -210,8 +261,10 @@ func (l *Locker) TryWithLock(ctx context.Context, key, clientID string, f func(c
 	g.h.init(key, clientID, l.opts.ttl)
 	g.start = time.Now()
 	if err := g.take(ctx); err != nil {
+		l.rec.MemFailed(l.backend, key)
 		return err
 	}
+	l.rec.MemAcquired(l.backend, key)
 	var fctx context.Context
 	fctx, g.cancel = context.WithCancelCause(context.WithValue(ctx, heldKey{}, g))
 	g.keepAlive()
@@ -237,11 +290,21 @@ type holding struct {
 	start time.Time // when the take was sent
 	// cancel ends f's context; with ErrLockLost when the lock is lost.
 	cancel context.CancelCauseFunc
-	lost   atomic.Bool
+	// state moves once, from held to lost (lose) or to ended (stop), so
+	// that a loss is acted on, counted and logged once, and only while f
+	// runs.
+	state atomic.Int32
 
 	mu      sync.Mutex // held for the whole of a refresh
 	stopped bool
-	next    *time.Timer // runs refresh every interval
+	// failures counts the refreshes that failed since the take or the
+	// last refresh that succeeded, and failingSince is when the first of
+	// them was sent; sureUntil is when the expiry timer fires. For the
+	// logs.
+	failures     int
+	failingSince time.Time
+	sureUntil    time.Time
+	next         *time.Timer // runs refresh every interval
 	// expiry declares the lock lost when no refresh has succeeded for as
 	// long as it is sure to live. It is a timer of its own, so that a
 	// refresh stuck in a slow client cannot delay it. It is made at the
@@ -284,9 +347,45 @@ func (g *holding) keepAlive() {
 	g.mu.Unlock()
 }
 
-func (g *holding) lose() {
-	g.lost.Store(true)
+// The states of a holding.
+const (
+	held int32 = iota
+	lost
+	ended
+)
+
+// lose declares the lock lost for cause, once: it records the loss, ends
+// f's context with ErrLockLost, then logs. It is called by a refresh (with
+// g.mu held) and by the expiry timer (without).
+func (g *holding) lose(cause string) {
+	if !g.state.CompareAndSwap(held, lost) {
+		return
+	}
+	l := g.l
+	// Recorded before the cancellation, so that whoever sees f's context
+	// end sees the loss counted.
+	l.rec.MemLost(l.backend, g.h.name, cause)
 	g.cancel(ErrLockLost)
+	l.log.LogAttrs(context.Background(), slog.LevelWarn, "memlock: lock lost", g.attrs(slog.String("cause", cause))...)
+}
+
+// attrs are the attributes of g's log records: key, client_id, backend and,
+// with fencing, token, then extra.
+func (g *holding) attrs(extra ...slog.Attr) []slog.Attr {
+	a := make([]slog.Attr, 0, 4+len(extra))
+	a = append(a, slog.String("key", g.h.name), slog.String("client_id", g.h.clientID), slog.String("backend", g.l.backend))
+	if g.l.opts.fencing {
+		a = append(a, slog.Int64("token", g.token))
+	}
+	return append(a, extra...)
+}
+
+// lossCause is the cause label of a loss that extend reported.
+func lossCause(err error) string {
+	if errors.Is(err, errGone) {
+		return obs.CauseGone
+	}
+	return obs.CauseChanged
 }
 
 func (g *holding) refresh() {
@@ -295,24 +394,43 @@ func (g *holding) refresh() {
 	if g.stopped {
 		return
 	}
+	l := g.l
 	if g.expiry == nil {
-		g.expiry = time.AfterFunc(time.Until(g.start.Add(g.l.life)), g.lose)
+		g.sureUntil = g.start.Add(l.life)
+		g.expiry = time.AfterFunc(time.Until(g.sureUntil), func() { g.lose(obs.CauseRefresh) })
 	}
 	sent := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), g.l.opts.timeout)
-	err := g.l.cache.extend(ctx, &g.h)
+	ctx, cancel := context.WithTimeout(context.Background(), l.opts.timeout)
+	err := l.cache.extend(ctx, &g.h)
 	cancel()
+	l.rec.MemRefreshed(l.backend, g.h.name, err == nil)
 	switch {
+	case g.state.Load() != held:
+		// Lost to the expiry timer while this refresh was in flight:
+		// whatever it found, the loss is told.
 	case err == nil:
-		g.expiry.Reset(time.Until(sent.Add(g.l.life)))
+		g.sureUntil = sent.Add(l.life)
+		g.expiry.Reset(time.Until(g.sureUntil))
+		if g.failures > 0 {
+			l.log.LogAttrs(context.Background(), slog.LevelInfo, "memlock: refresh recovered",
+				g.attrs(slog.Int("failures", g.failures), slog.Duration("failing_for", time.Since(g.failingSince)))...)
+			g.failures = 0
+		}
 	case errors.Is(err, errLost):
-		g.lose()
+		g.lose(lossCause(err))
+	default:
+		g.failures++
+		if g.failures == 1 {
+			g.failingSince = sent
+			l.log.LogAttrs(context.Background(), slog.LevelWarn, "memlock: refresh failing",
+				g.attrs(slog.Any("err", err), slog.Duration("lost_in", time.Until(g.sureUntil)))...)
+		}
 	}
 	// Once lost, the lock stays lost: a later refresh that succeeds (a
 	// paused server that wakes up) would not undo f's cancellation, so
 	// refreshing stops. Other errors are retried at the next interval.
-	if !g.lost.Load() {
-		g.next.Reset(g.l.opts.refresh)
+	if g.state.Load() == held {
+		g.next.Reset(l.opts.refresh)
 	}
 }
 
@@ -321,6 +439,7 @@ func (g *holding) stop() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.stopped = true
+	g.state.CompareAndSwap(held, ended)
 	g.next.Stop()
 	if g.expiry != nil {
 		g.expiry.Stop()

@@ -25,6 +25,8 @@ func NewMemory() Cache {
 	return &memoryCache{items: map[string]memoryItem{}, fences: map[string]int64{}}
 }
 
+func (m *memoryCache) backend() string { return "memory" }
+
 func (m *memoryCache) lifetime(ttl time.Duration) time.Duration { return ttl }
 
 func (m *memoryCache) checkKey(key string, _ bool) error {
@@ -58,8 +60,11 @@ func (m *memoryCache) take(ctx context.Context, h *hold) (bool, error) {
 func (m *memoryCache) extend(ctx context.Context, h *hold) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if v, ok := m.current(h.key); !ok || v != h.value {
-		return errLost
+	switch v, ok := m.current(h.key); {
+	case !ok:
+		return errGone
+	case v != h.value:
+		return errChanged
 	}
 	m.items[h.key] = memoryItem{value: h.value, expires: time.Now().Add(h.ttl)}
 	return nil

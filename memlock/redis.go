@@ -21,9 +21,15 @@ if v == false or v == '' or
   return 1
 end
 return 0`)
+	// extendScript returns 1 when it extended the lock, 0 when the key
+	// holds another value, -1 when it is missing.
 	extendScript = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if v == false then
+  return -1
 end
 return 0`)
 	releaseScript = redis.NewScript(`
@@ -66,6 +72,8 @@ func NewRedis(c redis.UniversalClient) Cache {
 	return &redisCache{c: c}
 }
 
+func (r *redisCache) backend() string { return "redis" }
+
 func (r *redisCache) lifetime(ttl time.Duration) time.Duration { return ttl }
 
 func (r *redisCache) checkKey(key string, _ bool) error {
@@ -90,10 +98,15 @@ func (r *redisCache) take(ctx context.Context, h *hold) (bool, error) {
 
 func (r *redisCache) extend(ctx context.Context, h *hold) error {
 	n, err := extendScript.Run(ctx, r.c, []string{h.key}, h.value, millis(h.ttl)).Int()
-	if err == nil && n != 1 {
-		return errLost
+	switch {
+	case err != nil:
+		return err
+	case n == -1:
+		return errGone
+	case n != 1:
+		return errChanged
 	}
-	return err
+	return nil
 }
 
 func (r *redisCache) release(ctx context.Context, h *hold) error {

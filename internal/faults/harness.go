@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/batonhq/baton/embedded"
+	"github.com/batonhq/baton/internal/loopproxy"
 	"github.com/batonhq/baton/memlock/memlocktest"
 )
 
@@ -196,10 +197,10 @@ func (r *run) startCluster() error {
 			LogPath:      filepath.Join(r.dir, "logs", name+".log"),
 		}, stderrPath: filepath.Join(r.dir, "logs", name+".stderr")}
 		r.members = append(r.members, m)
-		if m.clientProxy, m.cfg.AdvertiseClient, err = newProxy(m.cfg.ListenClient); err != nil {
+		if m.clientProxy, m.cfg.AdvertiseClient, err = loopproxy.New(m.cfg.ListenClient); err != nil {
 			return err
 		}
-		if m.peerProxy, m.cfg.AdvertisePeer, err = newProxy(m.cfg.ListenPeer); err != nil {
+		if m.peerProxy, m.cfg.AdvertisePeer, err = loopproxy.New(m.cfg.ListenPeer); err != nil {
 			return err
 		}
 		initial = append(initial, name+"=http://"+m.cfg.AdvertisePeer)

@@ -1,6 +1,10 @@
 //go:build linux
 
-package faults
+// Package loopproxy starts etcd's TCP proxy (go.etcd.io/etcd/pkg/v3/proxy)
+// on a free port of 127.0.0.1, for tests and the fault suite to put between
+// a client and a member, or between members, and cut, delay or drop the
+// traffic there.
+package loopproxy
 
 import (
 	"bufio"
@@ -16,18 +20,18 @@ import (
 	"go.uber.org/zap"
 )
 
-// proxyMu serializes newProxy: it finds the new proxy's port by comparing
+// proxyMu serializes New: it finds the new proxy's port by comparing
 // this process's listening sockets before and after.
 var proxyMu sync.Mutex
 
-// newProxy starts an etcd proxy server that listens on a free port of
+// New starts an etcd proxy server that listens on a free port of
 // 127.0.0.1 and forwards to the loopback address to ("127.0.0.1:port").
 //
 // etcd's proxy listens on ":port" (every interface) when given a port; only
 // for a From without a port number does it listen on From.Host as given.
 // So it is given "127.0.0.1:0", and the port the kernel chose is read back
 // from /proc: the one listening socket of this process that is new.
-func newProxy(to string) (proxy.Server, string, error) {
+func New(to string) (proxy.Server, string, error) {
 	proxyMu.Lock()
 	defer proxyMu.Unlock()
 	before, err := ownListenPorts()
@@ -42,7 +46,7 @@ func newProxy(to string) (proxy.Server, string, error) {
 	select {
 	case err := <-s.Error():
 		s.Close()
-		return nil, "", fmt.Errorf("faults: proxy to %s: %w", to, err)
+		return nil, "", fmt.Errorf("loopproxy: proxy to %s: %w", to, err)
 	default:
 	}
 	// The proxy reports every failed dial and copy on a channel of 16 and
@@ -71,7 +75,7 @@ func newProxy(to string) (proxy.Server, string, error) {
 	}
 	if len(ports) != 1 {
 		s.Close()
-		return nil, "", fmt.Errorf("faults: proxy to %s: found %d new listening ports, want 1", to, len(ports))
+		return nil, "", fmt.Errorf("loopproxy: proxy to %s: found %d new listening ports, want 1", to, len(ports))
 	}
 	return s, fmt.Sprintf("127.0.0.1:%d", ports[0]), nil
 }
@@ -81,7 +85,7 @@ func newProxy(to string) (proxy.Server, string, error) {
 func ownListenPorts() (map[int]bool, error) {
 	fds, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
-		return nil, fmt.Errorf("faults: list fds: %w", err)
+		return nil, fmt.Errorf("loopproxy: list fds: %w", err)
 	}
 	inodes := map[string]bool{}
 	for _, fd := range fds {
@@ -92,7 +96,7 @@ func ownListenPorts() (map[int]bool, error) {
 	}
 	f, err := os.Open("/proc/self/net/tcp")
 	if err != nil {
-		return nil, fmt.Errorf("faults: read sockets: %w", err)
+		return nil, fmt.Errorf("loopproxy: read sockets: %w", err)
 	}
 	defer f.Close()
 	ports := map[int]bool{}
