@@ -27,6 +27,7 @@ type electOptions struct {
 	ttl       time.Duration
 	timeout   time.Duration
 	killGrace time.Duration
+	trust     fractionValue
 	note      string
 }
 
@@ -84,6 +85,8 @@ PROPOSAL exactly, as other etcd clients expect.
 	durationFlag(f, &o.ttl, "ttl", defaultTTL, "lease TTL: how long leadership outlives a baton that stops renewing it (rounded up to seconds)")
 	durationFlag(f, &o.timeout, "timeout", 0, "give up campaigning after this long (exit 72); 0 waits forever")
 	durationFlag(f, &o.killGrace, "kill-grace", defaultKillGrace, "on leadership loss, time between SIGTERM and SIGKILL to CMD; 0 kills at once")
+	o.trust = defaultLeaseTrust
+	f.Var(&o.trust, "lease-trust", leaseTrustUsage)
 	f.StringVar(&o.note, "note", "", "a note about this candidate, shown by status and --listen")
 	return cmd
 }
@@ -106,11 +109,12 @@ func (o *electOptions) run(ctx context.Context) error {
 		return err
 	}
 	defer c.Close()
-	s, err := concurrency.NewSession(c, concurrency.WithTTL(ttl))
+	s, err := concurrency.NewSession(c, concurrency.WithTTL(ttl), concurrency.WithLeaseTrust(float64(o.trust)))
 	if err != nil {
 		return fmt.Errorf("elect %s: %w", o.name, err)
 	}
-	defer s.Close()
+	var lostHold bool
+	defer func() { endSession(s, lostHold) }()
 	e := concurrency.NewElection(s, o.name)
 	o.warnNested(c, o.name)
 	if o.listen {
@@ -142,12 +146,13 @@ func (o *electOptions) run(ctx context.Context) error {
 			fmt.Fprintf(o.io.Err, "baton: %s: could not record the time: %v\n", what, err)
 		}
 	}
-	h := held{what: what, key: o.prefix + e.Key(), token: e.Rev()}
+	h := held{what: what, s: s, key: o.prefix + e.Key(), token: e.Rev()}
 	token := strconv.FormatInt(h.token, 10)
 	fmt.Fprintf(o.io.Err, "baton: leading %s (token %s)\n", o.name, token)
 	vars := []string{"BATON_ELECTION_KEY=" + h.key, "BATON_FENCING_TOKEN=" + token}
 	lost, herr := o.holdWhile(e.HoldContext, h, o.argv, vars, []string{"BATON_PROPOSAL=" + proposal}, "", sigs, o.killGrace)
 	if lost {
+		lostHold = true
 		return herr
 	}
 	rctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/url"
 	"strconv"
@@ -94,3 +95,42 @@ func badEndpoint(ep string) string {
 	}
 	return ""
 }
+
+// fractionValue is a flag for a fraction in (0, 1], as 2/3 or 0.5.
+type fractionValue float64
+
+func (f *fractionValue) Set(s string) error {
+	var v float64
+	var err error
+	if num, den, ok := strings.Cut(s, "/"); ok {
+		var n, d float64
+		n, err = strconv.ParseFloat(num, 64)
+		if err == nil {
+			d, err = strconv.ParseFloat(den, 64)
+		}
+		if err == nil && d != 0 {
+			v = n / d
+		}
+	} else {
+		v, err = strconv.ParseFloat(s, 64)
+	}
+	if err != nil || !(v > 0 && v <= 1) {
+		return errors.New("use a fraction in (0, 1] such as 2/3 or 0.5")
+	}
+	*f = fractionValue(v)
+	return nil
+}
+
+func (f *fractionValue) String() string {
+	if math.Abs(float64(*f)-2.0/3) < 1e-9 {
+		return "2/3"
+	}
+	return strconv.FormatFloat(float64(*f), 'g', 3, 64)
+}
+
+func (f *fractionValue) Type() string { return "fraction" }
+
+// Default of --lease-trust: see leaseTrustUsage.
+const defaultLeaseTrust = 2.0 / 3
+
+const leaseTrustUsage = "stop CMD (SIGTERM, SIGKILL as on loss; exit 71) once no keep-alive has been answered for this fraction of the TTL: the server may be expiring the lease already"

@@ -21,10 +21,12 @@ import (
 
 // held is a lock or a leadership this process holds.
 type held struct {
-	what  string          // "lock backup", "leadership of web"
-	lost  <-chan struct{} // closed when it is lost
-	key   string          // the key, with --prefix
-	token int64           // its create revision: the fencing token
+	what  string               // "lock backup", "leadership of web"
+	s     *concurrency.Session // the session it is held on
+	lost  <-chan struct{}      // closed when it is lost
+	cause func() error         // why, once lost
+	key   string               // the key, with --prefix
+	token int64                // its create revision: the fencing token
 }
 
 // holdWhile holds h until it is lost or released: hold is the lock's or
@@ -37,6 +39,7 @@ func (a *app) holdWhile(hold func(context.Context) (context.Context, context.Can
 	hctx, stop := hold(context.Background())
 	defer stop()
 	h.lost = hctx.Done()
+	h.cause = func() error { return context.Cause(hctx) }
 	if len(argv) == 0 {
 		for _, v := range vars {
 			fmt.Fprintln(a.io.Out, v)
@@ -59,8 +62,37 @@ func (a *app) holdUntilInterrupted(h held, sigs <-chan os.Signal) error {
 	case <-sigs:
 		return nil
 	case <-h.lost:
-		return withCode(exitLost, fmt.Errorf("%s lost (session expired or key deleted)", h.what))
+		return withCode(exitLost, fmt.Errorf("%s lost (%s)", h.what, h.why()))
 	}
+}
+
+// why says why h was lost: the lease could no longer be trusted (no
+// keep-alive answered for the --lease-trust part of the TTL), or the
+// server said so.
+func (h held) why() string {
+	if h.cause != nil && errors.Is(h.cause(), concurrency.ErrLeaseUnconfirmed) && h.s != nil {
+		at, ttl := h.s.KeepAliveAnswered()
+		return fmt.Sprintf("no keepalive answered for %s of the %s TTL; the server may be expiring the lease", human(time.Since(at)), human(ttl))
+	}
+	return "session expired or key deleted"
+}
+
+// lostRevokeTimeout bounds the revoke after a loss: the server may be
+// unreachable (that may be why), and the lease expires anyway.
+const lostRevokeTimeout = time.Second
+
+// endSession ends s: Close (revoke, bounded by the TTL) normally; after a
+// loss, a revoke bounded by lostRevokeTimeout, so that baton exits
+// promptly once CMD has stopped.
+func endSession(s *concurrency.Session, lost bool) {
+	if !lost {
+		s.Close()
+		return
+	}
+	s.Orphan()
+	ctx, cancel := context.WithTimeout(context.Background(), lostRevokeTimeout)
+	defer cancel()
+	s.Client().Revoke(ctx, s.Lease())
 }
 
 // runChild runs argv while h is held and returns its exit status as an
@@ -91,12 +123,13 @@ func (a *app) runChild(h held, argv, env []string, sigs <-chan os.Signal, grace 
 
 	lost := h.lost
 	var wasLost bool
+	var why string
 	var kill <-chan time.Time
 	for {
 		select {
 		case err := <-done:
 			if wasLost {
-				return withCode(exitLost, fmt.Errorf("%s lost: %s was stopped (%s)", h.what, argv[0], describeExit(cmd.ProcessState)))
+				return withCode(exitLost, fmt.Errorf("%s lost (%s): %s was stopped (%s)", h.what, why, argv[0], describeExit(cmd.ProcessState)))
 			}
 			if err != nil && cmd.ProcessState == nil {
 				return fmt.Errorf("run %s: %w", argv[0], err)
@@ -110,13 +143,13 @@ func (a *app) runChild(h held, argv, env []string, sigs <-chan os.Signal, grace 
 				ch.signal(s)
 			}
 		case <-lost:
-			lost, wasLost = nil, true
+			lost, wasLost, why = nil, true, h.why()
 			if grace <= 0 {
-				fmt.Fprintf(a.io.Err, "baton: %s lost (session expired or key deleted): killing %s (SIGKILL)\n", h.what, argv[0])
+				fmt.Fprintf(a.io.Err, "baton: %s lost (%s): killing %s (SIGKILL)\n", h.what, why, argv[0])
 				ch.kill()
 				continue
 			}
-			fmt.Fprintf(a.io.Err, "baton: %s lost (session expired or key deleted): stopping %s (SIGTERM, SIGKILL after %v)\n", h.what, argv[0], grace)
+			fmt.Fprintf(a.io.Err, "baton: %s lost (%s): stopping %s (SIGTERM, SIGKILL after %v)\n", h.what, why, argv[0], grace)
 			ch.signal(syscall.SIGTERM)
 			kill = time.After(grace)
 		case <-kill:

@@ -23,6 +23,7 @@ type lockOptions struct {
 	ttl       time.Duration
 	timeout   time.Duration
 	killGrace time.Duration
+	trust     fractionValue
 	try       bool
 	note      string
 }
@@ -54,7 +55,11 @@ holders have no other number, and the two kinds do not compare.
 
 If the lock is lost while CMD runs (the session expired, someone deleted
 the key), CMD gets SIGTERM, then SIGKILL after --kill-grace, and baton exits
-71. SIGINT, SIGTERM and SIGHUP are passed on to CMD; the lock is released when CMD
+71. The same happens earlier, when no keep-alive has been answered for
+--lease-trust of the TTL (default 2/3: 6.7s of 10s): the server may be
+expiring the lease already, and CMD should stop before the next holder
+starts. After a loss baton exits at once, without waiting on a server it
+cannot reach. SIGINT, SIGTERM and SIGHUP are passed on to CMD; the lock is released when CMD
 exits, after whatever CMD left running is killed. CMD runs in its own
 process group and must not read the terminal. On Linux CMD runs under a
 small supervisor: if baton itself is killed (kill -9 included), every
@@ -85,6 +90,8 @@ holds the lock until interrupted.`,
 	durationFlag(f, &o.ttl, "ttl", defaultTTL, "lease TTL: how long the lock outlives a baton that stops renewing it (rounded up to seconds)")
 	durationFlag(f, &o.timeout, "timeout", 0, "give up waiting after this long (exit 72); 0 waits forever")
 	durationFlag(f, &o.killGrace, "kill-grace", defaultKillGrace, "on lock loss, time between SIGTERM and SIGKILL to CMD; 0 kills at once")
+	o.trust = defaultLeaseTrust
+	f.Var(&o.trust, "lease-trust", leaseTrustUsage)
 	f.BoolVar(&o.try, "try", false, "fail at once (exit 75) if the lock is held or waited for")
 	f.StringVar(&o.note, "note", "", "a note about this holder, shown by status and by waiters")
 	return cmd
@@ -120,13 +127,14 @@ func (o *lockOptions) run(ctx context.Context) error {
 		return err
 	}
 	defer c.Close()
-	s, err := concurrency.NewSession(c, concurrency.WithTTL(ttl))
+	s, err := concurrency.NewSession(c, concurrency.WithTTL(ttl), concurrency.WithLeaseTrust(float64(o.trust)))
 	if err != nil {
 		return fmt.Errorf("lock %s: %w", o.name, err)
 	}
 	// Closing the session revokes its lease, which deletes our key if
 	// anything is left: after a timeout, an interrupt, or an error.
-	defer s.Close()
+	var lostHold bool
+	defer func() { endSession(s, lostHold) }()
 
 	what := "lock " + o.name
 	o.warnNested(c, o.name)
@@ -157,7 +165,7 @@ func (o *lockOptions) run(ctx context.Context) error {
 		fmt.Fprintf(o.io.Err, "baton: %s: could not record the acquisition time: %v\n", what, err)
 	}
 
-	h := held{what: what, key: o.prefix + m.Key(), token: m.Rev()}
+	h := held{what: what, s: s, key: o.prefix + m.Key(), token: m.Rev()}
 	token := strconv.FormatInt(h.token, 10)
 	vars := []string{"BATON_LOCK_KEY=" + h.key, "BATON_FENCING_TOKEN=" + token}
 	// ETCD_LOCK_REV means what etcdctl's means: the revision of the
@@ -169,6 +177,7 @@ func (o *lockOptions) run(ctx context.Context) error {
 	idle := fmt.Sprintf("holding %s (token %s) until interrupted", what, token)
 	lost, herr := o.holdWhile(m.HoldContext, h, o.argv, vars, etcdVars, idle, sigs, o.killGrace)
 	if lost {
+		lostHold = true
 		return herr
 	}
 
