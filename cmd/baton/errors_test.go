@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -139,7 +138,11 @@ func TestWaiterServerGone(t *testing.T) {
 	if s := waiter.stderr.text(); !strings.Contains(s, "cannot reach etcd") || !strings.Contains(s, "is the server down?") || strings.Contains(s, "session is expired") {
 		t.Errorf("waiter's stderr does not say the server is unreachable:\n%s", s)
 	}
-	holder.signal(syscall.SIGKILL)
+	// The holder, without CMD, gives up the lock it can no longer trust.
+	holder.waitCode(exitLost, 60*time.Second)
+	if s := holder.stderr.text(); !strings.Contains(s, "no keepalive answered for") {
+		t.Errorf("holder's stderr does not say why it gave up:\n%s", s)
+	}
 }
 
 // TestNestedNamesWarn: lock and elect warn when NAME and another name in
