@@ -10,6 +10,7 @@
 package embedded
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -73,6 +74,10 @@ type Config struct {
 	// ClientTLS and PeerTLS serve client and peer traffic over TLS (use
 	// https:// URLs with them). The zero value means plain TCP.
 	ClientTLS, PeerTLS TLS
+	// QuietStart drops etcd's log entries until the member is ready: the
+	// error Start returns says what failed, and a command line tool
+	// prints that one line instead of etcd's JSON and stack traces.
+	QuietStart bool
 	// LogOutputs are where etcd logs: "stderr", "stdout" or file paths
 	// (appended to; a member restarted goes on in the same file). Default
 	// stderr. Tests send them to a file of their own: see
@@ -247,7 +252,11 @@ func (c *Config) etcdConfig() (*embed.Config, error) {
 // Start starts a member and waits until it serves clients. For a member of a
 // cluster whose peers are not up yet, use StartCluster or start the members
 // concurrently.
-func Start(cfg Config) (*Server, error) {
+func Start(cfg Config) (*Server, error) { return StartContext(context.Background(), cfg) }
+
+// StartContext is Start, given up when ctx ends: the member is stopped
+// and the error is ctx's (errors.Is(err, ctx.Err())).
+func StartContext(ctx context.Context, cfg Config) (*Server, error) {
 	tempDir, err := cfg.fill()
 	if err != nil {
 		if tempDir {
@@ -256,7 +265,7 @@ func Start(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, tempDir: tempDir}
-	if err := s.start(); err != nil {
+	if err := s.start(ctx); err != nil {
 		if tempDir {
 			os.RemoveAll(cfg.Dir)
 		}
@@ -265,13 +274,16 @@ func Start(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-func (s *Server) start() error {
+func (s *Server) start(ctx context.Context) error {
 	ec, err := s.cfg.etcdConfig()
 	if err != nil {
 		return err
 	}
 	s.stopping.Store(false)
-	lg, closeLog, err := newLogger(s.cfg.LogLevel, ec.LogOutputs, &s.stopping)
+	var quiet atomic.Bool
+	quiet.Store(s.cfg.QuietStart)
+	defer quiet.Store(false)
+	lg, closeLog, err := newLogger(s.cfg.LogLevel, ec.LogOutputs, &s.stopping, &quiet)
 	if err != nil {
 		return fmt.Errorf("embedded: logger: %w", err)
 	}
@@ -287,6 +299,11 @@ func (s *Server) start() error {
 		e.Close()
 		closeLog()
 		return fmt.Errorf("embedded: start %s: %w", s.cfg.Name, err)
+	case <-ctx.Done():
+		e.Server.Stop()
+		e.Close()
+		closeLog()
+		return fmt.Errorf("embedded: start %s: %w", s.cfg.Name, ctx.Err())
 	case <-time.After(s.cfg.StartTimeout):
 		e.Server.Stop()
 		e.Close()
@@ -369,7 +386,7 @@ func (s *Server) Restart() error {
 	if s.etcd != nil {
 		return ErrRunning
 	}
-	return s.start()
+	return s.start(context.Background())
 }
 
 // Close stops the member if it runs and removes its data directory if Start

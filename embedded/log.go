@@ -16,7 +16,10 @@ import (
 //
 // close releases the outputs (a file stays open until then); call it once
 // etcd has stopped.
-func newLogger(level string, outputs []string, stopping *atomic.Bool) (lg *zap.Logger, close func(), err error) {
+//
+// While quiet is set (a start with Config.QuietStart) every entry is
+// dropped.
+func newLogger(level string, outputs []string, stopping, quiet *atomic.Bool) (lg *zap.Logger, close func(), err error) {
 	lvl, err := zapcore.ParseLevel(level)
 	if err != nil {
 		return nil, nil, err
@@ -29,18 +32,18 @@ func newLogger(level string, outputs []string, stopping *atomic.Bool) (lg *zap.L
 	enc := zap.NewProductionEncoderConfig()
 	enc.EncodeTime = zapcore.ISO8601TimeEncoder
 	core := zapcore.NewCore(zapcore.NewJSONEncoder(enc), ws, zap.NewAtomicLevelAt(lvl))
-	lg = zap.New(&shutdownFilter{Core: core, stopping: stopping},
+	lg = zap.New(&shutdownFilter{Core: core, stopping: stopping, quiet: quiet},
 		zap.ErrorOutput(ws), zap.AddCaller(), zap.AddStacktrace(zapcore.ErrorLevel))
 	return lg, close, nil
 }
 
 type shutdownFilter struct {
 	zapcore.Core
-	stopping *atomic.Bool
+	stopping, quiet *atomic.Bool
 }
 
 func (f *shutdownFilter) With(fields []zapcore.Field) zapcore.Core {
-	return &shutdownFilter{Core: f.Core.With(fields), stopping: f.stopping}
+	return &shutdownFilter{Core: f.Core.With(fields), stopping: f.stopping, quiet: f.quiet}
 }
 
 func (f *shutdownFilter) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
@@ -51,6 +54,9 @@ func (f *shutdownFilter) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapco
 }
 
 func (f *shutdownFilter) Write(e zapcore.Entry, fields []zapcore.Field) error {
+	if f.quiet.Load() {
+		return nil
+	}
 	if f.stopping.Load() && strings.HasPrefix(e.Message, "setting up serving from embedded etcd failed") {
 		return nil // a listener closed by the shutdown we asked for
 	}

@@ -14,7 +14,7 @@ import (
 func TestLoggerDropsShutdownNoiseOnlyWhileStopping(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "etcd.log")
 	var stopping atomic.Bool
-	lg, closeLog, err := newLogger("error", []string{out}, &stopping)
+	lg, closeLog, err := newLogger("error", []string{out}, &stopping, new(atomic.Bool))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,6 +27,7 @@ type electOptions struct {
 	ttl       time.Duration
 	timeout   time.Duration
 	killGrace time.Duration
+	trust     fractionValue
 	note      string
 }
 
@@ -81,9 +82,11 @@ PROPOSAL exactly, as other etcd clients expect.
 	f := cmd.Flags()
 	f.BoolVarP(&o.listen, "listen", "l", false, "print every change of leader instead of campaigning")
 	f.BoolVar(&o.json, "json", false, "with --listen, print JSON lines")
-	f.DurationVar(&o.ttl, "ttl", defaultTTL, "lease TTL: how long leadership outlives a baton that stops renewing it (rounded up to seconds)")
-	f.DurationVar(&o.timeout, "timeout", 0, "give up campaigning after this long (exit 72); 0 waits forever")
-	f.DurationVar(&o.killGrace, "kill-grace", defaultKillGrace, "on leadership loss, time between SIGTERM and SIGKILL to CMD; 0 kills at once")
+	durationFlag(f, &o.ttl, "ttl", defaultTTL, "lease TTL: how long leadership outlives a baton that stops renewing it (rounded up to seconds)")
+	durationFlag(f, &o.timeout, "timeout", 0, "give up campaigning after this long (exit 72); 0 waits forever")
+	durationFlag(f, &o.killGrace, "kill-grace", defaultKillGrace, "on leadership loss, time between SIGTERM and SIGKILL to CMD; 0 kills at once")
+	o.trust = defaultLeaseTrust
+	f.Var(&o.trust, "lease-trust", leaseTrustUsage)
 	f.StringVar(&o.note, "note", "", "a note about this candidate, shown by status and --listen")
 	return cmd
 }
@@ -106,12 +109,14 @@ func (o *electOptions) run(ctx context.Context) error {
 		return err
 	}
 	defer c.Close()
-	s, err := concurrency.NewSession(c, concurrency.WithTTL(ttl))
+	s, err := concurrency.NewSession(c, concurrency.WithTTL(ttl), concurrency.WithLeaseTrust(float64(o.trust)))
 	if err != nil {
 		return fmt.Errorf("elect %s: %w", o.name, err)
 	}
-	defer s.Close()
+	var lostHold bool
+	defer func() { endSession(s, lostHold) }()
 	e := concurrency.NewElection(s, o.name)
+	o.warnNested(c, o.name)
 	if o.listen {
 		return o.runListen(e, sigs)
 	}
@@ -141,12 +146,13 @@ func (o *electOptions) run(ctx context.Context) error {
 			fmt.Fprintf(o.io.Err, "baton: %s: could not record the time: %v\n", what, err)
 		}
 	}
-	h := held{what: what, key: o.prefix + e.Key(), token: e.Rev()}
+	h := held{what: what, s: s, key: o.prefix + e.Key(), token: e.Rev()}
 	token := strconv.FormatInt(h.token, 10)
 	fmt.Fprintf(o.io.Err, "baton: leading %s (token %s)\n", o.name, token)
 	vars := []string{"BATON_ELECTION_KEY=" + h.key, "BATON_FENCING_TOKEN=" + token}
 	lost, herr := o.holdWhile(e.HoldContext, h, o.argv, vars, []string{"BATON_PROPOSAL=" + proposal}, "", sigs, o.killGrace)
 	if lost {
+		lostHold = true
 		return herr
 	}
 	rctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
@@ -164,7 +170,11 @@ func (o *electOptions) run(ctx context.Context) error {
 
 // leaderLine is one line of --listen --json.
 type leaderLine struct {
-	Rev    int64       `json:"rev"`
+	Rev int64 `json:"rev"`
+	// Change is what the line reports: "leader" (a new leader, handoffs
+	// included), "no leader", or "value" (the same leader proclaimed a
+	// new value).
+	Change string      `json:"change"`
 	Leader *leaderJSON `json:"leader"`
 }
 
@@ -174,6 +184,46 @@ type leaderJSON struct {
 	Token  int64     `json:"token"`
 	Lease  string    `json:"lease"`
 	Holder *identity `json:"holder,omitempty"`
+}
+
+// Kinds of --listen lines.
+const (
+	changeLeader  = "leader"
+	changeNone    = "no leader"
+	changeValue   = "value"
+	changeUnshown = ""
+)
+
+// leaderChange says what cur is after prev, for --listen: text and JSON
+// print the same lines, decided here. A baton leader's first update, which
+// only records since when it leads, is not a change: it must not read as
+// a second leader.
+func leaderChange(first bool, prev, cur *mvccpb.KeyValue) string {
+	switch {
+	case cur == nil && (first || prev != nil):
+		return changeNone
+	case cur == nil:
+		return changeUnshown
+	case first || prev == nil || string(prev.Key) != string(cur.Key) || prev.CreateRevision != cur.CreateRevision:
+		return changeLeader
+	case sameValue(prev.Value, cur.Value):
+		return changeUnshown
+	}
+	return changeValue
+}
+
+// sameValue: equal, or baton identities that differ only in Acquired.
+func sameValue(a, b []byte) bool {
+	if string(a) == string(b) {
+		return true
+	}
+	ia, oka := parseIdentity(a)
+	ib, okb := parseIdentity(b)
+	if !oka || !okb {
+		return false
+	}
+	ia.Acquired, ib.Acquired = time.Time{}, time.Time{}
+	return ia == ib
 }
 
 // runListen prints the leader of e at each change until interrupted.
@@ -193,7 +243,8 @@ func (o *electOptions) runListen(e *concurrency.Election, sigs <-chan os.Signal)
 		for range events { // let the observer end before the client closes
 		}
 	}()
-	last := ""
+	var prev *mvccpb.KeyValue
+	first := true
 	for {
 		select {
 		case <-sigs:
@@ -202,17 +253,16 @@ func (o *electOptions) runListen(e *concurrency.Election, sigs <-chan os.Signal)
 			if !ok {
 				return errors.New("listen: the watch on the election ended (the client closed)")
 			}
-			if !o.json {
-				// A new value from the same leader can read the same (a
-				// baton leader recording since when it leads): print
-				// changes only.
-				if l := o.leaderText(ev.Leader); l != last {
-					fmt.Fprintln(o.io.Out, l)
-					last = l
-				}
+			change := leaderChange(first, prev, ev.Leader)
+			first, prev = false, ev.Leader
+			if change == changeUnshown {
 				continue
 			}
-			b, err := o.leaderJSON(ev)
+			if !o.json {
+				fmt.Fprintln(o.io.Out, o.leaderText(change, ev.Leader))
+				continue
+			}
+			b, err := o.leaderJSON(change, ev)
 			if err != nil {
 				return err
 			}
@@ -221,15 +271,19 @@ func (o *electOptions) runListen(e *concurrency.Election, sigs <-chan os.Signal)
 	}
 }
 
-func (o *electOptions) leaderText(kv *mvccpb.KeyValue) string {
+func (o *electOptions) leaderText(change string, kv *mvccpb.KeyValue) string {
 	if kv == nil {
 		return "no leader"
 	}
-	return fmt.Sprintf("leader: %s, token %d, key %s%s", holderOf(kv), kv.CreateRevision, o.prefix, kv.Key)
+	label := "leader"
+	if change == changeValue {
+		label = "leader's new value"
+	}
+	return fmt.Sprintf("%s: %s, token %d, key %s%s", label, holderOf(kv), kv.CreateRevision, o.prefix, kv.Key)
 }
 
-func (o *electOptions) leaderJSON(ev concurrency.LeaderEvent) ([]byte, error) {
-	l := leaderLine{Rev: ev.Rev}
+func (o *electOptions) leaderJSON(change string, ev concurrency.LeaderEvent) ([]byte, error) {
+	l := leaderLine{Rev: ev.Rev, Change: change}
 	if kv := ev.Leader; kv != nil {
 		l.Leader = &leaderJSON{
 			Key:   o.prefix + string(kv.Key),

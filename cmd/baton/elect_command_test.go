@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/batonhq/baton/concurrency"
 )
 
@@ -99,4 +101,83 @@ func TestElectListen(t *testing.T) {
 	js.signal(syscall.SIGINT)
 	text.waitCode(0, 30*time.Second)
 	js.waitCode(0, 30*time.Second)
+}
+
+// TestElectListenHandoff: with a standby queued, a handoff is one
+// "leader" line in text and in JSON alike, and the update by which a baton
+// leader records since when it leads prints nothing in either: it must
+// not read as a second leader. A new proposal is a "value" line.
+func TestElectListenHandoff(t *testing.T) {
+	env, c := serverEnv(t)
+	text := start(t, env, "elect", "--listen", "ho")
+	js := start(t, env, "elect", "--listen", "--json", "ho")
+	text.stdout.waitFor(t, text.name, 0, "no leader", 30*time.Second)
+	js.stdout.waitFor(t, js.name, 0, `"leader":null`, 30*time.Second)
+
+	a := start(t, env, "elect", "--note", "A", "ho")
+	keyA, _ := a.stdout.waitFor(t, a.name, 0, "BATON_ELECTION_KEY=", 30*time.Second)
+	b := start(t, env, "elect", "--note", "B", "ho")
+	b.stderr.waitFor(t, b.name, 0, "waiting for leadership of ho", 30*time.Second)
+	a.signal(syscall.SIGINT)
+	a.waitCode(0, 30*time.Second)
+	keyB, _ := b.stdout.waitFor(t, b.name, 0, "BATON_ELECTION_KEY=", 30*time.Second)
+	tokB, _ := b.stdout.waitFor(t, b.name, 0, "BATON_FENCING_TOKEN=", 30*time.Second)
+	rev, _ := strconv.ParseInt(strings.TrimPrefix(tokB, "BATON_FENCING_TOKEN="), 10, 64)
+	s, err := concurrency.NewSession(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	// B has recorded since when it leads once status shows it; then a new
+	// proposal, then B resigns: the last two lines are known events.
+	waitAcquired(t, c, strings.TrimPrefix(keyB, "BATON_ELECTION_KEY="))
+	if err := concurrency.ResumeElection(s, "ho", strings.TrimPrefix(keyB, "BATON_ELECTION_KEY="), rev).Proclaim(ctxT(t, 10*time.Second), "new-value"); err != nil {
+		t.Fatal(err)
+	}
+	text.stdout.waitFor(t, text.name, 0, `leader's new value: "new-value"`, 30*time.Second)
+	js.stdout.waitFor(t, js.name, 0, `"change":"value"`, 30*time.Second)
+
+	keys := []string{"", strings.TrimPrefix(keyA, "BATON_ELECTION_KEY="), strings.TrimPrefix(keyB, "BATON_ELECTION_KEY="), strings.TrimPrefix(keyB, "BATON_ELECTION_KEY=")}
+	changes := []string{changeNone, changeLeader, changeLeader, changeValue}
+	tl := strings.Split(text.stdout.text(), "\n")
+	jl := strings.Split(js.stdout.text(), "\n")
+	if len(tl) != len(keys) || len(jl) != len(keys) {
+		t.Fatalf("text printed %d lines, JSON %d; want %d each:\n%s\n%s", len(tl), len(jl), len(keys), text.stdout.text(), js.stdout.text())
+	}
+	for i := range keys {
+		var ev leaderLine
+		if err := json.Unmarshal([]byte(jl[i]), &ev); err != nil {
+			t.Fatal(err)
+		}
+		key := ""
+		if ev.Leader != nil {
+			key = ev.Leader.Key
+		}
+		if ev.Change != changes[i] || key != keys[i] || !strings.Contains(tl[i], keys[i]) {
+			t.Errorf("line %d: text %q, JSON %q; want %q for key %q in both", i, tl[i], jl[i], changes[i], keys[i])
+		}
+	}
+	b.signal(syscall.SIGINT)
+}
+
+// waitAcquired polls key until its baton identity has the time it was
+// acquired.
+func waitAcquired(t *testing.T, c *clientv3.Client, key string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r, err := c.Get(ctxT(t, 10*time.Second), key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r.Kvs) == 1 {
+			if _, ok := heldSince(r.Kvs[0]); ok {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not record its acquisition within 30s", key)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"time"
 
@@ -21,10 +22,12 @@ import (
 
 // held is a lock or a leadership this process holds.
 type held struct {
-	what  string          // "lock backup", "leadership of web"
-	lost  <-chan struct{} // closed when it is lost
-	key   string          // the key, with --prefix
-	token int64           // its create revision: the fencing token
+	what  string               // "lock backup", "leadership of web"
+	s     *concurrency.Session // the session it is held on
+	lost  <-chan struct{}      // closed when it is lost
+	cause func() error         // why, once lost
+	key   string               // the key, with --prefix
+	token int64                // its create revision: the fencing token
 }
 
 // holdWhile holds h until it is lost or released: hold is the lock's or
@@ -37,6 +40,7 @@ func (a *app) holdWhile(hold func(context.Context) (context.Context, context.Can
 	hctx, stop := hold(context.Background())
 	defer stop()
 	h.lost = hctx.Done()
+	h.cause = func() error { return context.Cause(hctx) }
 	if len(argv) == 0 {
 		for _, v := range vars {
 			fmt.Fprintln(a.io.Out, v)
@@ -59,8 +63,37 @@ func (a *app) holdUntilInterrupted(h held, sigs <-chan os.Signal) error {
 	case <-sigs:
 		return nil
 	case <-h.lost:
-		return withCode(exitLost, fmt.Errorf("%s lost (session expired or key deleted)", h.what))
+		return withCode(exitLost, fmt.Errorf("%s lost (%s)", h.what, h.why()))
 	}
+}
+
+// why says why h was lost: the lease could no longer be trusted (no
+// keep-alive answered for the --lease-trust part of the TTL), or the
+// server said so.
+func (h held) why() string {
+	if h.cause != nil && errors.Is(h.cause(), concurrency.ErrLeaseUnconfirmed) && h.s != nil {
+		at, ttl := h.s.KeepAliveAnswered()
+		return fmt.Sprintf("no keepalive answered for %s of the %s TTL; the server may be expiring the lease", human(time.Since(at)), human(ttl))
+	}
+	return "session expired or key deleted"
+}
+
+// lostRevokeTimeout bounds the revoke after a loss: the server may be
+// unreachable (that may be why), and the lease expires anyway.
+const lostRevokeTimeout = time.Second
+
+// endSession ends s: Close (revoke, bounded by the TTL) normally; after a
+// loss, a revoke bounded by lostRevokeTimeout, so that baton exits
+// promptly once CMD has stopped.
+func endSession(s *concurrency.Session, lost bool) {
+	if !lost {
+		s.Close()
+		return
+	}
+	s.Orphan()
+	ctx, cancel := context.WithTimeout(context.Background(), lostRevokeTimeout)
+	defer cancel()
+	s.Client().Revoke(ctx, s.Lease())
 }
 
 // runChild runs argv while h is held and returns its exit status as an
@@ -68,33 +101,36 @@ func (a *app) holdUntilInterrupted(h held, sigs <-chan os.Signal) error {
 // lost it gets SIGTERM, then SIGKILL after grace (at once when grace is
 // 0), and runChild returns an exit-71 error whatever CMD's own status.
 func (a *app) runChild(h held, argv, env []string, sigs <-chan os.Signal, grace time.Duration) error {
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = a.io.In, a.io.Out, a.io.Err
-	cmd.Env = append(os.Environ(), env...)
-	// When baton's output is not a file (tests), Wait copies CMD's output;
-	// a grandchild that keeps the pipe open must not hold baton forever.
-	cmd.WaitDelay = 2 * time.Second
-	prepareChild(cmd)
-	defer lockThread()() // see prepareChild: CMD dies with this thread
-	if err := cmd.Start(); err != nil {
+	path, err := exec.LookPath(argv[0])
+	if err != nil {
 		code := exitCannotRun
 		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, fs.ErrNotExist) {
 			code = exitNotFound
 		}
 		return withCode(code, fmt.Errorf("run %s: %w", argv[0], err))
 	}
+	cmd := &exec.Cmd{Path: path, Args: argv, Env: append(os.Environ(), env...)}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = a.io.In, a.io.Out, a.io.Err
+	// When baton's output is not a file (tests), Wait copies CMD's output;
+	// a grandchild that keeps the pipe open must not hold baton forever.
+	cmd.WaitDelay = 2 * time.Second
+	ch, err := startChild(cmd)
+	if err != nil {
+		return withCode(exitCannotRun, fmt.Errorf("run %s: %w", argv[0], err))
+	}
+	defer ch.kill() // whatever CMD left behind
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 
 	lost := h.lost
 	var wasLost bool
+	var why string
 	var kill <-chan time.Time
 	for {
 		select {
 		case err := <-done:
 			if wasLost {
-				signalGroup(cmd.Process, syscall.SIGKILL) // whatever CMD left behind
-				return withCode(exitLost, fmt.Errorf("%s lost: %s was stopped (%s)", h.what, argv[0], describeExit(cmd.ProcessState)))
+				return withCode(exitLost, fmt.Errorf("%s lost (%s): %s was stopped (%s)", h.what, why, argv[0], describeExit(cmd.ProcessState)))
 			}
 			if err != nil && cmd.ProcessState == nil {
 				return fmt.Errorf("run %s: %w", argv[0], err)
@@ -105,24 +141,34 @@ func (a *app) runChild(h held, argv, env []string, sigs <-chan os.Signal, grace 
 			return nil
 		case sig := <-sigs:
 			if s, ok := sig.(syscall.Signal); ok {
-				signalGroup(cmd.Process, s)
+				ch.signal(s)
 			}
 		case <-lost:
-			lost, wasLost = nil, true
+			lost, wasLost, why = nil, true, h.why()
 			if grace <= 0 {
-				fmt.Fprintf(a.io.Err, "baton: %s lost (session expired or key deleted): killing %s (SIGKILL)\n", h.what, argv[0])
-				signalGroup(cmd.Process, syscall.SIGKILL)
+				fmt.Fprintf(a.io.Err, "baton: %s lost (%s): killing %s (SIGKILL)\n", h.what, why, argv[0])
+				ch.kill()
 				continue
 			}
-			fmt.Fprintf(a.io.Err, "baton: %s lost (session expired or key deleted): stopping %s (SIGTERM, SIGKILL after %v)\n", h.what, argv[0], grace)
-			signalGroup(cmd.Process, syscall.SIGTERM)
+			fmt.Fprintf(a.io.Err, "baton: %s lost (%s): stopping %s (SIGTERM, SIGKILL after %v)\n", h.what, why, argv[0], grace)
+			ch.signal(syscall.SIGTERM)
 			kill = time.After(grace)
 		case <-kill:
 			kill = nil
 			fmt.Fprintf(a.io.Err, "baton: %s still running %v after SIGTERM: SIGKILL\n", argv[0], grace)
-			signalGroup(cmd.Process, syscall.SIGKILL)
+			ch.kill()
 		}
 	}
+}
+
+// child is CMD, started by startChild (one file per system).
+type child struct {
+	cmd *exec.Cmd
+	// signal sends a signal to CMD's process group.
+	signal func(syscall.Signal)
+	// kill sends SIGKILL to everything CMD started that is still running;
+	// CMD's own end is then seen by cmd.Wait.
+	kill func()
 }
 
 // describeExit says how CMD ended: "exit status 1", "killed by SIGTERM".
@@ -165,21 +211,36 @@ func (a *app) acquire(c *clientv3.Client, s *concurrency.Session, name, what str
 	errc := make(chan error, 1)
 	go func() { errc <- take(ctx) }()
 	var (
-		err error
-		sig os.Signal
+		err     error
+		sig     os.Signal
+		expired bool
 	)
 	select {
 	case err = <-errc:
 	case sig = <-sigs:
 		cancel()
 		err = <-errc
+	case <-s.Done():
+		// The lease is no longer renewed: our place in the queue goes
+		// with it, and take may not notice while etcd is unreachable.
+		expired = true
+		cancel()
+		err = <-errc
 	}
 	shown := p.stop()
+	if expired && err != nil {
+		err = concurrency.ErrSessionExpired
+	}
 	switch {
 	case sig != nil:
 		return withCode(exitCodeOf(sig), fmt.Errorf("interrupted (%v) while waiting for %s", sig, what))
 	case err != nil && timeout > 0 && errors.Is(err, context.DeadlineExceeded):
 		return withCode(exitTimeout, fmt.Errorf("timed out after %v waiting for %s%s", timeout, what, a.holderNote(c, name)))
+	case err != nil && errors.Is(err, concurrency.ErrSessionExpired) && !a.answers(c):
+		// The lease ran out because no keep-alive got through: say so,
+		// not "session is expired".
+		return withCode(exitUnavailable, fmt.Errorf("%s: %w at %s: it stopped answering while we waited, and our place in the queue expired with the lease (is the server down?)",
+			what, errUnreachable, strings.Join(c.Endpoints(), ",")))
 	case err != nil:
 		return fmt.Errorf("%s: %w", what, err)
 	}
@@ -187,6 +248,72 @@ func (a *app) acquire(c *clientv3.Client, s *concurrency.Session, name, what str
 		fmt.Fprintf(a.io.Err, "baton: got %s after waiting %s\n", what, human(p.waited()))
 	}
 	return nil
+}
+
+// answers reports whether any endpoint of c answers within the dial
+// timeout.
+func (a *app) answers(c *clientv3.Client) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), a.dialTimeout)
+	defer cancel()
+	ok := make(chan bool, len(c.Endpoints()))
+	for _, ep := range c.Endpoints() {
+		go func() {
+			_, err := c.Status(ctx, ep)
+			ok <- err == nil
+		}()
+	}
+	for range c.Endpoints() {
+		if <-ok {
+			return true
+		}
+	}
+	return false
+}
+
+// warnNested warns on stderr when name and another name in use nest:
+// etcd's layout keeps the queue of NAME under NAME/, so "a" waits behind
+// the holders of "a/b" (etcdctl's and etcd's Mutex do the same). baton
+// keeps the layout, for interop, and says so.
+func (a *app) warnNested(c *clientv3.Client, name string) {
+	for _, other := range nestedNames(c, name, a.dialTimeout) {
+		outer, inner := min(name, other), max(name, other) // outer is a prefix of inner
+		fmt.Fprintf(a.io.Err, "baton: warning: names %q and %q nest: etcd keeps the queue of %q under %q, so %q also waits for the holders of %q (as with etcdctl); choose names where neither is the other followed by /\n",
+			outer, inner, outer, outer+"/", outer, inner)
+	}
+}
+
+// nestedNames lists the live names that nest with name: those under
+// name/ (keys name/x/.../lease) and those name is under (a key p/lease
+// for a prefix p of name ending before a /). Errors count as none: this
+// is only a warning.
+func nestedNames(c *clientv3.Client, name string, timeout time.Duration) []string {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var out []string
+	if r, err := c.Get(ctx, name+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly()); err == nil {
+		seen := map[string]bool{}
+		for _, kv := range r.Kvs {
+			rest := strings.TrimPrefix(string(kv.Key), name+"/")
+			if i := strings.LastIndexByte(rest, '/'); i >= 0 && !seen[rest[:i]] {
+				seen[rest[:i]] = true
+				out = append(out, name+"/"+rest[:i])
+			}
+		}
+	}
+	for i := strings.LastIndexByte(name, '/'); i > 0; i = strings.LastIndexByte(name[:i], '/') {
+		parent := name[:i]
+		r, err := c.Get(ctx, parent+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err != nil {
+			break
+		}
+		for _, kv := range r.Kvs {
+			if !strings.Contains(strings.TrimPrefix(string(kv.Key), parent+"/"), "/") {
+				out = append(out, parent) // a holder or waiter of parent itself
+				break
+			}
+		}
+	}
+	return out
 }
 
 // holderNote describes the current holder of the queue under name, as

@@ -23,6 +23,7 @@ type lockOptions struct {
 	ttl       time.Duration
 	timeout   time.Duration
 	killGrace time.Duration
+	trust     fractionValue
 	try       bool
 	note      string
 }
@@ -43,17 +44,27 @@ func newLockCommand(a *app) *cobra.Command {
 exits with CMD's exit code. The lock is the same as etcdctl lock's and etcd's
 Mutex: they exclude each other.
 
-CMD gets BATON_LOCK_KEY and BATON_FENCING_TOKEN in its environment (and
-ETCD_LOCK_KEY and ETCD_LOCK_REV, as etcdctl sets them). The fencing token
-grows with every acquisition: pass it to what the lock protects, which
-should refuse a token lower than one it has seen.
+CMD gets BATON_LOCK_KEY and BATON_FENCING_TOKEN in its environment, and
+ETCD_LOCK_KEY and ETCD_LOCK_REV as etcdctl sets them. Both numbers grow
+with every acquisition: pass one to what the lock protects, which should
+refuse a number lower than one it has seen. BATON_FENCING_TOKEN is the
+create revision of the holder's key (what status shows); ETCD_LOCK_REV is
+the revision at which the lock was acquired, as etcdctl gives it. When
+etcdctl lock and baton lock share a lock, use ETCD_LOCK_REV: etcdctl
+holders have no other number, and the two kinds do not compare.
 
 If the lock is lost while CMD runs (the session expired, someone deleted
 the key), CMD gets SIGTERM, then SIGKILL after --kill-grace, and baton exits
-71. SIGINT, SIGTERM and SIGHUP are passed on to CMD; the lock is released when CMD
-exits. CMD runs in its own process group and must not read the terminal.
-If baton itself is killed, CMD gets SIGKILL (Linux): it must not run on
-after the lease expires.
+71. The same happens earlier, when no keep-alive has been answered for
+--lease-trust of the TTL (default 2/3: 6.7s of 10s): the server may be
+expiring the lease already, and CMD should stop before the next holder
+starts. After a loss baton exits at once, without waiting on a server it
+cannot reach. SIGINT, SIGTERM and SIGHUP are passed on to CMD; the lock is released when CMD
+exits, after whatever CMD left running is killed. CMD runs in its own
+process group and must not read the terminal. On Linux CMD runs under a
+small supervisor: if baton itself is killed (kill -9 included), every
+process CMD started gets SIGKILL at once, so none runs on after the lease
+expires.
 
 While it waits, lock says on stderr who holds the lock, for how long, and
 how long it has waited. Without CMD it prints the key and the token and
@@ -76,9 +87,11 @@ holds the lock until interrupted.`,
 		},
 	}
 	f := cmd.Flags()
-	f.DurationVar(&o.ttl, "ttl", defaultTTL, "lease TTL: how long the lock outlives a baton that stops renewing it (rounded up to seconds)")
-	f.DurationVar(&o.timeout, "timeout", 0, "give up waiting after this long (exit 72); 0 waits forever")
-	f.DurationVar(&o.killGrace, "kill-grace", defaultKillGrace, "on lock loss, time between SIGTERM and SIGKILL to CMD; 0 kills at once")
+	durationFlag(f, &o.ttl, "ttl", defaultTTL, "lease TTL: how long the lock outlives a baton that stops renewing it (rounded up to seconds)")
+	durationFlag(f, &o.timeout, "timeout", 0, "give up waiting after this long (exit 72); 0 waits forever")
+	durationFlag(f, &o.killGrace, "kill-grace", defaultKillGrace, "on lock loss, time between SIGTERM and SIGKILL to CMD; 0 kills at once")
+	o.trust = defaultLeaseTrust
+	f.Var(&o.trust, "lease-trust", leaseTrustUsage)
 	f.BoolVar(&o.try, "try", false, "fail at once (exit 75) if the lock is held or waited for")
 	f.StringVar(&o.note, "note", "", "a note about this holder, shown by status and by waiters")
 	return cmd
@@ -114,15 +127,17 @@ func (o *lockOptions) run(ctx context.Context) error {
 		return err
 	}
 	defer c.Close()
-	s, err := concurrency.NewSession(c, concurrency.WithTTL(ttl))
+	s, err := concurrency.NewSession(c, concurrency.WithTTL(ttl), concurrency.WithLeaseTrust(float64(o.trust)))
 	if err != nil {
 		return fmt.Errorf("lock %s: %w", o.name, err)
 	}
 	// Closing the session revokes its lease, which deletes our key if
 	// anything is left: after a timeout, an interrupt, or an error.
-	defer s.Close()
+	var lostHold bool
+	defer func() { endSession(s, lostHold) }()
 
 	what := "lock " + o.name
+	o.warnNested(c, o.name)
 	id := newIdentity(kindLock, o.note)
 	m := concurrency.NewMutex(s, o.name, concurrency.WithMutexValue(id.encode()))
 	if o.try {
@@ -150,13 +165,19 @@ func (o *lockOptions) run(ctx context.Context) error {
 		fmt.Fprintf(o.io.Err, "baton: %s: could not record the acquisition time: %v\n", what, err)
 	}
 
-	h := held{what: what, key: o.prefix + m.Key(), token: m.Rev()}
+	h := held{what: what, s: s, key: o.prefix + m.Key(), token: m.Rev()}
 	token := strconv.FormatInt(h.token, 10)
 	vars := []string{"BATON_LOCK_KEY=" + h.key, "BATON_FENCING_TOKEN=" + token}
-	etcdVars := []string{"ETCD_LOCK_KEY=" + h.key, "ETCD_LOCK_REV=" + token}
+	// ETCD_LOCK_REV means what etcdctl's means: the revision of the
+	// answer that found the lock ours. It and the fencing token both grow
+	// with every acquisition, but they are not comparable with each other:
+	// a resource that sees both kinds of holder must be given one kind.
+	rev := strconv.FormatInt(m.Header().Revision, 10)
+	etcdVars := []string{"ETCD_LOCK_KEY=" + h.key, "ETCD_LOCK_REV=" + rev}
 	idle := fmt.Sprintf("holding %s (token %s) until interrupted", what, token)
 	lost, herr := o.holdWhile(m.HoldContext, h, o.argv, vars, etcdVars, idle, sigs, o.killGrace)
 	if lost {
+		lostHold = true
 		return herr
 	}
 

@@ -11,6 +11,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == superviseArg {
+		os.Exit(runSupervisor(os.Args[2:]))
+	}
 	stdio := &IO{
 		In:            os.Stdin,
 		Out:           os.Stdout,

@@ -34,6 +34,10 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == superviseArg {
+		// A command run in-process (Main) re-executes this binary.
+		os.Exit(runSupervisor(os.Args[2:]))
+	}
 	dir, err := os.MkdirTemp("", "baton-cli-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -49,10 +53,7 @@ func TestMain(m *testing.M) {
 func baton(t *testing.T) string {
 	t.Helper()
 	binOnce.Do(func() {
-		goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-		if _, err := os.Stat(goBin); err != nil {
-			goBin = "go"
-		}
+		goBin := goCommand()
 		binPath = filepath.Join(binDir, "baton")
 		args := []string{"build", "-o", binPath}
 		if raceEnabled {
@@ -67,6 +68,15 @@ func baton(t *testing.T) string {
 		t.Fatal(binError)
 	}
 	return binPath
+}
+
+// goCommand is the go command of the toolchain running the tests.
+func goCommand() string {
+	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if _, err := os.Stat(goBin); err != nil {
+		return "go"
+	}
+	return goBin
 }
 
 // lines collects the lines a process writes to one stream, and lets a test
@@ -161,7 +171,13 @@ func testEnv(env ...string) []string {
 // its CMD and releases, then SIGKILL.
 func start(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(baton(t), args...)
+	return startExe(t, baton(t), env, args...)
+}
+
+// startExe is start for any program: etcdctl, for one.
+func startExe(t *testing.T, exe string, env []string, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(exe, args...)
 	cmd.Env = env
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -171,7 +187,7 @@ func start(t *testing.T, env []string, args ...string) *proc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{t: t, name: "baton " + strings.Join(args, " "), cmd: cmd, stdout: newLines(), stderr: newLines(), done: make(chan struct{})}
+	p := &proc{t: t, name: filepath.Base(exe) + " " + strings.Join(args, " "), cmd: cmd, stdout: newLines(), stderr: newLines(), done: make(chan struct{})}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -88,6 +88,9 @@ func Main(args []string, stdio *IO) int {
 	var ce *codeError
 	if !errors.As(err, &ce) || ce.err != nil {
 		line := errorLine(err)
+		if errors.Is(err, rpctypes.ErrUserEmpty) {
+			line += " (this etcd has authentication on: give --user NAME:PASSWORD, or set BATON_USER and BATON_PASSWORD)"
+		}
 		if errors.Is(err, rpctypes.ErrPermissionDenied) {
 			if user, _, _ := a.credentials(); user != "" {
 				line += fmt.Sprintf(" (user %q has no role that allows this on the key; an etcd admin grants one with etcdctl role grant-permission)", user)
@@ -120,7 +123,8 @@ Every command but serve and bench talks to etcd at --endpoints.`,
 	root.SetOut(a.io.Out)
 	root.SetErr(a.io.Err)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		if c.Name() == "lock" || c.Name() == "elect" {
+		// Only an unknown flag may be CMD's, given before the --.
+		if unknown := strings.Contains(err.Error(), "unknown flag") || strings.Contains(err.Error(), "unknown shorthand"); unknown && (c.Name() == "lock" || c.Name() == "elect") {
 			err = fmt.Errorf("%w (CMD's own flags go after --: baton %s NAME -- CMD ARGS...)", err, c.Name())
 		}
 		return withCode(exitUsage, err)
@@ -130,7 +134,7 @@ Every command but serve and bench talks to etcd at --endpoints.`,
 	f := root.PersistentFlags()
 	f.StringSliceVar(&a.endpoints, "endpoints", nil,
 		"etcd endpoints, comma-separated (default: $BATON_ENDPOINTS, else $ETCDCTL_ENDPOINTS, else "+defaultEndpoint+")")
-	f.DurationVar(&a.dialTimeout, "dial-timeout", defaultDialTimeout, "give up reaching etcd after this long")
+	durationFlag(f, &a.dialTimeout, "dial-timeout", defaultDialTimeout, "give up reaching etcd after this long")
 	f.StringVar(&a.cacert, "cacert", "", "verify the server's certificate with this CA bundle (PEM)")
 	f.StringVar(&a.cert, "cert", "", "client certificate for TLS (PEM)")
 	f.StringVar(&a.key, "key", "", "client key for TLS (PEM)")
@@ -152,8 +156,15 @@ Every command but serve and bench talks to etcd at --endpoints.`,
 // resolvedEndpoints applies the precedence --endpoints, $BATON_ENDPOINTS,
 // $ETCDCTL_ENDPOINTS, 127.0.0.1:2379.
 func (a *app) resolvedEndpoints() []string {
+	eps, _ := a.endpointsAndSource()
+	return eps
+}
+
+// endpointsAndSource is resolvedEndpoints and where they came from, for
+// errors: "--endpoints", "$BATON_ENDPOINTS", ....
+func (a *app) endpointsAndSource() ([]string, string) {
 	if f := a.root.PersistentFlags().Lookup("endpoints"); f != nil && f.Changed {
-		return a.endpoints
+		return a.endpoints, "--endpoints"
 	}
 	for _, env := range []string{"BATON_ENDPOINTS", "ETCDCTL_ENDPOINTS"} {
 		if v := a.io.getenv(env); v != "" {
@@ -164,11 +175,11 @@ func (a *app) resolvedEndpoints() []string {
 				}
 			}
 			if len(eps) > 0 {
-				return eps
+				return eps, "$" + env
 			}
 		}
 	}
-	return []string{defaultEndpoint}
+	return []string{defaultEndpoint}, "the default endpoint"
 }
 
 // credentials applies --user (name or name:password), --password,
@@ -238,7 +249,10 @@ func (a *app) connect(ctx context.Context) (*clientv3.Client, error) {
 	if a.dialTimeout <= 0 {
 		return nil, usageErrorf("--dial-timeout must be > 0, got %v", a.dialTimeout)
 	}
-	eps := a.resolvedEndpoints()
+	eps, source := a.endpointsAndSource()
+	if err := checkEndpoints(eps, source); err != nil {
+		return nil, err
+	}
 	tlsCfg, err := a.tlsConfig()
 	if err != nil {
 		return nil, err

@@ -2,9 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
+	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -93,6 +98,9 @@ func (o *serveOptions) run(context.Context) error {
 	if o.name == "" || o.dataDir == "" {
 		return usageErrorf("--name and --data-dir must not be empty")
 	}
+	if fi, err := os.Stat(o.dataDir); err == nil && !fi.IsDir() {
+		return usageErrorf("--data-dir %s is a file, not a directory: give another --data-dir", o.dataDir)
+	}
 	sigs, stopSignals := o.signals()
 	defer stopSignals()
 
@@ -106,8 +114,10 @@ func (o *serveOptions) run(context.Context) error {
 		err error
 	}
 	startc := make(chan started, 1)
+	sctx, cancelStart := context.WithCancel(context.Background())
+	defer cancelStart()
 	go func() {
-		srv, err := embedded.Start(embedded.Config{
+		srv, err := embedded.StartContext(sctx, embedded.Config{
 			Name:                o.name,
 			Dir:                 dir,
 			ListenClientURLs:    o.listenClientURLs,
@@ -124,6 +134,8 @@ func (o *serveOptions) run(context.Context) error {
 			// has started, which may take a person a while: wait for as
 			// long as it takes, or until interrupted.
 			StartTimeout: startTimeout,
+			// One line says what failed (serveError), not etcd's log.
+			QuietStart: o.logLevel != "debug",
 		})
 		startc <- started{srv, err}
 	}()
@@ -134,14 +146,22 @@ func (o *serveOptions) run(context.Context) error {
 		select {
 		case r := <-startc:
 			if r.err != nil {
-				return fmt.Errorf("serve: %w", r.err)
+				return o.serveError(r.err)
 			}
 			srv = r.srv
 		case <-notice.C:
 			fmt.Fprintf(o.io.Err, "baton serve: not ready yet: waiting for a majority of --initial-cluster (%s) to start\n", o.initialCluster)
 		case sig := <-sigs:
-			// The start cannot be cancelled; the process exits under it,
-			// and etcd's data survives that as it survives a crash.
+			// Stop the member that is starting, bounded: etcd's data
+			// survives an exit under it as it survives a crash.
+			cancelStart()
+			select {
+			case r := <-startc:
+				if r.srv != nil {
+					r.srv.Close()
+				}
+			case <-time.After(releaseTimeout):
+			}
 			return withCode(exitCodeOf(sig), fmt.Errorf("serve: interrupted (%v) while starting", sig))
 		}
 	}
@@ -163,4 +183,30 @@ func (o *serveOptions) run(context.Context) error {
 	}
 	fmt.Fprintf(o.io.Err, "baton serve: stopped; data kept in %s\n", dir)
 	return nil
+}
+
+// serveError is the one line for a member that did not start, naming the
+// flag that fixes it when the cause is known.
+func (o *serveOptions) serveError(err error) error {
+	var oe *net.OpError
+	if errors.Is(err, syscall.EADDRINUSE) && errors.As(err, &oe) && oe.Addr != nil {
+		addr := oe.Addr.String()
+		flag := "--listen-client-urls"
+		for _, u := range o.listenPeerURLs {
+			if strings.Contains(u, addr) || strings.HasSuffix(addr, ":"+urlPort(u)) {
+				flag = "--listen-peer-urls"
+			}
+		}
+		return withCode(exitUsage, fmt.Errorf("serve: %s is already in use (another etcd or baton serve?): give another port with %s", addr, flag))
+	}
+	return fmt.Errorf("serve: %w", err)
+}
+
+// urlPort is the port of a URL flag value, or "".
+func urlPort(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return ""
+	}
+	return u.Port()
 }

@@ -219,23 +219,6 @@ func statusText(t *testing.T, eps []string, args ...string) string {
 	return stdout
 }
 
-// waitKeys waits until n keys are under pfx (a liveness poll: the
-// waiters it waits for join in the background).
-func waitKeys(t *testing.T, c *clientv3.Client, pfx string, n int64) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		r, err := c.Get(ctxT(t, 10*time.Second), pfx, clientv3.WithPrefix(), clientv3.WithCountOnly())
-		if err == nil && r.Count == n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d keys under %q (%v), want %d", r.Count, pfx, err, n)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func newSessions(t *testing.T, c *clientv3.Client, n int) []*concurrency.Session {
 	t.Helper()
 	ss := make([]*concurrency.Session, n)
