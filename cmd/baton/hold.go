@@ -119,6 +119,7 @@ func (a *app) runChild(h held, argv, env []string, sigs <-chan os.Signal, grace 
 		return withCode(exitCannotRun, fmt.Errorf("run %s: %w", argv[0], err))
 	}
 	defer ch.kill() // whatever CMD left behind
+	a.log.Info("CMD started", "cmd", argv[0], "pid", cmd.Process.Pid, "key", h.key, "token", h.token)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 
@@ -129,6 +130,7 @@ func (a *app) runChild(h held, argv, env []string, sigs <-chan os.Signal, grace 
 	for {
 		select {
 		case err := <-done:
+			a.log.Info("CMD ended", "cmd", argv[0], "pid", cmd.Process.Pid, "status", describeExit(cmd.ProcessState))
 			if wasLost {
 				return withCode(exitLost, fmt.Errorf("%s lost (%s): %s was stopped (%s)", h.what, why, argv[0], describeExit(cmd.ProcessState)))
 			}
