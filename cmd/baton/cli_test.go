@@ -14,9 +14,9 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
-	"github.com/batonhq/baton/internal/bench"
 	"github.com/batonhq/baton/concurrency"
 	"github.com/batonhq/baton/embedded"
+	"github.com/batonhq/baton/internal/bench"
 	"github.com/batonhq/baton/internal/testutil"
 )
 

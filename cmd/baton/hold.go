@@ -238,11 +238,10 @@ func (a *app) acquire(c *clientv3.Client, s *concurrency.Session, name, what str
 		return withCode(exitCodeOf(sig), fmt.Errorf("interrupted (%v) while waiting for %s", sig, what))
 	case err != nil && timeout > 0 && errors.Is(err, context.DeadlineExceeded):
 		return withCode(exitTimeout, fmt.Errorf("timed out after %v waiting for %s%s", timeout, what, a.holderNote(c, name)))
-	case err != nil && errors.Is(err, concurrency.ErrSessionExpired) && !a.answers(c):
+	case err != nil && errors.Is(err, concurrency.ErrSessionExpired) && !a.answers(context.Background(), c):
 		// The lease ran out because no keep-alive got through: say so,
 		// not "session is expired".
-		return withCode(exitUnavailable, fmt.Errorf("%s: %w at %s: it stopped answering while we waited, and our place in the queue expired with the lease (is the server down?)",
-			what, errUnreachable, strings.Join(c.Endpoints(), ",")))
+		return placeLost(c, what)
 	case err != nil:
 		return fmt.Errorf("%s: %w", what, err)
 	}
@@ -252,10 +251,17 @@ func (a *app) acquire(c *clientv3.Client, s *concurrency.Session, name, what str
 	return nil
 }
 
+// placeLost is the error (exit 69) of a waiter whose place in the queue
+// expired with its lease because no endpoint of c answered.
+func placeLost(c *clientv3.Client, what string) error {
+	return withCode(exitUnavailable, fmt.Errorf("%s: %w at %s: it stopped answering while we waited, and our place in the queue expired with the lease (is the server down?)",
+		what, errUnreachable, strings.Join(c.Endpoints(), ",")))
+}
+
 // answers reports whether any endpoint of c answers within the dial
-// timeout.
-func (a *app) answers(c *clientv3.Client) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), a.dialTimeout)
+// timeout, or before ctx ends.
+func (a *app) answers(ctx context.Context, c *clientv3.Client) bool {
+	ctx, cancel := context.WithTimeout(ctx, a.dialTimeout)
 	defer cancel()
 	ok := make(chan bool, len(c.Endpoints()))
 	for _, ep := range c.Endpoints() {
