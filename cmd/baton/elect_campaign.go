@@ -110,7 +110,7 @@ func (o *electOptions) campaign(c *clientv3.Client, closeClient func() error, tt
 		}
 		lost, err := o.lead(t, id, ownValue, sigs)
 		switch {
-		case lost && o.recampaign && errors.Is(err, errTermLost):
+		case lost && o.recampaign && errors.Is(err, errTermLost) && !errors.As(err, new(signalledError)):
 			fmt.Fprintf(o.io.Err, "baton: %v; campaigning again\n", err)
 			close(t.done)
 			continue

@@ -127,12 +127,17 @@ func (a *app) runChild(h held, argv, env []string, sigs <-chan os.Signal, grace 
 	var wasLost bool
 	var why string
 	var kill <-chan time.Time
+	var got os.Signal
 	for {
 		select {
 		case err := <-done:
 			a.log.Info("CMD ended", "cmd", argv[0], "pid", cmd.Process.Pid, "status", describeExit(cmd.ProcessState))
 			if wasLost {
-				return withCode(exitLost, fmt.Errorf("%s lost (%s): %s was stopped (%s)", h.what, why, argv[0], describeExit(cmd.ProcessState)))
+				err := withCode(exitLost, fmt.Errorf("%s lost (%s): %s was stopped (%s)", h.what, why, argv[0], describeExit(cmd.ProcessState)))
+				if got != nil {
+					return signalledError{err, got}
+				}
+				return err
 			}
 			if err != nil && cmd.ProcessState == nil {
 				return fmt.Errorf("run %s: %w", argv[0], err)
@@ -142,6 +147,7 @@ func (a *app) runChild(h held, argv, env []string, sigs <-chan os.Signal, grace 
 			}
 			return nil
 		case sig := <-sigs:
+			got = sig
 			if s, ok := sig.(syscall.Signal); ok {
 				ch.signal(s)
 			}
@@ -162,6 +168,16 @@ func (a *app) runChild(h held, argv, env []string, sigs <-chan os.Signal, grace 
 		}
 	}
 }
+
+// signalledError is the loss of a hold during which baton got a signal,
+// which it passed on to CMD: elect --recampaign exits after it instead of
+// campaigning again, since the signal was meant to stop baton.
+type signalledError struct {
+	error
+	sig os.Signal
+}
+
+func (e signalledError) Unwrap() error { return e.error }
 
 // child is CMD, started by startChild (one file per system).
 type child struct {
