@@ -43,9 +43,31 @@ election as etcdctl elect's and etcd's Election. Once leader it runs CMD,
 resigns when CMD exits, and exits with CMD's exit code. Without CMD it
 prints the leader key and token and leads until interrupted.
 
+elect runs on the library's LeaderElector, with this process's identity,
+--ttl and --lease-trust: the command and the library share one lifecycle.
+
 CMD gets BATON_ELECTION_KEY, BATON_FENCING_TOKEN and BATON_PROPOSAL. If
 leadership is lost while CMD runs, CMD is stopped as in lock (SIGTERM, then
-SIGKILL after --kill-grace) and baton exits 71.
+SIGKILL after --kill-grace) and baton exits 71. The same happens earlier,
+when no keep-alive has been answered for --lease-trust of the TTL (default
+2/3: 6.7s of 10s): the server may be expiring the lease already, and CMD
+should stop before the next leader starts. --lease-trust is the elector's
+RenewDeadline (trust x TTL), which must be more than a third of the TTL
+(a keep-alive goes out every third): 1/3 or less is a usage error, and 1
+is taken as a millisecond less than the TTL, the most the elector allows,
+so that CMD stops when the client deems the lease expired. A --ttl under
+2s is raised to 2s, etcd's minimum, as the server would raise it.
+
+--recampaign stays in the race after a loss: CMD is stopped as above, and
+only once it has exited (with whatever it left running) does baton
+campaign again, running CMD anew, with a new token, each time it leads;
+two CMDs of one baton never run at once. baton then exits only when CMD
+exits by itself (with CMD's code, after resigning), on an interrupt while
+it waits (128+N), after --timeout of one wait (72, each wait has its own),
+or when it is interrupted while CMD stops after a loss (71). A server that
+stops answering does not end it: it campaigns again when the server is
+back. Without --recampaign, a candidate whose server stops answering for a
+TTL while it waits exits 69.
 
 Without PROPOSAL the value is baton's identity of this process (host, pid,
 --note, since when), which status and --listen show; with one, the value is
@@ -54,6 +76,7 @@ PROPOSAL exactly, as other etcd clients expect.
 --listen does not campaign: it prints the leader each time it changes,
 "no leader" included, one line each (JSON lines with --json).`,
 		Example: `  baton elect scheduler -- ./scheduler
+  baton elect --recampaign --note "$(hostname)" scheduler -- ./scheduler
   baton elect web 10.0.0.5:8080 -- ./serve --port 8080
   baton elect --listen web
   baton elect --listen --json web`,
@@ -84,7 +107,7 @@ PROPOSAL exactly, as other etcd clients expect.
 	f := cmd.Flags()
 	f.BoolVarP(&o.listen, "listen", "l", false, "print every change of leader instead of campaigning")
 	f.BoolVar(&o.json, "json", false, "with --listen, print JSON lines")
-	durationFlag(f, &o.ttl, "ttl", defaultTTL, "lease TTL: how long leadership outlives a baton that stops renewing it (rounded up to seconds)")
+	durationFlag(f, &o.ttl, "ttl", defaultTTL, "lease TTL: how long leadership outlives a baton that stops renewing it (rounded up to seconds; at least 2s)")
 	durationFlag(f, &o.timeout, "timeout", 0, "give up campaigning after this long (exit 72); 0 waits forever")
 	durationFlag(f, &o.killGrace, "kill-grace", defaultKillGrace, "on leadership loss, time between SIGTERM and SIGKILL to CMD; 0 kills at once")
 	o.trust = defaultLeaseTrust
