@@ -301,9 +301,15 @@ func (a *app) answers(ctx context.Context, c *clientv3.Client) bool {
 func (a *app) warnNested(c *clientv3.Client, name string) {
 	for _, other := range nestedNames(c, name, a.dialTimeout) {
 		outer, inner := min(name, other), max(name, other) // outer is a prefix of inner
-		fmt.Fprintf(a.io.Err, "baton: warning: names %q and %q nest: etcd keeps the queue of %q under %q, so %q also waits for the holders of %q (as with etcdctl); choose names where neither is the other followed by /\n",
-			outer, inner, outer, outer+"/", outer, inner)
+		fmt.Fprintln(a.io.Err, nestWarning(outer, inner))
 	}
+}
+
+// nestWarning is the warning for names outer and inner, where outer/ is a
+// prefix of inner.
+func nestWarning(outer, inner string) string {
+	return fmt.Sprintf("baton: warning: names %q and %q nest: etcd keeps the queue of %q under %q, so %q also waits for the holders of %q (as with etcdctl); choose names where neither is the other followed by /",
+		outer, inner, outer, outer+"/", outer, inner)
 }
 
 // nestedNames lists the live names that nest with name: those under
