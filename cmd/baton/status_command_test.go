@@ -513,6 +513,7 @@ func TestCell(t *testing.T) {
 // only share a prefix ("ab") do not nest. The table itself is unchanged.
 func TestStatusWarnsNested(t *testing.T) {
 	srv := testutil.Server(t)
+	c := testutil.Client(t, srv.Endpoints())
 	env := testEnv("BATON_ENDPOINTS=" + strings.Join(srv.Endpoints(), ","))
 	for _, name := range []string{"a/b", "ab", "e/x/y"} {
 		p := start(t, env, "lock", name)
@@ -520,8 +521,10 @@ func TestStatusWarnsNested(t *testing.T) {
 	}
 	outer := start(t, env, "lock", "a") // waits behind a/b
 	outer.stderr.waitFor(t, outer.name, 0, "waiting for lock a", 30*time.Second)
+	waitKeys(t, c, "a/", 2) // a/b's and the waiter's
 	candidate := start(t, env, "elect", "e", "p") // waits behind e/x/y
 	candidate.stderr.waitFor(t, candidate.name, 0, "waiting for leadership of e", 30*time.Second)
+	waitKeys(t, c, "e/", 2) // e/x/y's and the candidate's
 
 	for _, args := range [][]string{{"status"}, {"status", "--json"}} {
 		code, stdout, stderr := inProcess(append([]string{"--endpoints", strings.Join(srv.Endpoints(), ",")}, args...)...)
