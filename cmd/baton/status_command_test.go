@@ -521,7 +521,7 @@ func TestStatusWarnsNested(t *testing.T) {
 	}
 	outer := start(t, env, "lock", "a") // waits behind a/b
 	outer.stderr.waitFor(t, outer.name, 0, "waiting for lock a", 30*time.Second)
-	waitKeys(t, c, "a/", 2) // a/b's and the waiter's
+	waitKeys(t, c, "a/", 2)                       // a/b's and the waiter's
 	candidate := start(t, env, "elect", "e", "p") // waits behind e/x/y
 	candidate.stderr.waitFor(t, candidate.name, 0, "waiting for leadership of e", 30*time.Second)
 	waitKeys(t, c, "e/", 2) // e/x/y's and the candidate's
