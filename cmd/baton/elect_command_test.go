@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -13,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/batonhq/baton/concurrency"
+	"github.com/batonhq/baton/internal/testutil"
 )
 
 // TestElectStopsChildOnResign: the leader's key is resigned from outside
@@ -342,5 +344,44 @@ func TestElectRecampaignInterrupted(t *testing.T) {
 	p.waitCode(exitLost, 30*time.Second)
 	if s := p.stderr.text(); strings.Contains(s, "campaigning again") || strings.Contains(s, "waiting for") {
 		t.Errorf("baton campaigned again after the signal:\n%s", s)
+	}
+}
+
+// TestRenewDeadline: --lease-trust maps to a RenewDeadline the elector
+// takes, at its edges too (1 is the TTL less 1ms); 1/3 and less are
+// usage errors.
+func TestRenewDeadline(t *testing.T) {
+	srv := testutil.Server(t)
+	c := testutil.Client(t, srv.Endpoints())
+	for _, tc := range []struct {
+		ttl   int
+		trust float64
+		want  time.Duration
+	}{
+		{10, 2.0 / 3, 6666666666},
+		{10, 1, 10*time.Second - time.Millisecond},
+		{2, 0.5, time.Second},
+		{10, 0.34, 3400 * time.Millisecond},
+		{10, 1.0 / 3, 0},
+		{10, 0.1, 0},
+	} {
+		d, err := renewDeadline(tc.ttl, tc.trust)
+		if tc.want == 0 {
+			if exitCode(err) != exitUsage {
+				t.Errorf("ttl %d, trust %v: %v, %v; want a usage error", tc.ttl, tc.trust, d, err)
+			}
+			continue
+		}
+		if err != nil || d != tc.want {
+			t.Errorf("ttl %d, trust %v: %v, %v; want %v", tc.ttl, tc.trust, d, err, tc.want)
+			continue
+		}
+		_, err = concurrency.NewLeaderElector(concurrency.LeaderElectionConfig{
+			Client: c, Prefix: "rd", TTL: time.Duration(tc.ttl) * time.Second, RenewDeadline: d,
+			Callbacks: concurrency.LeaderCallbacks{OnStartedLeading: func(context.Context, *concurrency.Leadership) {}},
+		})
+		if err != nil {
+			t.Errorf("ttl %d, trust %v: the elector refuses RenewDeadline %v: %v", tc.ttl, tc.trust, d, err)
+		}
 	}
 }
