@@ -14,9 +14,9 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
-	"github.com/batonhq/baton/internal/bench"
 	"github.com/batonhq/baton/concurrency"
 	"github.com/batonhq/baton/embedded"
+	"github.com/batonhq/baton/internal/bench"
 	"github.com/batonhq/baton/internal/testutil"
 )
 
@@ -43,6 +43,11 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"elect", "--json", "x"}, exitUsage, "--json goes with --listen"},
 		{[]string{"elect", "--listen", "x", "p"}, exitUsage, "--listen takes only NAME"},
 		{[]string{"elect", "a", "b", "c"}, exitUsage, "too many arguments"},
+		{[]string{"elect", "--recampaign", "--listen", "x"}, exitUsage, "--recampaign goes with campaigning"},
+		{[]string{"elect", "--lease-trust", "1/3", "x"}, exitUsage, "--lease-trust for elect must be more than 1/3"},
+		{[]string{"--log-level", "loud", "status"}, exitUsage, "--log-level must be debug, info, warn or error"},
+		{[]string{"--log-format", "xml", "status"}, exitUsage, "--log-format must be text or json"},
+		{[]string{"serve", "--log-level", "loud"}, exitUsage, "--log-level must be"},
 		{[]string{"status", "a", "b"}, exitUsage, "accepts at most 1 arg"},
 		{[]string{"bench", "--only", "nosuch"}, exitUsage, `no suite "nosuch"`},
 		{[]string{"serve", "--initial-cluster-state", "maybe"}, exitUsage, "--initial-cluster-state"},

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -22,13 +23,14 @@ type electOptions struct {
 	proposal string
 	argv     []string
 
-	listen    bool
-	json      bool
-	ttl       time.Duration
-	timeout   time.Duration
-	killGrace time.Duration
-	trust     fractionValue
-	note      string
+	listen     bool
+	json       bool
+	ttl        time.Duration
+	timeout    time.Duration
+	killGrace  time.Duration
+	trust      fractionValue
+	note       string
+	recampaign bool
 }
 
 func newElectCommand(a *app) *cobra.Command {
@@ -41,9 +43,31 @@ election as etcdctl elect's and etcd's Election. Once leader it runs CMD,
 resigns when CMD exits, and exits with CMD's exit code. Without CMD it
 prints the leader key and token and leads until interrupted.
 
+elect runs on the library's LeaderElector, with this process's identity,
+--ttl and --lease-trust: the command and the library share one lifecycle.
+
 CMD gets BATON_ELECTION_KEY, BATON_FENCING_TOKEN and BATON_PROPOSAL. If
 leadership is lost while CMD runs, CMD is stopped as in lock (SIGTERM, then
-SIGKILL after --kill-grace) and baton exits 71.
+SIGKILL after --kill-grace) and baton exits 71. The same happens earlier,
+when no keep-alive has been answered for --lease-trust of the TTL (default
+2/3: 6.7s of 10s): the server may be expiring the lease already, and CMD
+should stop before the next leader starts. --lease-trust is the elector's
+RenewDeadline (trust x TTL), which must be more than a third of the TTL
+(a keep-alive goes out every third): 1/3 or less is a usage error, and 1
+is taken as a millisecond less than the TTL, the most the elector allows,
+so that CMD stops when the client deems the lease expired. A --ttl under
+2s is raised to 2s, etcd's minimum, as the server would raise it.
+
+--recampaign stays in the race after a loss: CMD is stopped as above, and
+only once it has exited (with whatever it left running) does baton
+campaign again, running CMD anew, with a new token, each time it leads;
+two CMDs of one baton never run at once. baton then exits only when CMD
+exits by itself (with CMD's code, after resigning), on an interrupt while
+it waits (128+N), after --timeout of one wait (72, each wait has its own),
+or when it is interrupted while CMD stops after a loss (71). A server that
+stops answering does not end it: it campaigns again when the server is
+back. Without --recampaign, a candidate whose server stops answering for a
+TTL while it waits exits 69.
 
 Without PROPOSAL the value is baton's identity of this process (host, pid,
 --note, since when), which status and --listen show; with one, the value is
@@ -52,6 +76,7 @@ PROPOSAL exactly, as other etcd clients expect.
 --listen does not campaign: it prints the leader each time it changes,
 "no leader" included, one line each (JSON lines with --json).`,
 		Example: `  baton elect scheduler -- ./scheduler
+  baton elect --recampaign --note "$(hostname)" scheduler -- ./scheduler
   baton elect web 10.0.0.5:8080 -- ./serve --port 8080
   baton elect --listen web
   baton elect --listen --json web`,
@@ -82,12 +107,13 @@ PROPOSAL exactly, as other etcd clients expect.
 	f := cmd.Flags()
 	f.BoolVarP(&o.listen, "listen", "l", false, "print every change of leader instead of campaigning")
 	f.BoolVar(&o.json, "json", false, "with --listen, print JSON lines")
-	durationFlag(f, &o.ttl, "ttl", defaultTTL, "lease TTL: how long leadership outlives a baton that stops renewing it (rounded up to seconds)")
+	durationFlag(f, &o.ttl, "ttl", defaultTTL, "lease TTL: how long leadership outlives a baton that stops renewing it (rounded up to seconds; at least 2s)")
 	durationFlag(f, &o.timeout, "timeout", 0, "give up campaigning after this long (exit 72); 0 waits forever")
 	durationFlag(f, &o.killGrace, "kill-grace", defaultKillGrace, "on leadership loss, time between SIGTERM and SIGKILL to CMD; 0 kills at once")
 	o.trust = defaultLeaseTrust
 	f.Var(&o.trust, "lease-trust", leaseTrustUsage)
 	f.StringVar(&o.note, "note", "", "a note about this candidate, shown by status and --listen")
+	f.BoolVar(&o.recampaign, "recampaign", false, "after a loss, stop CMD and campaign again, running CMD anew each time it leads")
 	return cmd
 }
 
@@ -101,6 +127,15 @@ func (o *electOptions) run(ctx context.Context) error {
 		return usageErrorf("--listen takes only NAME")
 	case o.json && !o.listen:
 		return usageErrorf("--json goes with --listen")
+	case o.recampaign && o.listen:
+		return usageErrorf("--recampaign goes with campaigning, not with --listen")
+	}
+	ttl = max(ttl, int(concurrency.MinElectorTTL/time.Second)) // as the server would raise it
+	var renew time.Duration
+	if !o.listen {
+		if renew, err = renewDeadline(ttl, float64(o.trust)); err != nil {
+			return err
+		}
 	}
 	sigs, stopSignals := o.signals()
 	defer stopSignals()
@@ -108,64 +143,35 @@ func (o *electOptions) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	s, err := concurrency.NewSession(c, concurrency.WithTTL(ttl), concurrency.WithLeaseTrust(float64(o.trust)))
-	if err != nil {
-		return fmt.Errorf("elect %s: %w", o.name, err)
-	}
-	var lostHold bool
-	defer func() { endSession(s, lostHold) }()
-	e := concurrency.NewElection(s, o.name)
-	o.warnNested(c, o.name)
+	// Closed once: a campaign that must end promptly closes it early.
+	closeClient := sync.OnceValue(c.Close)
+	defer closeClient()
 	if o.listen {
-		return o.runListen(e, sigs)
-	}
-
-	what := "leadership of " + o.name
-	proposal, id := o.proposal, newIdentity(kindElection, o.note)
-	ownValue := proposal == ""
-	if ownValue {
-		proposal = id.encode()
-	}
-	if err := o.acquire(c, s, o.name, what, o.timeout, sigs, func(ctx context.Context) error {
-		return e.Campaign(ctx, proposal)
-	}); err != nil {
-		return err
-	}
-	if ownValue {
-		// Say since when we lead; Proclaim keeps the create revision.
-		id.Acquired = time.Now().UTC()
-		proposal = id.encode()
-		pctx, cancel := context.WithTimeout(ctx, releaseTimeout)
-		err := e.Proclaim(pctx, proposal)
-		cancel()
-		if errors.Is(err, concurrency.ErrElectionNotLeader) {
-			return withCode(exitLost, fmt.Errorf("%s lost right after it was won", what))
-		}
+		s, err := concurrency.NewSession(c, concurrency.WithTTL(ttl), concurrency.WithLogger(o.log))
 		if err != nil {
-			fmt.Fprintf(o.io.Err, "baton: %s: could not record the time: %v\n", what, err)
+			return fmt.Errorf("elect %s: %w", o.name, err)
 		}
+		defer s.Close()
+		o.warnNested(c, o.name)
+		return o.runListen(concurrency.NewElection(s, o.name), sigs)
 	}
-	h := held{what: what, s: s, key: o.prefix + e.Key(), token: e.Rev()}
-	token := strconv.FormatInt(h.token, 10)
-	fmt.Fprintf(o.io.Err, "baton: leading %s (token %s)\n", o.name, token)
-	vars := []string{"BATON_ELECTION_KEY=" + h.key, "BATON_FENCING_TOKEN=" + token}
-	lost, herr := o.holdWhile(e.HoldContext, h, o.argv, vars, []string{"BATON_PROPOSAL=" + proposal}, "", sigs, o.killGrace)
-	if lost {
-		lostHold = true
-		return herr
+	o.warnNested(c, o.name)
+	return o.campaign(c, closeClient, ttl, renew, sigs)
+}
+
+// renewDeadline is the elector's RenewDeadline for --lease-trust: the
+// fraction of the TTL, which the elector takes in (TTL/3, TTL). A fraction
+// of 1/3 or less is refused: a keep-alive goes out a third of the TTL after
+// the last answer, so the leader would step down between two. 1 becomes a
+// millisecond less than the TTL, the most the elector takes: CMD stops
+// when the client deems the lease expired.
+func renewDeadline(ttlSeconds int, trust float64) (time.Duration, error) {
+	ttl := time.Duration(ttlSeconds) * time.Second
+	d := time.Duration(trust * float64(ttl))
+	if d <= ttl/3 {
+		return 0, usageErrorf("--lease-trust for elect must be more than 1/3 (a keep-alive goes out every third of the TTL), got %v", strconv.FormatFloat(trust, 'g', 3, 64))
 	}
-	rctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
-	defer cancel()
-	// Resign deletes the key only if it is still ours, and says nothing
-	// when it was not; Guard with no operations tells which it was.
-	if _, gerr := e.Guard(rctx); errors.Is(gerr, concurrency.ErrElectionNotLeader) {
-		return withCode(exitLost, fmt.Errorf("%s was lost before resigning", what))
-	}
-	if rerr := e.Resign(rctx); rerr != nil {
-		fmt.Fprintf(o.io.Err, "baton: resigning %s: %v (leadership ends with the lease, within %ds)\n", o.name, rerr, ttl)
-	}
-	return herr
+	return min(d, ttl-time.Millisecond), nil
 }
 
 // leaderLine is one line of --listen --json.

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -12,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/batonhq/baton/concurrency"
+	"github.com/batonhq/baton/internal/testutil"
 )
 
 // TestElectStopsChildOnResign: the leader's key is resigned from outside
@@ -179,5 +182,206 @@ func waitAcquired(t *testing.T, c *clientv3.Client, key string) {
 			t.Fatalf("%s did not record its acquisition within 30s", key)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// termScript is a CMD for --recampaign tests: it says so when the previous
+// CMD of the same baton ($PIDF holds its pid) still runs as it starts,
+// prints "start ID TOKEN KEY NANOS", and "stop ID TOKEN NANOS" on SIGTERM.
+const termScript = `if [ -s "$PIDF" ] && kill -0 "$(cat "$PIDF")" 2>/dev/null; then echo "overlap $ID"; fi; echo $$ > "$PIDF"
+echo "start $ID $BATON_FENCING_TOKEN $BATON_ELECTION_KEY $(date +%s%N)"
+trap 'echo "stop $ID $BATON_FENCING_TOKEN $(date +%s%N)"; exit 0' TERM
+while :; do sleep 0.05; done`
+
+// TestElectRecampaign: two batons with --recampaign; the leader loses four
+// times in a row, by a deleted key and by a revoked lease in turn. Each
+// loss stops its CMD, the other baton leads and runs CMD, and the loser
+// campaigns again, so each runs CMD at least twice. The terms of one
+// baton never overlap (each CMD checks that its predecessor is gone, and
+// the stamps alternate), and the tokens grow from term to term.
+func TestElectRecampaign(t *testing.T) {
+	env, c := serverEnv(t)
+	dir := t.TempDir()
+	run := func(id string) *proc {
+		return start(t, append(slices.Clone(env), "ID="+id, "PIDF="+dir+"/"+id), "elect", "--recampaign", "--note", id, "rc", "--", "sh", "-c", termScript)
+	}
+	a := run("A")
+	_, nextA := a.stdout.waitFor(t, a.name, 0, "start A ", 30*time.Second)
+	b := run("B")
+	b.stderr.waitFor(t, b.name, 0, "waiting for leadership of rc", 30*time.Second)
+	procs := map[string]*proc{"A": a, "B": b}
+	next := map[string]int{"A": nextA, "B": 0}
+	nextErr := map[string]int{"A": 0, "B": 0}
+	leader, other := "A", "B"
+	lastToken := int64(0)
+	const losses = 4
+	for i := range losses {
+		lines := strings.Split(procs[leader].stdout.text(), "\n")
+		f := strings.Fields(lines[next[leader]-1]) // start ID TOKEN KEY NANOS
+		token, _ := strconv.ParseInt(f[2], 10, 64)
+		if token <= lastToken {
+			t.Errorf("term %d of %s has token %d after %d: tokens must grow", i, leader, token, lastToken)
+		}
+		lastToken = token
+		if i%2 == 0 {
+			if _, err := c.Delete(ctxT(t, 10*time.Second), f[3]); err != nil {
+				t.Fatal(err)
+			}
+		} else if _, err := c.Revoke(ctxT(t, 10*time.Second), leaseOf(t, c, f[3])); err != nil {
+			t.Fatal(err)
+		}
+		p := procs[leader]
+		_, next[leader] = p.stdout.waitFor(t, p.name, next[leader], "stop "+leader+" "+f[2], 30*time.Second)
+		_, nextErr[leader] = p.stderr.waitFor(t, p.name, nextErr[leader], "campaigning again", 30*time.Second)
+		q := procs[other]
+		_, next[other] = q.stdout.waitFor(t, q.name, next[other], "start "+other+" ", 30*time.Second)
+		leader, other = other, leader
+	}
+	// The loser of the last round waits again.
+	procs[other].stderr.waitFor(t, procs[other].name, nextErr[other], "waiting for leadership of rc", 30*time.Second)
+	// The candidate that waits is interrupted (first: it would lead once
+	// the leader resigns); the leader's CMD exits 0 on SIGTERM, which
+	// baton passes on.
+	procs[other].signal(syscall.SIGTERM)
+	procs[other].waitCode(exitSignalBase+int(syscall.SIGTERM), 30*time.Second)
+	procs[leader].signal(syscall.SIGTERM)
+	procs[leader].waitCode(0, 30*time.Second)
+
+	for id, p := range procs {
+		out := p.stdout.text()
+		if strings.Contains(out, "overlap") {
+			t.Errorf("%s started a CMD while its previous one still ran:\n%s", id, out)
+		}
+		var starts int
+		var lastStop int64
+		for i, l := range strings.Split(out, "\n") {
+			f := strings.Fields(l)
+			want := "start"
+			if i%2 == 1 {
+				want = "stop"
+			}
+			if len(f) < 3 || f[0] != want {
+				t.Fatalf("%s: line %d is %q, want a %s line: its terms overlap:\n%s", id, i, l, want, out)
+			}
+			at, _ := strconv.ParseInt(f[len(f)-1], 10, 64)
+			if want == "start" {
+				starts++
+				if at <= lastStop {
+					t.Errorf("%s: a term started at %d, before the previous one stopped at %d", id, at, lastStop)
+				}
+			} else {
+				lastStop = at
+			}
+		}
+		if starts < 2 {
+			t.Errorf("%s ran CMD %d times, want at least 2:\n%s", id, starts, out)
+		}
+	}
+}
+
+// TestElectExitCodes: without --recampaign, CMD's code comes back (127
+// for a missing CMD), a loss is 71 whether the key is deleted or the lease
+// revoked, --timeout is 72 naming the leader, and an interrupt while
+// waiting is 128+N. With --recampaign CMD's own exit still ends baton with
+// its code.
+func TestElectExitCodes(t *testing.T) {
+	env, c := serverEnv(t)
+	for _, args := range [][]string{
+		{"elect", "codes", "--", "sh", "-c", "exit 3"},
+		{"elect", "--recampaign", "codes", "--", "sh", "-c", "exit 3"},
+	} {
+		if code, _, stderr := runBaton(t, env, 30*time.Second, args...); code != 3 {
+			t.Errorf("baton %s: exit %d, want 3; stderr:\n%s", strings.Join(args, " "), code, stderr)
+		}
+	}
+	if code, _, stderr := runBaton(t, env, 30*time.Second, "elect", "codes", "--", "/nonexistent/cmd"); code != exitNotFound {
+		t.Errorf("missing CMD: exit %d, want %d; stderr:\n%s", code, exitNotFound, stderr)
+	}
+	p := start(t, env, "elect", "--note", "revoked", "codes", "--", "sh", "-c", `echo "key $BATON_ELECTION_KEY"; exec sleep 100`)
+	line, _ := p.stdout.waitFor(t, p.name, 0, "key ", 30*time.Second)
+	key := strings.TrimPrefix(line, "key ")
+
+	code, _, stderr := runBaton(t, env, 30*time.Second, "elect", "--timeout", "300ms", "codes", "--", "true")
+	if code != exitTimeout || !strings.Contains(stderr, "timed out after 300ms waiting for leadership of codes: held by") || !strings.Contains(stderr, "(revoked)") {
+		t.Errorf("--timeout: exit %d, want %d naming the leader; stderr:\n%s", code, exitTimeout, stderr)
+	}
+	w := start(t, env, "elect", "codes", "--", "true")
+	w.stderr.waitFor(t, w.name, 0, "waiting for leadership of codes", 30*time.Second)
+	w.signal(syscall.SIGINT)
+	w.waitCode(exitSignalBase+int(syscall.SIGINT), 30*time.Second)
+
+	if _, err := c.Revoke(ctxT(t, 10*time.Second), leaseOf(t, c, key)); err != nil {
+		t.Fatal(err)
+	}
+	revoked := time.Now()
+	p.waitCode(exitLost, 30*time.Second)
+	if took := time.Since(revoked); took > 2*time.Second {
+		t.Errorf("baton exited %v after the revoke, want promptly", took)
+	}
+	if s := p.stderr.text(); !strings.Contains(s, "leadership of codes lost") || strings.Contains(s, "campaigning again") {
+		t.Errorf("stderr does not say leadership was lost, or campaigns again without --recampaign:\n%s", s)
+	}
+	// Nothing is left under the election once they have all exited.
+	if r, err := c.Get(ctxT(t, 10*time.Second), "codes/", clientv3.WithPrefix()); err != nil || len(r.Kvs) != 0 {
+		t.Errorf("keys left under codes/: %v (%v)", r.Kvs, err)
+	}
+}
+
+// TestElectRecampaignInterrupted: a signal that comes while CMD is being
+// stopped after a loss is passed on to CMD, as always, and ends baton
+// (71) instead of a new campaign: it was meant to stop baton.
+func TestElectRecampaignInterrupted(t *testing.T) {
+	env, c := serverEnv(t)
+	// CMD exits at the second SIGTERM: the first is baton's, on the loss.
+	p := start(t, env, "elect", "--recampaign", "ri", "--", "sh", "-c",
+		`n=0; trap 'n=$((n+1)); echo "term $n"; [ $n -ge 2 ] && exit 0' TERM; echo "key $BATON_ELECTION_KEY"; while :; do sleep 0.05; done`)
+	line, next := p.stdout.waitFor(t, p.name, 0, "key ", 30*time.Second)
+	if _, err := c.Delete(ctxT(t, 10*time.Second), strings.TrimPrefix(line, "key ")); err != nil {
+		t.Fatal(err)
+	}
+	p.stdout.waitFor(t, p.name, next, "term 1", 30*time.Second)
+	p.signal(syscall.SIGTERM)
+	p.waitCode(exitLost, 30*time.Second)
+	if s := p.stderr.text(); strings.Contains(s, "campaigning again") || strings.Contains(s, "waiting for") {
+		t.Errorf("baton campaigned again after the signal:\n%s", s)
+	}
+}
+
+// TestRenewDeadline: --lease-trust maps to a RenewDeadline the elector
+// takes, at its edges too (1 is the TTL less 1ms); 1/3 and less are
+// usage errors.
+func TestRenewDeadline(t *testing.T) {
+	srv := testutil.Server(t)
+	c := testutil.Client(t, srv.Endpoints())
+	for _, tc := range []struct {
+		ttl   int
+		trust float64
+		want  time.Duration
+	}{
+		{10, 2.0 / 3, 6666666666},
+		{10, 1, 10*time.Second - time.Millisecond},
+		{2, 0.5, time.Second},
+		{10, 0.34, 3400 * time.Millisecond},
+		{10, 1.0 / 3, 0},
+		{10, 0.1, 0},
+	} {
+		d, err := renewDeadline(tc.ttl, tc.trust)
+		if tc.want == 0 {
+			if exitCode(err) != exitUsage {
+				t.Errorf("ttl %d, trust %v: %v, %v; want a usage error", tc.ttl, tc.trust, d, err)
+			}
+			continue
+		}
+		if err != nil || d != tc.want {
+			t.Errorf("ttl %d, trust %v: %v, %v; want %v", tc.ttl, tc.trust, d, err, tc.want)
+			continue
+		}
+		_, err = concurrency.NewLeaderElector(concurrency.LeaderElectionConfig{
+			Client: c, Prefix: "rd", TTL: time.Duration(tc.ttl) * time.Second, RenewDeadline: d,
+			Callbacks: concurrency.LeaderCallbacks{OnStartedLeading: func(context.Context, *concurrency.Leadership) {}},
+		})
+		if err != nil {
+			t.Errorf("ttl %d, trust %v: the elector refuses RenewDeadline %v: %v", tc.ttl, tc.trust, d, err)
+		}
 	}
 }

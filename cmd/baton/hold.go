@@ -119,6 +119,7 @@ func (a *app) runChild(h held, argv, env []string, sigs <-chan os.Signal, grace 
 		return withCode(exitCannotRun, fmt.Errorf("run %s: %w", argv[0], err))
 	}
 	defer ch.kill() // whatever CMD left behind
+	a.log.Info("CMD started", "cmd", argv[0], "pid", cmd.Process.Pid, "key", h.key, "token", h.token)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 
@@ -126,11 +127,17 @@ func (a *app) runChild(h held, argv, env []string, sigs <-chan os.Signal, grace 
 	var wasLost bool
 	var why string
 	var kill <-chan time.Time
+	var got os.Signal
 	for {
 		select {
 		case err := <-done:
+			a.log.Info("CMD ended", "cmd", argv[0], "pid", cmd.Process.Pid, "status", describeExit(cmd.ProcessState))
 			if wasLost {
-				return withCode(exitLost, fmt.Errorf("%s lost (%s): %s was stopped (%s)", h.what, why, argv[0], describeExit(cmd.ProcessState)))
+				err := withCode(exitLost, fmt.Errorf("%s lost (%s): %s was stopped (%s)", h.what, why, argv[0], describeExit(cmd.ProcessState)))
+				if got != nil {
+					return signalledError{err, got}
+				}
+				return err
 			}
 			if err != nil && cmd.ProcessState == nil {
 				return fmt.Errorf("run %s: %w", argv[0], err)
@@ -140,6 +147,7 @@ func (a *app) runChild(h held, argv, env []string, sigs <-chan os.Signal, grace 
 			}
 			return nil
 		case sig := <-sigs:
+			got = sig
 			if s, ok := sig.(syscall.Signal); ok {
 				ch.signal(s)
 			}
@@ -160,6 +168,16 @@ func (a *app) runChild(h held, argv, env []string, sigs <-chan os.Signal, grace 
 		}
 	}
 }
+
+// signalledError is the loss of a hold during which baton got a signal,
+// which it passed on to CMD: elect --recampaign exits after it instead of
+// campaigning again, since the signal was meant to stop baton.
+type signalledError struct {
+	error
+	sig os.Signal
+}
+
+func (e signalledError) Unwrap() error { return e.error }
 
 // child is CMD, started by startChild (one file per system).
 type child struct {
@@ -236,11 +254,10 @@ func (a *app) acquire(c *clientv3.Client, s *concurrency.Session, name, what str
 		return withCode(exitCodeOf(sig), fmt.Errorf("interrupted (%v) while waiting for %s", sig, what))
 	case err != nil && timeout > 0 && errors.Is(err, context.DeadlineExceeded):
 		return withCode(exitTimeout, fmt.Errorf("timed out after %v waiting for %s%s", timeout, what, a.holderNote(c, name)))
-	case err != nil && errors.Is(err, concurrency.ErrSessionExpired) && !a.answers(c):
+	case err != nil && errors.Is(err, concurrency.ErrSessionExpired) && !a.answers(context.Background(), c):
 		// The lease ran out because no keep-alive got through: say so,
 		// not "session is expired".
-		return withCode(exitUnavailable, fmt.Errorf("%s: %w at %s: it stopped answering while we waited, and our place in the queue expired with the lease (is the server down?)",
-			what, errUnreachable, strings.Join(c.Endpoints(), ",")))
+		return placeLost(c, what)
 	case err != nil:
 		return fmt.Errorf("%s: %w", what, err)
 	}
@@ -250,10 +267,17 @@ func (a *app) acquire(c *clientv3.Client, s *concurrency.Session, name, what str
 	return nil
 }
 
+// placeLost is the error (exit 69) of a waiter whose place in the queue
+// expired with its lease because no endpoint of c answered.
+func placeLost(c *clientv3.Client, what string) error {
+	return withCode(exitUnavailable, fmt.Errorf("%s: %w at %s: it stopped answering while we waited, and our place in the queue expired with the lease (is the server down?)",
+		what, errUnreachable, strings.Join(c.Endpoints(), ",")))
+}
+
 // answers reports whether any endpoint of c answers within the dial
-// timeout.
-func (a *app) answers(c *clientv3.Client) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), a.dialTimeout)
+// timeout, or before ctx ends.
+func (a *app) answers(ctx context.Context, c *clientv3.Client) bool {
+	ctx, cancel := context.WithTimeout(ctx, a.dialTimeout)
 	defer cancel()
 	ok := make(chan bool, len(c.Endpoints()))
 	for _, ep := range c.Endpoints() {
@@ -277,9 +301,15 @@ func (a *app) answers(c *clientv3.Client) bool {
 func (a *app) warnNested(c *clientv3.Client, name string) {
 	for _, other := range nestedNames(c, name, a.dialTimeout) {
 		outer, inner := min(name, other), max(name, other) // outer is a prefix of inner
-		fmt.Fprintf(a.io.Err, "baton: warning: names %q and %q nest: etcd keeps the queue of %q under %q, so %q also waits for the holders of %q (as with etcdctl); choose names where neither is the other followed by /\n",
-			outer, inner, outer, outer+"/", outer, inner)
+		fmt.Fprintln(a.io.Err, nestWarning(outer, inner))
 	}
+}
+
+// nestWarning is the warning for names outer and inner, where outer/ is a
+// prefix of inner.
+func nestWarning(outer, inner string) string {
+	return fmt.Sprintf("baton: warning: names %q and %q nest: etcd keeps the queue of %q under %q, so %q also waits for the holders of %q (as with etcdctl); choose names where neither is the other followed by /",
+		outer, inner, outer, outer+"/", outer, inner)
 }
 
 // nestedNames lists the live names that nest with name: those under

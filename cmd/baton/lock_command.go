@@ -127,7 +127,7 @@ func (o *lockOptions) run(ctx context.Context) error {
 		return err
 	}
 	defer c.Close()
-	s, err := concurrency.NewSession(c, concurrency.WithTTL(ttl), concurrency.WithLeaseTrust(float64(o.trust)))
+	s, err := concurrency.NewSession(c, concurrency.WithTTL(ttl), concurrency.WithLeaseTrust(float64(o.trust)), concurrency.WithLogger(o.log))
 	if err != nil {
 		return fmt.Errorf("lock %s: %w", o.name, err)
 	}
@@ -166,6 +166,7 @@ func (o *lockOptions) run(ctx context.Context) error {
 	}
 
 	h := held{what: what, s: s, key: o.prefix + m.Key(), token: m.Rev()}
+	o.log.Info("lock acquired", "name", o.name, "key", h.key, "token", h.token, "lease", fmt.Sprintf("%x", int64(s.Lease())))
 	token := strconv.FormatInt(h.token, 10)
 	vars := []string{"BATON_LOCK_KEY=" + h.key, "BATON_FENCING_TOKEN=" + token}
 	// ETCD_LOCK_REV means what etcdctl's means: the revision of the
@@ -190,6 +191,8 @@ func (o *lockOptions) run(ctx context.Context) error {
 		return withCode(exitLost, fmt.Errorf("%s was lost before it was released", what))
 	case uerr != nil:
 		fmt.Fprintf(o.io.Err, "baton: releasing %s: %v (it is released when the lease ends, within %ds)\n", what, uerr, ttl)
+	default:
+		o.log.Info("lock released", "name", o.name, "key", h.key, "token", h.token)
 	}
 	return herr
 }

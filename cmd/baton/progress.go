@@ -17,10 +17,10 @@ import (
 // On a terminal the line is redrawn in place every second; otherwise one
 // line is written each time the holder changes, which reads well in logs.
 type progress struct {
-	io     *IO
-	what   string // "lock backup"
-	ownKey string // our own key: when it leads, we are done waiting
-	start  time.Time
+	io    *IO
+	what  string                      // "lock backup"
+	own   func(*mvccpb.KeyValue) bool // our own key: when it leads, we are done waiting
+	start time.Time
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -33,10 +33,17 @@ type progress struct {
 // startProgress follows the holder of the queue under name (the key with
 // the lowest create revision, whatever kind of entry it is) until stop.
 func startProgress(a *app, s *concurrency.Session, name, ownKey, what string) *progress {
+	own := func(kv *mvccpb.KeyValue) bool { return string(kv.Key) == ownKey }
+	return followProgress(a, what, own, concurrency.NewElection(s, name).Events)
+}
+
+// followProgress shows the holders that events reports until stop; events
+// is called once, and its channel must close when its ctx ends. own tells
+// our own key, which is never shown.
+func followProgress(a *app, what string, own func(*mvccpb.KeyValue) bool, events func(context.Context) <-chan concurrency.LeaderEvent) *progress {
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &progress{io: a.io, what: what, ownKey: ownKey, start: time.Now(), cancel: cancel, done: make(chan struct{})}
-	events := concurrency.NewElection(s, name).Events(ctx)
-	go p.loop(ctx, events)
+	p := &progress{io: a.io, what: what, own: own, start: time.Now(), cancel: cancel, done: make(chan struct{})}
+	go p.loop(ctx, events(ctx))
 	return p
 }
 
@@ -52,6 +59,8 @@ func (p *progress) loop(ctx context.Context, events <-chan concurrency.LeaderEve
 	for {
 		select {
 		case <-ctx.Done():
+			for range events { // its source ends with ctx
+			}
 			return
 		case ev, ok := <-events:
 			if !ok {
@@ -59,7 +68,7 @@ func (p *progress) loop(ctx context.Context, events <-chan concurrency.LeaderEve
 			}
 			prev := holder
 			holder = ev.Leader
-			if holder != nil && string(holder.Key) == p.ownKey {
+			if holder != nil && p.own(holder) {
 				holder = nil // our turn: Lock is about to return
 			}
 			if holder == nil {

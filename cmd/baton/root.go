@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -64,7 +65,12 @@ type app struct {
 	user        string
 	password    string
 	prefix      string
+	logFormat   string
+	logLevel    string
 
+	// log is where commands and the library log, on stderr, at
+	// --log-level in --log-format; set before a command runs.
+	log  *slog.Logger
 	root *cobra.Command
 	// ran is set once a command's own code starts: an error before that
 	// came from cobra's parsing and is a usage error.
@@ -74,7 +80,7 @@ type app struct {
 // Main runs baton with args (without the program name) and returns the
 // exit code. It is main without os.Exit, for tests.
 func Main(args []string, stdio *IO) int {
-	a := &app{io: stdio}
+	a := &app{io: stdio, log: slog.New(slog.DiscardHandler)}
 	root := newRootCommand(a)
 	root.SetArgs(args)
 	cmd, err := root.ExecuteC()
@@ -114,8 +120,9 @@ holds what, serves an embedded etcd, and runs baton's benchmark.
 Every command but serve and bench talks to etcd at --endpoints.`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
-		PersistentPreRun: func(*cobra.Command, []string) {
+		PersistentPreRunE: func(*cobra.Command, []string) error {
 			a.ran = true
+			return a.setLogger()
 		},
 	}
 	a.root = root
@@ -141,6 +148,8 @@ Every command but serve and bench talks to etcd at --endpoints.`,
 	f.StringVar(&a.user, "user", "", "etcd user, as name or name:password (default: $BATON_USER)")
 	f.StringVar(&a.password, "password", "", "etcd password (default: $BATON_PASSWORD)")
 	f.StringVar(&a.prefix, "prefix", "", "namespace every key under this prefix")
+	f.StringVar(&a.logFormat, "log-format", defaultLogFormat, "format of the log records on stderr: text or json")
+	f.StringVar(&a.logLevel, "log-level", defaultLogLevel, "least level of the log records on stderr: debug, info, warn or error (serve: etcd's log level too)")
 
 	root.AddCommand(
 		newServeCommand(a),
@@ -151,6 +160,42 @@ Every command but serve and bench talks to etcd at --endpoints.`,
 		newWebCommand(a),
 	)
 	return root
+}
+
+// Defaults of --log-format and --log-level. At error, the default, nothing
+// is logged that baton did not print before it had logs: every record of
+// the library is a warning or less, and baton says on its own lines what
+// a user must know (a lock lost, a server unreachable).
+const (
+	defaultLogFormat = "text"
+	defaultLogLevel  = "error"
+)
+
+// setLogger checks --log-format and --log-level and makes a.log.
+func (a *app) setLogger() error {
+	var level slog.Level
+	switch a.logLevel {
+	case "debug":
+		level = slog.LevelDebug
+	case "info":
+		level = slog.LevelInfo
+	case "warn":
+		level = slog.LevelWarn
+	case "error":
+		level = slog.LevelError
+	default:
+		return usageErrorf("--log-level must be debug, info, warn or error, got %q", a.logLevel)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch a.logFormat {
+	case "text":
+		a.log = slog.New(slog.NewTextHandler(a.io.Err, opts))
+	case "json":
+		a.log = slog.New(slog.NewJSONHandler(a.io.Err, opts))
+	default:
+		return usageErrorf("--log-format must be text or json, got %q", a.logFormat)
+	}
+	return nil
 }
 
 // resolvedEndpoints applies the precedence --endpoints, $BATON_ENDPOINTS,

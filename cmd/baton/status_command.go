@@ -51,6 +51,11 @@ and Election, and etcdctl write:
 machine's clock. A name or note with a tab, a new line or another
 unprintable character is shown quoted, Go style.
 
+When a lock or election named NAME and another live name under NAME/
+nest ("a" and "a/b"), status warns on stderr, as lock and elect do: etcd
+keeps the queue of NAME under NAME/, so NAME also waits for the holders of
+the other.
+
 Some layouts coincide: a lock named jobs/read looks like the readers of
 an RWMutex named jobs unless baton wrote it, and any key with no lease
 and an empty value looks like a held barrier.`,
@@ -138,6 +143,9 @@ func (o *statusOptions) run(ctx context.Context) error {
 		return fmt.Errorf("status: read %q: %w", o.prefix+o.under, err)
 	}
 	entries := o.entries(resp.Kvs, time.Now())
+	for _, w := range nestedEntries(entries) {
+		fmt.Fprintln(o.io.Err, nestWarning(w[0], w[1]))
+	}
 	if o.json {
 		enc := json.NewEncoder(o.io.Out)
 		enc.SetIndent("", "  ")
@@ -148,6 +156,28 @@ func (o *statusOptions) run(ctx context.Context) error {
 		return nil
 	}
 	return writeStatusTable(o.io.Out, entries)
+}
+
+// nestedEntries lists the pairs {outer, inner} of the names of entries
+// where a lock or an election named outer nests with a live inner name
+// under outer/: etcd's layout keeps the queue of outer under outer/, so
+// outer also waits for the holders of inner, as lock and elect warn.
+func nestedEntries(entries []statusEntry) [][2]string {
+	var out [][2]string
+	seen := map[[2]string]bool{}
+	for _, e := range entries {
+		if e.Kind != kindLock && e.Kind != kindElection {
+			continue
+		}
+		for _, f := range entries {
+			pair := [2]string{e.Name, f.Name}
+			if strings.HasPrefix(f.Name, e.Name+"/") && !seen[pair] {
+				seen[pair] = true
+				out = append(out, pair)
+			}
+		}
+	}
+	return out
 }
 
 func (o *statusOptions) entries(kvs []*mvccpb.KeyValue, now time.Time) []statusEntry {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -503,5 +504,43 @@ func TestCell(t *testing.T) {
 	}
 	if w := displayWidth("日本a\u0301"); w != 5 {
 		t.Errorf("displayWidth = %d, want 5", w)
+	}
+}
+
+// TestStatusWarnsNested: status warns, on stderr, when a live lock or
+// election name is a prefix of another live name followed by / (issue 14:
+// "a" waits for the holders of "a/b"), as lock and elect do; names that
+// only share a prefix ("ab") do not nest. The table itself is unchanged.
+func TestStatusWarnsNested(t *testing.T) {
+	srv := testutil.Server(t)
+	c := testutil.Client(t, srv.Endpoints())
+	env := testEnv("BATON_ENDPOINTS=" + strings.Join(srv.Endpoints(), ","))
+	for _, name := range []string{"a/b", "ab", "e/x/y"} {
+		p := start(t, env, "lock", name)
+		p.stdout.waitFor(t, p.name, 0, "BATON_FENCING_TOKEN=", 30*time.Second)
+	}
+	outer := start(t, env, "lock", "a") // waits behind a/b
+	outer.stderr.waitFor(t, outer.name, 0, "waiting for lock a", 30*time.Second)
+	waitKeys(t, c, "a/", 2)                       // a/b's and the waiter's
+	candidate := start(t, env, "elect", "e", "p") // waits behind e/x/y
+	candidate.stderr.waitFor(t, candidate.name, 0, "waiting for leadership of e", 30*time.Second)
+	waitKeys(t, c, "e/", 2) // e/x/y's and the candidate's
+
+	for _, args := range [][]string{{"status"}, {"status", "--json"}} {
+		code, stdout, stderr := inProcess(append([]string{"--endpoints", strings.Join(srv.Endpoints(), ",")}, args...)...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d\n%s", args, code, stderr)
+		}
+		want := []string{nestWarning("a", "a/b"), nestWarning("e", "e/x/y")}
+		if got := strings.Split(strings.TrimSpace(stderr), "\n"); !slices.Equal(got, want) {
+			t.Errorf("%v: stderr\n%s\nwant exactly\n%s", args, stderr, strings.Join(want, "\n"))
+		}
+		if strings.Contains(stdout, "warning") {
+			t.Errorf("%v: the warning went to stdout:\n%s", args, stdout)
+		}
+	}
+	// Under a PREFIX that holds one name only, there is nothing to say.
+	if code, _, stderr := inProcess("--endpoints", strings.Join(srv.Endpoints(), ","), "status", "ab"); code != 0 || stderr != "" {
+		t.Errorf("status ab: exit %d, stderr %q; want 0 and nothing", code, stderr)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net"
 	"net/http"
 	"sort"
@@ -108,7 +109,7 @@ func (o *webOptions) run() error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	watched := make(chan error, 1)
-	go func() { watched <- w.follow(ctx, c, resp.Header.Revision) }()
+	go func() { watched <- w.follow(ctx, c, resp.Header.Revision, o.log) }()
 	fmt.Fprintf(o.io.Out, "baton: serving http://%s/ (metrics at /metrics); Ctrl-C stops\n", ln.Addr())
 
 	select {
@@ -135,8 +136,9 @@ func (o *webOptions) run() error {
 // follow keeps w up to date from a watch of the prefix from after rev,
 // until ctx ends. A watch that breaks (its member lost its leader, the
 // connection dropped) is made again from the last revision seen; one whose
-// revisions were compacted away starts over from a fresh read.
-func (w *webState) follow(ctx context.Context, c *clientv3.Client, rev int64) error {
+// revisions were compacted away starts over from a fresh read. Both are
+// logged to log.
+func (w *webState) follow(ctx context.Context, c *clientv3.Client, rev int64, log *slog.Logger) error {
 	for {
 		wctx, wcancel := context.WithCancel(ctx)
 		wch := c.Watch(clientv3.WithRequireLeader(wctx), w.under, clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithPrevKV())
@@ -156,7 +158,7 @@ func (w *webState) follow(ctx context.Context, c *clientv3.Client, rev int64) er
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		// Broken or compacted: read everything again, then watch on.
+		log.Info("watch broken or compacted: reading the prefix again", "prefix", w.under, "rev", rev)
 		for {
 			gctx, gcancel := context.WithTimeout(ctx, 10*time.Second)
 			resp, err := c.Get(gctx, w.under, clientv3.WithPrefix())
@@ -164,8 +166,10 @@ func (w *webState) follow(ctx context.Context, c *clientv3.Client, rev int64) er
 			if err == nil {
 				w.resync(resp.Kvs, time.Now())
 				rev = resp.Header.Revision
+				log.Info("watch re-established", "prefix", w.under, "rev", rev)
 				break
 			}
+			log.Warn("reading the prefix again failed; retrying", "prefix", w.under, "err", err)
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
