@@ -45,7 +45,7 @@ bench:
 # member processes behind proxies, worker processes, kills, pauses,
 # partitions and client-path faults, checked for linearizability. The seed
 # is printed; pass FAULTS_SEED to reproduce a run, FAULTS_DIR to choose the
-# report folder.
+# report folder (new or empty: a run never mixes with an earlier one's).
 FAULTS_DURATION ?= 10m
 FAULTS_SEED ?= 0
 FAULTS_DIR ?=

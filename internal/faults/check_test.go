@@ -3,7 +3,9 @@
 package faults
 
 import (
+	"context"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -147,6 +149,24 @@ func TestMemberPortInUse(t *testing.T) {
 
 // A member that cannot reach a quorum is reported, with its log paths,
 // once the bound passes.
+// A run folder that holds an earlier run is refused before anything
+// starts: its histories would be appended to, and the checkers would judge
+// both runs' operations as one history (which once reported thousands of
+// lost and duplicated operations that no run had).
+func TestRunFolderMustBeEmpty(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "histories"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Run(context.Background(), Options{Dir: dir, Duration: time.Second, Seed: 1})
+	if err == nil || !strings.Contains(err.Error(), "not empty") || !strings.Contains(err.Error(), "FAULTS_DIR") {
+		t.Fatalf("Run on a used folder: %v, want a not-empty error naming FAULTS_DIR", err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Fatalf("Run wrote into the refused folder: %v", ents)
+	}
+}
+
 func TestMemberNeverReady(t *testing.T) {
 	ports, err := freePorts(3)
 	if err != nil {

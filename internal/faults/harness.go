@@ -27,8 +27,9 @@ import (
 
 // Options configure a run.
 type Options struct {
-	// Dir is the run's folder: member logs, histories, the report. Empty
-	// means a new folder under os.TempDir().
+	// Dir is the run's folder: member logs, histories, the report. It
+	// must be missing or empty. Empty means a new folder under
+	// os.TempDir().
 	Dir string
 	// Seed drives every random choice of the run (fault order, targets,
 	// workers' choices).
@@ -139,6 +140,8 @@ func Run(ctx context.Context, opt Options) (res *Result, err error) {
 		if dir, err = os.MkdirTemp("", "baton-faults-"); err != nil {
 			return nil, err
 		}
+	} else if err := emptyFolder(dir); err != nil {
+		return nil, err
 	}
 	for _, d := range []string{"logs", "histories"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
@@ -482,4 +485,21 @@ func freePorts(n int) ([]string, error) {
 		out[i] = fmt.Sprintf("127.0.0.1:%d", p)
 	}
 	return out, nil
+}
+
+// emptyFolder fails unless dir is missing or empty. A run appends to its
+// histories, so a folder that holds an earlier run's would mix the two runs
+// and make the checkers report the other run's operations as anomalies.
+func emptyFolder(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("faults: run folder: %w", err)
+	}
+	if len(ents) > 0 {
+		return fmt.Errorf("faults: run folder %s is not empty (it holds %s): an earlier run's histories would mix with this one's; give a new or empty folder (FAULTS_DIR)", dir, ents[0].Name())
+	}
+	return nil
 }
