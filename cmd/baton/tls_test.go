@@ -155,7 +155,11 @@ func TestTLSAndAuth(t *testing.T) {
 	ep := startTLSEtcd(t, c)
 	enableAuth(t, ep, c)
 	env := testEnv("BATON_ENDPOINTS="+ep, "BATON_USER=alice", "BATON_PASSWORD=alicepw")
-	tlsFlags := []string{"--cacert", c.ca, "--cert", c.clientCert, "--key", c.clientKey}
+	// A dial timeout well above the default: with the race detector on a
+	// busy machine, a TLS handshake plus authentication once took over the
+	// default 5 s, and this test is about what the commands say, not how
+	// fast they connect.
+	tlsFlags := []string{"--cacert", c.ca, "--cert", c.clientCert, "--key", c.clientKey, "--dial-timeout", "30s"}
 
 	code, stdout, stderr := runBaton(t, env, 60*time.Second, append(tlsFlags, "lock", "team/job", "--", "sh", "-c", "echo locked $BATON_FENCING_TOKEN")...)
 	if code != 0 || !strings.HasPrefix(stdout, "locked ") {
