@@ -187,7 +187,7 @@ func (b *DoubleBarrier) join(ctx context.Context, key string, wait bool) (int64,
 		// The request may have created the key (cancelled or timed out
 		// after it was sent): withdraw it, or it would count as a
 		// participant until the session ends.
-		abandon(ctx, b.s, key)
+		abandon(ctx, b.s.Client(), b.s.Lease(), key)
 		return 0, 0, ctxErr(ctx, err)
 	}
 	if !resp.Succeeded {

@@ -131,17 +131,20 @@ func (e *Election) Campaign(ctx context.Context, val string) error {
 	}
 	key := sl.key
 	var j *joined
+	var queue []*mvccpb.KeyValue
+	t := &turn{s: e.s, dir: e.pfx, key: key}
+	t.blocker = t.older
 	err = sl.serialize(func() (err error) {
-		// The joining request runs to its answer (joinContext), as in
-		// Mutex.Lock.
-		jctx, stop := joinContext(ctx, c)
-		j, err = join(jctx, e.s, e.pfx, key, val)
-		stop()
+		j, err = join(ctx, c, joinReq{key: key, val: val, lease: e.s.Lease(), reads: []clientv3.Op{keysUnder(e.pfx)}, repeat: true})
 		if err == nil && ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if err != nil || !j.existed || string(j.value) == val {
+		if err != nil {
 			return err
+		}
+		t.rev, queue = j.rev, j.kvs(0)
+		if !j.existed || string(j.value) == val {
+			return nil
 		}
 		// Our key was there from before (another Election of this
 		// session, or a resumed lease): proclaim val, as etcd does.
@@ -149,9 +152,9 @@ func (e *Election) Campaign(ctx context.Context, val string) error {
 		if err != nil {
 			return err
 		}
-		q, at, err := readQueue(ctx, c, e.pfx, j.rev, r.Header.Revision)
-		if err == nil {
-			j.queue, j.hdr = q.Kvs, headerAt(j.hdr, at)
+		var at int64
+		if queue, at, err = t.read(ctx, r.Header.Revision); err == nil {
+			j.hdr = headerAt(j.hdr, at)
 		}
 		return err
 	})
@@ -163,7 +166,7 @@ func (e *Election) Campaign(ctx context.Context, val string) error {
 		sl.giveUp(ctx, rev)
 		return ctxErr(ctx, err)
 	}
-	at, err := waitTurn(ctx, e.s, e.pfx, key, j.rev, j.queue, j.hdr.Revision)
+	_, at, err := waitTurn(ctx, t, queue, j.hdr.Revision)
 	if err != nil {
 		sl.giveUp(ctx, j.rev)
 		return ctxErr(ctx, err)
@@ -503,17 +506,14 @@ func (e *Election) observe(ctx context.Context, emit func(LeaderEvent) bool) {
 		return emit(LeaderEvent{Leader: lead, Rev: rev})
 	}
 	for ctx.Err() == nil && c.Ctx().Err() == nil {
-		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		wch := c.Watch(wctx, e.pfx, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
-		wr, ok := <-wch
-		if !ok || wr.Err() != nil {
-			cancel()
+		w, err := newWatch(ctx, c, e.pfx, clientv3.WithPrefix())
+		if err != nil {
 			pause(ctx)
 			continue
 		}
-		r, err := c.Get(ctx, e.pfx, clientv3.WithPrefix(), clientv3.WithRev(wr.Header.Revision))
+		r, at, err := getAt(ctx, c, w.created, e.pfx, clientv3.WithPrefix())
 		if err != nil {
-			cancel()
+			w.cancel()
 			pause(ctx)
 			continue
 		}
@@ -521,24 +521,32 @@ func (e *Election) observe(ctx context.Context, emit func(LeaderEvent) bool) {
 		for _, kv := range r.Kvs {
 			kvs[string(kv.Key)] = kv
 		}
-		if !report(kvs, r.Header.Revision) {
-			cancel()
+		// The state is the one at the watch's start, not at the answer's
+		// header, which may be later: events in between follow.
+		if !report(kvs, at) {
+			w.cancel()
 			return
 		}
-		for wr = range wch {
-			if wr.Err() != nil {
+		for wr := range w.ch {
+			if watchErr(ctx, c, wr, true) != nil {
 				break
 			}
-			if len(wr.Events) == 0 {
+			// Skip what the read already holds (it was of now, if the
+			// watch's start had been compacted).
+			evs := wr.Events
+			for len(evs) > 0 && evs[0].Kv.ModRevision <= at {
+				evs = evs[1:]
+			}
+			if len(evs) == 0 {
 				continue
 			}
-			applyEvents(kvs, wr.Events)
-			if !report(kvs, wr.Events[len(wr.Events)-1].Kv.ModRevision) {
-				cancel()
+			applyEvents(kvs, evs)
+			if !report(kvs, evs[len(evs)-1].Kv.ModRevision) {
+				w.cancel()
 				return
 			}
 		}
-		cancel()
+		w.cancel()
 	}
 }
 
@@ -579,14 +587,4 @@ func leaderOf(kvs map[string]*mvccpb.KeyValue) *mvccpb.KeyValue {
 		}
 	}
 	return lead
-}
-
-// pause waits a little before a retry, or until ctx ends.
-func pause(ctx context.Context) {
-	t := time.NewTimer(50 * time.Millisecond)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
 }

@@ -212,40 +212,37 @@ func (m *Mutex) lockOnce(ctx context.Context, wait bool) error {
 	key := sl.key
 	var j *joined
 	err = sl.serialize(func() (err error) {
-		// The joining request runs to its answer (joinContext), so that a
-		// deadline cannot leave a key behind that appears after we gave
-		// up; a ctx that ended meanwhile is handled below.
-		jctx, stop := joinContext(ctx, m.s.Client())
-		defer stop()
-		if wait {
-			j, err = join(jctx, m.s, m.pfx, key, m.val)
-		} else {
-			j, err = tryJoin(jctx, m.s, m.pfx, key, m.val)
+		r := joinReq{key: key, val: m.val, lease: m.s.Lease(), reads: []clientv3.Op{keysUnder(m.pfx)}, repeat: wait}
+		if !wait {
+			// TryLock puts its key only when no key exists under the
+			// prefix. A compare on a range holds when it holds for every
+			// key in it; for an empty range it compares a zero key, whose
+			// create revision is 0.
+			r.guard = []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(m.pfx).WithPrefix(), "=", 0)}
 		}
+		j, err = join(ctx, m.s.Client(), r)
 		return err
 	})
 	if err != nil {
 		sl.giveUp(ctx, 0)
 		return ctxErr(ctx, err)
 	}
-	if j == nil { // TryLock found the lock taken and wrote nothing
+	if j.rev == 0 { // TryLock found the lock taken and wrote nothing
 		sl.giveUp(ctx, -1)
 		return ErrLocked
 	}
-	at := j.hdr.Revision
+	t := &turn{s: m.s, dir: m.pfx, key: key, rev: j.rev}
+	t.blocker = t.older
+	queue, at := j.kvs(0), j.hdr.Revision
 	if ctx.Err() != nil {
 		err = ctx.Err()
-	} else if present, pred := place(j.queue, key, j.rev); !present {
-		err = ErrSessionExpired
-	} else if pred != nil {
-		if !wait {
-			// Our key predates this call (a resumed lease, or another
-			// Mutex of this session waiting) but is not at the head:
-			// TryLock fails, as etcd's does.
-			err = ErrLocked
-		} else {
-			at, err = waitTurn(ctx, m.s, m.pfx, key, j.rev, j.queue, at)
-		}
+	} else if !wait && inQueue(queue, key, j.rev) && t.older(queue) != nil {
+		// Our key predates this call (a resumed lease, or another Mutex
+		// of this session waiting) but is not at the head: TryLock fails,
+		// as etcd's does.
+		err = ErrLocked
+	} else {
+		_, at, err = waitTurn(ctx, t, queue, at)
 	}
 	if err != nil {
 		if lerr := sl.giveUp(ctx, j.rev); lerr != nil && !errors.Is(err, ErrSessionExpired) {
@@ -264,34 +261,6 @@ func (m *Mutex) lockOnce(ctx context.Context, wait bool) error {
 		prev.done(0, false)
 	}
 	return nil
-}
-
-// tryJoin puts key only when no key exists under dir, in one transaction.
-// It returns nil when the lock is taken, unless our key is already there
-// (a resumed lease), in which case it reports it like join.
-func tryJoin(ctx context.Context, s *Session, dir, key, val string) (*joined, error) {
-	c := s.Client()
-	queue := clientv3.OpGet(dir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
-	// A compare on a range holds when it holds for every key in it; for an
-	// empty range it compares a zero key, whose create revision is 0.
-	resp, err := c.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(dir).WithPrefix(), "=", 0)).
-		Then(clientv3.OpPut(key, val, clientv3.WithLease(s.Lease())), queue).
-		Else(clientv3.OpGet(key), queue).
-		Commit()
-	if err != nil {
-		return nil, err
-	}
-	j := &joined{hdr: resp.Header, rev: resp.Header.Revision, queue: resp.Responses[1].GetResponseRange().Kvs}
-	if resp.Succeeded {
-		return j, nil
-	}
-	kvs := resp.Responses[0].GetResponseRange().Kvs
-	if len(kvs) == 0 {
-		return nil, nil
-	}
-	j.existed, j.rev, j.value = true, kvs[0].CreateRevision, kvs[0].Value
-	return j, nil
 }
 
 // Unlock releases the lock. It deletes the holder's key only if it is still
@@ -512,52 +481,54 @@ func holdContext(ctx context.Context, s *Session, key string, rev int64, lost er
 func watchHold(ctx context.Context, s *Session, key string, rev int64) bool {
 	c := s.Client()
 	for ctx.Err() == nil {
-		w, err := watchKey(ctx, c, key)
-		if err != nil {
-			if ctx.Err() != nil {
-				return false
-			}
-			if c.Ctx().Err() != nil {
-				return true // the client closed: we cannot vouch for the lock
-			}
-			pause(ctx)
-			continue
-		}
-		// The watch covers changes after w.created; check the key then, or
-		// at rev if the watch's member lags behind the lock (the key did
-		// not exist before rev, and cannot have gone between the two).
-		r, err := c.Get(ctx, key, clientv3.WithRev(max(w.created, rev)), clientv3.WithSerializable())
-		if err != nil {
-			r, err = c.Get(ctx, key)
-		}
-		if err == nil && (len(r.Kvs) == 0 || r.Kvs[0].CreateRevision != rev) {
-			w.cancel()
-			return true
-		}
-		for err == nil {
-			select {
-			case <-ctx.Done():
-				w.cancel()
-				return false
-			case <-s.lost():
-				// Not s.Done(): an orphaned session still holds until its
-				// lease runs out.
-				w.cancel()
-				return true
-			case wr, ok := <-w.ch:
-				if !ok || wr.Err() != nil {
-					err = errors.New("watch broken") // remade by the outer loop
-					break
-				}
-				if _, gone := deleted(wr, rev); gone {
+		w, err := newWatch(ctx, c, key)
+		if err == nil {
+			// The watch covers changes after w.created; check the key then,
+			// or at rev if the watch's member lags behind the lock (the key
+			// did not exist before rev, and cannot have gone between the
+			// two).
+			var r *clientv3.GetResponse
+			if r, _, err = getAt(ctx, c, max(w.created, rev), key); err == nil {
+				if len(r.Kvs) == 0 || r.Kvs[0].CreateRevision != rev || holdOn(ctx, s, w, rev) {
 					w.cancel()
 					return true
 				}
 			}
+			w.cancel()
 		}
-		w.cancel()
+		switch {
+		case ctx.Err() != nil:
+			return false
+		case c.Ctx().Err() != nil:
+			return true // the client closed: we cannot vouch for the lock
+		case err != nil:
+			pause(ctx)
+		}
 	}
 	return false
+}
+
+// holdOn follows w, the watch on a held key created at rev, and returns
+// true when the key goes or the session ends, false when ctx ends or the
+// watch breaks (watchHold makes it again).
+func holdOn(ctx context.Context, s *Session, w *keyWatch, rev int64) bool {
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-s.lost():
+			// Not s.Done(): an orphaned session still holds until its
+			// lease runs out.
+			return true
+		case wr, ok := <-w.ch:
+			if watchErr(ctx, s.Client(), wr, ok) != nil {
+				return false
+			}
+			if _, g := deleted(wr, rev); g {
+				return true
+			}
+		}
+	}
 }
 
 type lockerMutex struct{ *Mutex }

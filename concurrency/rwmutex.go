@@ -159,40 +159,46 @@ func (rw *RWMutex) lockOnce(ctx context.Context, write, wait bool) error {
 
 // acquire joins the queue with key and waits for its turn; on error the
 // key is gone.
+//
+// The rule of who blocks whom: a reader waits for the youngest writer
+// older than it, a writer for the youngest key older than it. TryLock and
+// TryRLock put their key only if nothing blocks it now: no key at all
+// under the prefix for a writer, no writer key for a reader.
 func (rw *RWMutex) acquire(ctx context.Context, key string, write, wait bool) (int64, error) {
 	c := rw.s.Client()
-	var (
-		j   *joined
-		err error
-	)
-	// The joining request runs to its answer (joinContext); a ctx that
-	// ended meanwhile fails the wait below, which deletes the key.
-	jctx, stop := joinContext(ctx, c)
-	if wait {
-		j, err = join(jctx, rw.s, rw.dir, key, "")
-	} else {
-		j, err = rw.tryJoin(jctx, key, write)
+	writers, blockers := rw.dir+layout.RWWrite, rw.dir+layout.RWWrite
+	if write {
+		blockers = rw.dir
 	}
-	stop()
+	t := &turn{s: rw.s, dir: rw.dir, key: key}
+	t.blocker = func(queue []*mvccpb.KeyValue) *mvccpb.KeyValue {
+		return youngest(queue, key, t.rev, func(kv *mvccpb.KeyValue) bool {
+			return kv.CreateRevision < t.rev && (write || strings.HasPrefix(string(kv.Key), writers))
+		})
+	}
+	r := joinReq{key: key, lease: rw.s.Lease(), reads: []clientv3.Op{keysUnder(rw.dir)}, repeat: wait}
+	if !wait {
+		r.guard = []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(blockers).WithPrefix(), "=", 0)}
+	}
+	j, err := join(ctx, c, r)
 	if err != nil {
 		// The request may have created the key (cancelled or timed out
 		// after it was sent): take it out of the queue.
-		abandon(ctx, rw.s, key)
+		abandon(ctx, c, rw.s.Lease(), key)
 		return 0, ctxErr(ctx, err)
 	}
-	if j == nil {
+	if j.rev == 0 {
 		return 0, ErrLocked
 	}
-	at := j.hdr.Revision
-	switch {
-	case !wait:
-		if _, blocker := rwBlocker(j.queue, key, j.rev, rw.dir+layout.RWWrite, write); blocker != nil {
+	t.rev = j.rev
+	if !wait {
+		if t.blocker(j.kvs(0)) != nil {
 			// Our key predates this call (a resumed lease) and is not
 			// through: give it up, as TryLock does.
 			err = ErrLocked
 		}
-	default:
-		err = rw.wait(ctx, key, j.rev, write, j.queue, at)
+	} else {
+		_, _, err = waitTurn(ctx, t, j.kvs(0), j.hdr.Revision)
 	}
 	if err != nil {
 		if lerr := leave(ctx, c, key, j.rev); lerr != nil && !errors.Is(err, ErrSessionExpired) {
@@ -201,100 +207,6 @@ func (rw *RWMutex) acquire(ctx context.Context, key string, write, wait bool) (i
 		return 0, err
 	}
 	return j.rev, nil
-}
-
-// tryJoin puts key only if nothing blocks it now: no key at all under the
-// prefix for a writer, no writer key for a reader. It returns nil when
-// blocked, unless our key exists already (a resumed lease).
-func (rw *RWMutex) tryJoin(ctx context.Context, key string, write bool) (*joined, error) {
-	c := rw.s.Client()
-	blockers := rw.dir + layout.RWWrite
-	if write {
-		blockers = rw.dir
-	}
-	queue := clientv3.OpGet(rw.dir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
-	resp, err := c.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(blockers).WithPrefix(), "=", 0)).
-		Then(clientv3.OpPut(key, "", clientv3.WithLease(rw.s.Lease())), queue).
-		Else(clientv3.OpGet(key), queue).
-		Commit()
-	if err != nil {
-		return nil, err
-	}
-	j := &joined{hdr: resp.Header, rev: resp.Header.Revision, queue: resp.Responses[1].GetResponseRange().Kvs}
-	if resp.Succeeded {
-		return j, nil
-	}
-	kvs := resp.Responses[0].GetResponseRange().Kvs
-	if len(kvs) == 0 {
-		return nil, nil
-	}
-	j.existed, j.rev = true, kvs[0].CreateRevision
-	return j, nil
-}
-
-// rwBlocker finds, in queue, whether our key (created at rev) is present,
-// and the youngest key that blocks it: the youngest older writer (a key
-// under writers) for a reader, the youngest older key for a writer. nil
-// means we hold the lock.
-func rwBlocker(queue []*mvccpb.KeyValue, key string, rev int64, writers string, write bool) (present bool, blocker *mvccpb.KeyValue) {
-	for _, kv := range queue {
-		switch {
-		case kv.CreateRevision == rev && string(kv.Key) == key:
-			present = true
-		case kv.CreateRevision < rev && (write || strings.HasPrefix(string(kv.Key), writers)) &&
-			(blocker == nil || kv.CreateRevision > blocker.CreateRevision):
-			blocker = kv
-		}
-	}
-	return present, blocker
-}
-
-// wait blocks until the key created at rev holds the lock: for a reader,
-// no older writer is left; for a writer, no older key. It watches the one
-// key that blocks it (the youngest such key) and its own key from now, and
-// reads the queue again at the revision the blocker went.
-//
-// The queue read at revision R is the state at R; the response header's
-// revision is the store's current one, later than R. Waiting from the
-// header's revision would skip a blocker that went between the two.
-func (rw *RWMutex) wait(ctx context.Context, key string, rev int64, write bool, queue []*mvccpb.KeyValue, at int64) error {
-	c := rw.s.Client()
-	var own, blk *keyWatch
-	defer func() {
-		if own != nil {
-			own.cancel()
-		}
-		if blk != nil {
-			blk.cancel()
-		}
-	}()
-	for {
-		present, b := rwBlocker(queue, key, rev, rw.dir+layout.RWWrite, write)
-		if !present {
-			return ErrSessionExpired
-		}
-		if b == nil {
-			return nil
-		}
-		var err error
-		if own, blk, err = watchPair(ctx, c, own, key, blk, string(b.Key)); err != nil {
-			return err
-		}
-		next := max(own.created, blk.created)
-		if next <= at {
-			// Both watches cover every change after at: wait for one.
-			if next, err = waitEvent(ctx, rw.s, own, blk, rev, b.CreateRevision); err != nil {
-				return err
-			}
-		}
-		// Never behind at (a watch on a lagging member starts earlier).
-		r, got, err := recipeGetAt(ctx, c, max(next, at), rw.dir, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithMaxCreateRev(rev))
-		if err != nil {
-			return err
-		}
-		queue, at = r.Kvs, got
-	}
 }
 
 // RUnlock releases a read lock taken with RLock or TryRLock. It returns

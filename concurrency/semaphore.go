@@ -174,7 +174,7 @@ func (sm *Semaphore) acquire(ctx context.Context, n int64) error {
 		// The request may have created the key (cancelled or timed out
 		// after it was sent): take it out of the queue, or its permits
 		// would stay taken until the session ends.
-		abandon(ctx, sm.s, key)
+		abandon(ctx, sm.s.Client(), sm.s.Lease(), key)
 		sm.s.releaseName(key)
 		return ctxErr(ctx, err)
 	}
@@ -251,7 +251,7 @@ func (sm *Semaphore) tryAcquire(ctx context.Context, n int64) error {
 			Commit()
 		stop()
 		if err != nil {
-			abandon(ctx, sm.s, key) // it may have taken the permits
+			abandon(ctx, sm.s.Client(), sm.s.Lease(), key) // it may have taken the permits
 			sm.s.releaseName(key)
 			return ctxErr(ctx, err)
 		}
