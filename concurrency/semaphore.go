@@ -155,45 +155,27 @@ func (sm *Semaphore) acquire(ctx context.Context, n int64) error {
 	c := sm.s.Client()
 	key := sm.s.claimName(sm.dir)
 	val := semValue(n, sm.limit)
-	queue := clientv3.OpGet(sm.dir, clientv3.WithPrefix())
-	// 1. Put our key and read the queue in one transaction. The guard
-	//    makes it safe to repeat after a transient failure: a retry whose
-	//    first answer was lost adopts the key the first one put.
-	var resp *clientv3.TxnResponse
-	jctx, stop := joinContext(ctx, c)
-	err := untilLeader(ctx, c, func() (err error) {
-		resp, err = c.Txn(jctx).
-			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-			Then(clientv3.OpPut(key, val, clientv3.WithLease(sm.s.Lease())), queue).
-			Else(clientv3.OpGet(key), queue).
-			Commit()
-		return err
-	})
-	stop()
+	// Put our key and read the queue in one transaction (step 1 of
+	// key.go's algorithm).
+	j, err := join(ctx, c, joinReq{key: key, val: val, lease: sm.s.Lease(), reads: []clientv3.Op{clientv3.OpGet(sm.dir, clientv3.WithPrefix())}, repeat: true})
 	if err != nil {
 		// The request may have created the key (cancelled or timed out
 		// after it was sent): take it out of the queue, or its permits
 		// would stay taken until the session ends.
-		abandon(ctx, sm.s.Client(), sm.s.Lease(), key)
+		abandon(ctx, c, sm.s.Lease(), key)
 		sm.s.releaseName(key)
 		return ctxErr(ctx, err)
 	}
-	rev := resp.Header.Revision
-	if !resp.Succeeded {
+	if !j.put && string(j.value) != val {
 		// Our key is there from a resumed lease: adopt it only if it asks
 		// for the same thing.
-		kvs := resp.Responses[0].GetResponseRange().Kvs
-		if len(kvs) == 0 || string(kvs[0].Value) != val {
-			sm.s.releaseName(key)
-			return fmt.Errorf("semaphore: key %q exists from an earlier acquisition of this lease", key)
-		}
-		rev = kvs[0].CreateRevision
+		sm.s.releaseName(key)
+		return fmt.Errorf("semaphore: key %q exists from an earlier acquisition of this lease", key)
 	}
-	entries := semEntries(resp.Responses[1].GetResponseRange().Kvs)
-	err = sm.checkLimits(entries)
+	rev := j.rev
+	err = sm.checkLimits(semEntries(j.kvs(0)))
 	if err == nil {
-		// 2. Wait for our turn.
-		err = sm.wait(ctx, key, rev, entries, resp.Header.Revision)
+		err = sm.wait(ctx, key, rev, j.kvs(0), j.hdr.Revision)
 	}
 	if err != nil {
 		if lerr := leave(ctx, c, key, rev); lerr != nil && !errors.Is(err, ErrSessionExpired) {
@@ -242,25 +224,19 @@ func (sm *Semaphore) tryAcquire(ctx context.Context, n int64) error {
 		// under the prefix changed since (a compare on a range holds when
 		// it holds for every key in it).
 		key := sm.s.claimName(sm.dir)
-		jctx, stop := joinContext(ctx, c)
-		t, err := c.Txn(jctx).
-			If(clientv3.Compare(clientv3.ModRevision(sm.dir).WithPrefix(), "<", r.Header.Revision+1),
-				clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-			Then(clientv3.OpPut(key, semValue(n, sm.limit), clientv3.WithLease(sm.s.Lease()))).
-			Else(clientv3.OpGet(key)).
-			Commit()
-		stop()
+		j, err := join(ctx, c, joinReq{key: key, val: semValue(n, sm.limit), lease: sm.s.Lease(),
+			guard: []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(sm.dir).WithPrefix(), "<", r.Header.Revision+1)}})
 		if err != nil {
-			abandon(ctx, sm.s.Client(), sm.s.Lease(), key) // it may have taken the permits
+			abandon(ctx, c, sm.s.Lease(), key) // it may have taken the permits
 			sm.s.releaseName(key)
 			return ctxErr(ctx, err)
 		}
-		if t.Succeeded {
-			sm.granted(key, t.Header.Revision, n, 0)
+		if j.put {
+			sm.granted(key, j.rev, n, 0)
 			return nil
 		}
 		sm.s.releaseName(key)
-		if len(t.Responses[0].GetResponseRange().Kvs) > 0 {
+		if j.existed {
 			return fmt.Errorf("semaphore: key %q exists from an earlier acquisition of this lease", key)
 		}
 		// The queue changed under us: look again.
@@ -472,7 +448,7 @@ func (q semQueue) window() []semEntry {
 }
 
 // wait blocks until the key created at rev is granted: the permits of the
-// keys ahead of it plus its own fit within the limit. es is the queue at
+// keys ahead of it plus its own fit within the limit. queue is the queue at
 // at.
 //
 // The steps:
@@ -480,11 +456,11 @@ func (q semQueue) window() []semEntry {
 //     gone, the session is. If we fit, we hold the permits.
 //  2. If we are among the first semWindow waiters, only releases can let
 //     us in: follow the queue (step 4).
-//  3. Otherwise watch our own key and our predecessor's from now. A write
-//     to our key means a waiter in front was granted and called us
-//     forward: follow the queue. The deletion of our predecessor (it gave
-//     up or its session ended) means our place changed: read the queue
-//     again at that revision and go to step 1.
+//  3. Otherwise wait for our turn as key.go's waiters do, with our
+//     predecessor as the blocker: its deletion (it gave up or its session
+//     ended) changes our place, and a write to our own key means a waiter
+//     in front was granted and called us forward, into the window. Either
+//     way, read the queue again at that revision and go to step 1.
 //  4. Follow the queue: watch the whole prefix from now, read it at the
 //     revision the watch starts after, and keep it up to date from the
 //     events until we fit.
@@ -494,93 +470,25 @@ func (q semQueue) window() []semEntry {
 //
 // So a release wakes at most the semWindow waiters in front, and each
 // grant wakes the waiter that moves into the window.
-func (sm *Semaphore) wait(ctx context.Context, key string, rev int64, es []semEntry, at int64) error {
-	c := sm.s.Client()
-	var own, pred *keyWatch
-	stop := func() {
-		if own != nil {
-			own.cancel()
-		}
-		if pred != nil {
-			pred.cancel()
-		}
-		own, pred = nil, nil
-	}
-	defer stop()
-	for {
-		q := semOrder(es, sm.limit)
+func (sm *Semaphore) wait(ctx context.Context, key string, rev int64, queue []*mvccpb.KeyValue, at int64) error {
+	t := &turn{s: sm.s, dir: sm.dir, key: key, rev: rev, values: true, all: true}
+	t.blocker = func(queue []*mvccpb.KeyValue) *mvccpb.KeyValue {
+		q := semOrder(semEntries(queue), sm.limit)
 		i := q.find(key, rev)
-		switch {
-		case i < 0:
-			return ErrSessionExpired
-		case i < q.granted:
-			return sm.callForward(ctx, key, rev, q)
-		case i-q.granted < semWindow:
-			stop()
-			return sm.follow(ctx, key, rev)
+		if i < q.granted || i-q.granted < semWindow {
+			return nil
 		}
 		p := q.entries[i-1]
-		var err error
-		if own, pred, err = watchPair(ctx, c, own, key, pred, p.key); err != nil {
-			return err
-		}
-		next := max(own.created, pred.created)
-		if next <= at {
-			var called bool
-			if next, called, err = semWaitQuietly(ctx, sm.s, own, pred, rev, p.rev); err != nil {
-				return err
-			}
-			if called {
-				stop()
-				return sm.follow(ctx, key, rev)
-			}
-		}
-		// Never behind at (a watch on a lagging member starts earlier).
-		r, got, err := recipeGetAt(ctx, c, max(next, at), sm.dir, clientv3.WithPrefix())
-		if err != nil {
-			return err
-		}
-		es, at = semEntries(r.Kvs), got
+		return &mvccpb.KeyValue{Key: []byte(p.key), CreateRevision: p.rev}
 	}
-}
-
-// semWaitQuietly waits until our own key (created at ownRev) is written
-// to (called is set) or deleted, or our predecessor's key (created at
-// predRev) is deleted, and returns the revision to read the queue at. A
-// broken watch is remade and reported as "read again now".
-func semWaitQuietly(ctx context.Context, s *Session, own, pred *keyWatch, ownRev, predRev int64) (next int64, called bool, err error) {
-	c := s.Client()
-	for {
-		select {
-		case <-ctx.Done():
-			return 0, false, ctx.Err()
-		case <-s.expired(): // not Done: an orphaned lease lives on
-			return 0, false, ErrSessionExpired
-		case wr, ok := <-own.ch:
-			if !ok || wr.Err() != nil {
-				if err := remake(ctx, c, own, wr, ok); err != nil {
-					return 0, false, err
-				}
-				return own.created, false, nil
-			}
-			if _, gone := deleted(wr, ownRev); gone {
-				return 0, false, ErrSessionExpired
-			}
-			if len(wr.Events) > 0 {
-				return wr.Events[len(wr.Events)-1].Kv.ModRevision, true, nil
-			}
-		case wr, ok := <-pred.ch:
-			if !ok || wr.Err() != nil {
-				if err := remake(ctx, c, pred, wr, ok); err != nil {
-					return 0, false, err
-				}
-				return pred.created, false, nil
-			}
-			if d, gone := deleted(wr, predRev); gone {
-				return d, false, nil
-			}
-		}
+	queue, _, err := waitTurn(ctx, t, queue, at)
+	if err != nil {
+		return err
 	}
+	if q := semOrder(semEntries(queue), sm.limit); q.find(key, rev) < q.granted {
+		return sm.callForward(ctx, key, rev, q)
+	}
+	return sm.follow(ctx, key, rev)
 }
 
 // follow is step 4 of wait: it returns once the key created at rev fits,
@@ -588,7 +496,7 @@ func semWaitQuietly(ctx context.Context, s *Session, own, pred *keyWatch, ownRev
 func (sm *Semaphore) follow(ctx context.Context, key string, rev int64) error {
 	c := sm.s.Client()
 	for {
-		w, err := recipeWatch(ctx, c, sm.dir, clientv3.WithPrefix())
+		w, err := newWatch(ctx, c, sm.dir, clientv3.WithPrefix())
 		if err != nil {
 			return err
 		}
@@ -620,7 +528,7 @@ var errWatchBroken = errors.New("semaphore: watch broken")
 // the revision read, which that read already holds, are skipped.
 func (sm *Semaphore) track(ctx context.Context, w *keyWatch, key string, rev int64) (semQueue, error) {
 	c := sm.s.Client()
-	r, at, err := recipeGetAt(ctx, c, max(w.created, rev), sm.dir, clientv3.WithPrefix())
+	r, at, err := getAt(ctx, c, max(w.created, rev), sm.dir, clientv3.WithPrefix())
 	if err != nil {
 		return semQueue{}, err
 	}
@@ -652,10 +560,10 @@ func (sm *Semaphore) track(ctx context.Context, w *keyWatch, key string, rev int
 		case <-sm.s.expired(): // not Done: an orphaned lease lives on
 			return semQueue{}, ErrSessionExpired
 		case wr, ok := <-w.ch:
-			if !ok && (ctx.Err() != nil || c.Ctx().Err() != nil) {
-				return semQueue{}, watchClosedErr(ctx, c)
-			}
-			if !ok || wr.Err() != nil || wr.Canceled {
+			if err := watchErr(ctx, c, wr, ok); err != nil {
+				if !ok && (ctx.Err() != nil || c.Ctx().Err() != nil) {
+					return semQueue{}, err
+				}
 				return semQueue{}, errWatchBroken
 			}
 			// Events arrive in revision order, so the map is the queue as
