@@ -107,7 +107,7 @@ func (b *Barrier) wait(ctx context.Context, trace func(event string)) error {
 	// 1. Watch the key from now: the watch is synced on the server and
 	//    sees the release at once (etcd's recipe watched from an old
 	//    revision and waited for the server's 100 ms catch-up loop).
-	w, err := recipeWatch(ctx, b.c, b.key)
+	w, err := newWatch(ctx, b.c, b.key)
 	if err != nil {
 		return fmt.Errorf("barrier: watch %q: %w", b.key, err)
 	}
@@ -116,7 +116,7 @@ func (b *Barrier) wait(ctx context.Context, trace func(event string)) error {
 	//    Wait began is seen even when the member that made the watch lags
 	//    behind it. The read is at a revision no earlier than the watch's
 	//    start, so no release can fall between the two.
-	r, seen, err := recipeGetAt(ctx, b.c, 0, b.key)
+	r, seen, err := getAt(ctx, b.c, 0, b.key)
 	if err != nil {
 		return err
 	}
@@ -134,7 +134,7 @@ func (b *Barrier) wait(ctx context.Context, trace func(event string)) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case wr, ok := <-w.ch:
-			err := recipeWatchErr(ctx, b.c, wr, ok)
+			err := watchErr(ctx, b.c, wr, ok)
 			if err != nil && transient(err) && ctx.Err() == nil && b.c.Ctx().Err() == nil {
 				// Cancelled by a member without a leader (the watch
 				// requires one): resume after seen.
@@ -143,7 +143,7 @@ func (b *Barrier) wait(ctx context.Context, trace func(event string)) error {
 				}
 				w.cancel()
 				var nw *keyWatch
-				if nw, err = recipeWatch(ctx, b.c, b.key, clientv3.WithRev(seen+1)); err == nil {
+				if nw, err = newWatch(ctx, b.c, b.key, clientv3.WithRev(seen+1)); err == nil {
 					w = nw
 					continue
 				}
