@@ -5,7 +5,6 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -44,22 +43,10 @@ var (
 //
 // An Election is safe for use by several goroutines.
 type Election struct {
-	s         *Session
+	holder           // key, token, header and release of this leadership
 	pfx       string // prefix + "/"
 	exclusive bool
-	err       error
-
-	// resignMu serializes Resign calls, so that two racing Resigns of one
-	// leadership end it once.
-	resignMu sync.Mutex
-
-	mu        sync.Mutex // guards the fields below
-	leaderKey string
-	leaderRev int64
-	leading   bool
-	slot      *slot // the key of this leadership; nil when resumed
-	hdr       *pb.ResponseHeader
-	tally     *tally // this leadership's metrics and logs
+	slot      *slot // the key of this leadership; nil when resumed; guarded by mu
 }
 
 // NewElection makes an Election on prefix pfx. A nil session, an empty
@@ -70,7 +57,7 @@ func NewElection(s *Session, pfx string, opts ...HandleOption) *Election {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	e := &Election{s: s, pfx: layout.Dir(pfx), exclusive: o.exclusive}
+	e := &Election{holder: newHolder(s, ErrElectionNotLeader, ErrLeadershipLost, ErrElectionNotLeader), pfx: layout.Dir(pfx), exclusive: o.exclusive}
 	switch {
 	case s == nil:
 		e.err = ErrNilSession
@@ -85,7 +72,7 @@ func NewElection(s *Session, pfx string, opts ...HandleOption) *Election {
 // observer is an Election that only follows the election on pfx (observe
 // needs a client, and the metrics and logger of o, not a lease).
 func observer(c *clientv3.Client, pfx string, o sessionOptions) *Election {
-	return &Election{s: &Session{client: c, opts: o}, pfx: pfx + "/"}
+	return &Election{holder: newHolder(&Session{client: c, opts: o}, ErrElectionNotLeader, ErrLeadershipLost, ErrElectionNotLeader), pfx: pfx + "/"}
 }
 
 // ResumeElection makes an Election that already leads with leaderKey,
@@ -93,7 +80,7 @@ func observer(c *clientv3.Client, pfx string, o sessionOptions) *Election {
 // the same prefix as NewElection (etcd's used pfx without the "/", #13469).
 func ResumeElection(s *Session, pfx string, leaderKey string, leaderRev int64) *Election {
 	e := NewElection(s, pfx)
-	e.leaderKey, e.leaderRev, e.leading = leaderKey, leaderRev, true
+	e.key, e.rev = leaderKey, leaderRev
 	return e
 }
 
@@ -116,7 +103,7 @@ func (e *Election) Campaign(ctx context.Context, val string) error {
 		return err
 	}
 	e.mu.Lock()
-	if e.leading {
+	if e.key != "" {
 		// Already leading (or resumed): like etcd, campaigning again only
 		// updates the value.
 		e.mu.Unlock()
@@ -174,7 +161,7 @@ func (e *Election) Campaign(ctx context.Context, val string) error {
 	hdr := headerAt(j.hdr, at)
 	e.mu.Lock()
 	prev := e.slot
-	e.leaderKey, e.leaderRev, e.leading, e.slot, e.hdr = key, j.rev, true, sl, hdr
+	e.key, e.rev, e.slot, e.hdr = key, j.rev, sl, hdr
 	if e.tally == nil || e.tally.rev != j.rev {
 		e.tally.released()
 		e.tally = acquired(e.s, obs.Election, e.name(), key, j.rev, time.Since(start))
@@ -194,10 +181,8 @@ func (e *Election) Proclaim(ctx context.Context, val string) error {
 	if e.err != nil {
 		return e.err
 	}
-	e.mu.Lock()
-	key, rev, leading := e.leaderKey, e.leaderRev, e.leading
-	e.mu.Unlock()
-	if !leading {
+	key, rev, _ := e.current()
+	if key == "" {
 		return ErrElectionNotLeader
 	}
 	resp, err := guard(ctx, e.s.Client(), key, rev, ErrElectionNotLeader,
@@ -231,12 +216,12 @@ func (e *Election) Resign(ctx context.Context) error {
 	if e.err != nil {
 		return e.err
 	}
-	e.resignMu.Lock()
-	defer e.resignMu.Unlock()
+	e.releaseMu.Lock()
+	defer e.releaseMu.Unlock()
 	e.mu.Lock()
-	key, rev, leading, sl := e.leaderKey, e.leaderRev, e.leading, e.slot
+	key, rev, sl := e.key, e.rev, e.slot
 	e.mu.Unlock()
-	if !leading {
+	if key == "" {
 		return nil
 	}
 	var hdr *pb.ResponseHeader
@@ -275,20 +260,13 @@ func (e *Election) Resign(ctx context.Context) error {
 // name is the prefix as the caller gave it, for metrics and logs.
 func (e *Election) name() string { return strings.TrimSuffix(e.pfx, "/") }
 
-// currentTally is the current leadership's tally, nil when unobserved.
-func (e *Election) currentTally() *tally {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.tally
-}
-
 // forget drops the leadership of key created at rev, if it is still the
 // current one. released tells that the slot was already ended by a
 // release request.
 func (e *Election) forget(key string, rev int64, released bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.leaderKey != key || e.leaderRev != rev || !e.leading {
+	if e.key != key || e.rev != rev || key == "" {
 		return
 	}
 	if e.slot != nil && !released {
@@ -298,7 +276,7 @@ func (e *Election) forget(key string, rev int64, released bool) {
 		// Found lost (Proclaim): the cause is asked outside e.mu.
 		go e.tally.lost(lossCause(e.s), ErrLeadershipLost)
 	}
-	e.leaderKey, e.leaderRev, e.leading, e.slot, e.tally = "", 0, false, nil, nil
+	e.key, e.rev, e.slot, e.tally = "", -1, nil, nil
 }
 
 // Leader returns the current leader's key and value, or
@@ -317,46 +295,6 @@ func (e *Election) Leader(ctx context.Context) (*clientv3.GetResponse, error) {
 	return resp, nil
 }
 
-// Key is this candidate's key while it leads, else "".
-func (e *Election) Key() string {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.leaderKey
-}
-
-// Rev is the fencing token of this leadership: the create revision of the
-// leader key, strictly greater than that of every earlier leader. It is 0
-// when not leading.
-func (e *Election) Rev() int64 {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.leaderRev
-}
-
-// Header is the response header of the last request that changed this
-// candidate's leadership; after Campaign its revision is the one at which
-// it became leader.
-func (e *Election) Header() *pb.ResponseHeader {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.hdr
-}
-
-// Guard commits ops in one transaction only while this candidate leads. It
-// returns ErrElectionNotLeader, and commits nothing, when it does not.
-func (e *Election) Guard(ctx context.Context, ops ...clientv3.Op) (*clientv3.TxnResponse, error) {
-	if e.err != nil {
-		return nil, e.err
-	}
-	e.mu.Lock()
-	key, rev, leading := e.leaderKey, e.leaderRev, e.leading
-	e.mu.Unlock()
-	if !leading {
-		return nil, ErrElectionNotLeader
-	}
-	return guard(ctx, e.s.Client(), key, rev, ErrElectionNotLeader, ops)
-}
-
 // WithLeadership campaigns with val, runs f while leading, and resigns. The
 // context f gets is cancelled as soon as leadership ends under it, with
 // context.Cause(ctx) == ErrLeadershipLost, seen through a watch on the
@@ -366,47 +304,8 @@ func (e *Election) Guard(ctx context.Context, ops ...clientv3.Op) (*clientv3.Txn
 // while f ran, else the error of Resign, which runs even when ctx is over,
 // with its own timeout.
 func WithLeadership(ctx context.Context, e *Election, val string, f func(ctx context.Context) error) error {
-	if err := e.Campaign(ctx, val); err != nil {
-		return err
-	}
-	fctx, stop := holdContext(ctx, e.s, e.Key(), e.Rev(), ErrLeadershipLost, e.currentTally())
-	ferr := f(fctx)
-	lost := stop()
-	rctx, cancel := cleanupCtx(ctx, e.s.Client())
-	defer cancel()
-	rerr := e.Resign(rctx)
-	switch {
-	case ferr != nil:
-		return ferr
-	case lost || errors.Is(rerr, ErrLeadershipLost):
-		return ErrLeadershipLost
-	default:
-		return rerr
-	}
-}
-
-// HoldContext returns a context derived from parent that is cancelled,
-// with context.Cause == ErrLeadershipLost, as soon as this candidate's
-// leadership ends under it: the session ends or anyone deletes the leader
-// key, or the session's trust window lapses (WithLeaseTrust; the cause then
-// matches ErrLeaseUnconfirmed too). Call cancel when done with it. When
-// not leading it returns a context already cancelled with
-// ErrElectionNotLeader.
-func (e *Election) HoldContext(parent context.Context) (ctx context.Context, cancel context.CancelFunc) {
-	e.mu.Lock()
-	key, rev, leading := e.leaderKey, e.leaderRev, e.leading
-	e.mu.Unlock()
-	if e.err != nil || !leading {
-		ctx, cancelCause := context.WithCancelCause(parent)
-		if e.err != nil {
-			cancelCause(e.err)
-		} else {
-			cancelCause(ErrElectionNotLeader)
-		}
-		return ctx, func() { cancelCause(context.Canceled) }
-	}
-	ctx, stop := holdContext(parent, e.s, key, rev, ErrLeadershipLost, e.currentTally())
-	return ctx, func() { stop() }
+	campaign := func(ctx context.Context) error { return e.Campaign(ctx, val) }
+	return e.with(ctx, campaign, e.Resign, f)
 }
 
 // LeaderEvent is a change of leadership seen by Events.

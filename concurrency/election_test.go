@@ -172,7 +172,7 @@ func TestCampaignNeverLeadsWithoutItsKey(t *testing.T) {
 	if err := recv(t, errc, "Campaign"); !errors.Is(err, concurrency.ErrSessionExpired) {
 		t.Fatalf("Campaign after its lease expired: %v, want ErrSessionExpired", err)
 	}
-	if c.Key() != "" || c.Rev() != 0 {
+	if c.Key() != "" || c.Rev() != -1 {
 		t.Fatalf("failed Campaign kept state: %q %d", c.Key(), c.Rev())
 	}
 }

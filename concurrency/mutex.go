@@ -6,10 +6,8 @@ import (
 	"fmt"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/batonhq/baton/internal/layout"
@@ -54,27 +52,11 @@ var (
 //
 // A Mutex is safe for use by several goroutines.
 type Mutex struct {
-	s         *Session
+	holder           // key, token, header and release of the current acquisition
 	pfx       string // prefix + "/"
 	val       string // value stored in the holder's key
 	exclusive bool
-	err       error // set by NewMutex on bad input; returned by every call
-
-	// local is a one-token semaphore held from the start of Lock until
-	// Unlock (or a failed Lock) of an exclusive Mutex: one acquisition at
-	// a time per Mutex.
-	local chan struct{}
-
-	// unlockMu serializes Unlock calls, so that two racing Unlocks of one
-	// acquisition release it once: the second finds it released.
-	unlockMu sync.Mutex
-
-	mu    sync.Mutex // guards the fields below
-	slot  *slot      // the key of the current acquisition, nil when not held
-	myKey string
-	myRev int64
-	hdr   *pb.ResponseHeader
-	tally *tally // the current acquisition's metrics and logs
+	slot      *slot // the key of the current acquisition, nil when not held; guarded by mu
 }
 
 // MutexOption configures a Mutex (and, for WithExclusive, an Election).
@@ -111,7 +93,8 @@ func NewMutex(s *Session, pfx string, opts ...MutexOption) *Mutex {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	m := &Mutex{s: s, pfx: layout.Dir(pfx), exclusive: o.exclusive, local: make(chan struct{}, 1), myRev: -1}
+	m := &Mutex{holder: newHolder(s, ErrLockReleased, ErrLockLost, ErrLockLost), pfx: layout.Dir(pfx), exclusive: o.exclusive}
+	m.local = make(chan struct{}, 1)
 	if o.val != nil {
 		m.val = *o.val
 	}
@@ -192,9 +175,9 @@ func (m *Mutex) lock(ctx context.Context, wait bool) error {
 	}
 	if err == nil {
 		m.mu.Lock()
-		if m.tally == nil || m.tally.rev != m.myRev {
+		if m.tally == nil || m.tally.rev != m.rev {
 			m.tally.released() // an earlier acquisition of this Mutex, replaced
-			m.tally = acquired(m.s, obs.Mutex, m.name(), m.myKey, m.myRev, time.Since(start))
+			m.tally = acquired(m.s, obs.Mutex, m.name(), m.key, m.rev, time.Since(start))
 		}
 		m.mu.Unlock()
 	}
@@ -253,7 +236,7 @@ func (m *Mutex) lockOnce(ctx context.Context, wait bool) error {
 	hdr := headerAt(j.hdr, at)
 	m.mu.Lock()
 	prev := m.slot
-	m.slot, m.myKey, m.myRev, m.hdr = sl, key, j.rev, hdr
+	m.slot, m.key, m.rev, m.hdr = sl, key, j.rev, hdr
 	m.mu.Unlock()
 	if prev != nil {
 		// This Mutex held already (Lock again, or two Locks at once): one
@@ -279,10 +262,10 @@ func (m *Mutex) Unlock(ctx context.Context) error {
 	if m.err != nil {
 		return m.err
 	}
-	m.unlockMu.Lock()
-	defer m.unlockMu.Unlock()
+	m.releaseMu.Lock()
+	defer m.releaseMu.Unlock()
 	m.mu.Lock()
-	sl, key, rev := m.slot, m.myKey, m.myRev
+	sl, key, rev := m.slot, m.key, m.rev
 	m.mu.Unlock()
 	if sl == nil || key == "" || rev <= 0 {
 		return ErrLockReleased
@@ -295,7 +278,7 @@ func (m *Mutex) Unlock(ctx context.Context) error {
 		return ctxErr(ctx, err)
 	}
 	m.mu.Lock()
-	m.slot, m.myKey, m.myRev = nil, "", -1
+	m.slot, m.key, m.rev = nil, "", -1
 	m.hdr = hdr
 	t := m.tally
 	m.tally = nil
@@ -314,79 +297,6 @@ func (m *Mutex) Unlock(ctx context.Context) error {
 	return nil
 }
 
-// currentTally is the current acquisition's tally, nil when unobserved.
-func (m *Mutex) currentTally() *tally {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.tally
-}
-
-// IsOwner is a comparison that holds while this Mutex holds the lock, for
-// use in a transaction (see also Guard).
-func (m *Mutex) IsOwner() clientv3.Cmp {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return clientv3.Compare(clientv3.CreateRevision(m.myKey), "=", m.myRev)
-}
-
-// Key is the holder's key, or "" when the lock is not held.
-func (m *Mutex) Key() string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.myKey
-}
-
-// Rev is the fencing token of the current acquisition: the create revision
-// of the holder's key. It is unique per acquisition and strictly greater
-// than the token of every earlier holder of the same lock. Pass it to the
-// resource the lock protects, which should reject requests with a token
-// lower than the highest it has seen. It is -1 when the lock is not held.
-func (m *Mutex) Rev() int64 {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.myRev
-}
-
-// Header is the response header of the request that acquired (or, after
-// Unlock, released) the lock; its revision is the one at which the lock was
-// taken.
-func (m *Mutex) Header() *pb.ResponseHeader {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.hdr
-}
-
-// Guard commits ops in one transaction only while this Mutex holds the lock.
-// It returns ErrLockReleased when this Mutex has not taken the lock (or has
-// released it), and ErrLockLost, committing nothing, when the lock ended
-// under it (the session expired or the key was deleted).
-func (m *Mutex) Guard(ctx context.Context, ops ...clientv3.Op) (*clientv3.TxnResponse, error) {
-	if m.err != nil {
-		return nil, m.err
-	}
-	m.mu.Lock()
-	key, rev := m.myKey, m.myRev
-	m.mu.Unlock()
-	if key == "" {
-		return nil, ErrLockReleased
-	}
-	return guard(ctx, m.s.Client(), key, rev, ErrLockLost, ops)
-}
-
-func guard(ctx context.Context, c *clientv3.Client, key string, rev int64, lost error, ops []clientv3.Op) (*clientv3.TxnResponse, error) {
-	resp, err := c.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
-		Then(ops...).
-		Commit()
-	if err != nil {
-		return nil, err
-	}
-	if !resp.Succeeded {
-		return resp, lost
-	}
-	return resp, nil
-}
-
 // WithLock takes m, runs f, and releases m. The context f gets is cancelled
 // as soon as the lock ends under it (the session ends, or anyone deletes the
 // holder's key), with context.Cause(ctx) == ErrLockLost; the loss is seen
@@ -398,137 +308,7 @@ func guard(ctx context.Context, c *clientv3.Client, key string, rev int64, lost 
 // keep-alive of the session has been answered for its trust window
 // (WithLeaseTrust); its cause then matches ErrLeaseUnconfirmed as well.
 func WithLock(ctx context.Context, m *Mutex, f func(ctx context.Context) error) error {
-	if err := m.Lock(ctx); err != nil {
-		return err
-	}
-	key, rev := m.Key(), m.Rev()
-	fctx, stop := holdContext(ctx, m.s, key, rev, ErrLockLost, m.currentTally())
-	ferr := f(fctx)
-	lost := stop()
-	uctx, cancel := cleanupCtx(ctx, m.s.Client())
-	defer cancel()
-	uerr := m.Unlock(uctx)
-	switch {
-	case ferr != nil:
-		return ferr
-	case lost || errors.Is(uerr, ErrLockLost):
-		return ErrLockLost
-	default:
-		return uerr
-	}
-}
-
-// HoldContext returns a context derived from parent that is cancelled,
-// with context.Cause == ErrLockLost, as soon as the lock held by m ends
-// under it: the session ends or anyone deletes the holder's key, or when
-// the session's trust window lapses (WithLeaseTrust; the cause then matches
-// ErrLeaseUnconfirmed too). Call cancel when done with it; it stops the
-// watch. On a Mutex that does not
-// hold the lock it returns a context already cancelled with
-// ErrLockReleased. WithLock is built on it.
-func (m *Mutex) HoldContext(parent context.Context) (ctx context.Context, cancel context.CancelFunc) {
-	key, rev := m.Key(), m.Rev()
-	if m.err != nil || key == "" {
-		ctx, cancelCause := context.WithCancelCause(parent)
-		if m.err != nil {
-			cancelCause(m.err)
-		} else {
-			cancelCause(ErrLockReleased)
-		}
-		return ctx, func() { cancelCause(context.Canceled) }
-	}
-	ctx, stop := holdContext(parent, m.s, key, rev, ErrLockLost, m.currentTally())
-	return ctx, func() { stop() }
-}
-
-// holdContext returns a context that is cancelled with cause lost when key
-// (created at rev) goes away or the session ends, or with a cause matching
-// both lost and ErrLeaseUnconfirmed when the session's trust window lapses
-// (WithLeaseTrust). stop ends both watches and reports whether the hold
-// was lost.
-func holdContext(ctx context.Context, s *Session, key string, rev int64, lost error, t *tally) (context.Context, func() bool) {
-	hctx, cancel := context.WithCancelCause(ctx)
-	var wg sync.WaitGroup
-	var wasLost atomic.Bool
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		if watchHold(hctx, s, key, rev) {
-			wasLost.Store(true)
-			cancel(lost)
-			if t != nil {
-				t.lost(lossCause(s), lost)
-			}
-		}
-	}()
-	go func() {
-		defer wg.Done()
-		if err := s.distrusted(hctx); err != nil {
-			wasLost.Store(true)
-			cancel(fmt.Errorf("%w: %w", lost, err))
-			t.lost(obs.CauseUnconfirmed, err)
-		}
-	}()
-	return hctx, func() bool {
-		cancel(context.Canceled)
-		wg.Wait()
-		return wasLost.Load()
-	}
-}
-
-// watchHold returns true when key (created at rev) goes away or the session
-// ends, and false when ctx ends first.
-func watchHold(ctx context.Context, s *Session, key string, rev int64) bool {
-	c := s.Client()
-	for ctx.Err() == nil {
-		w, err := newWatch(ctx, c, key)
-		if err == nil {
-			// The watch covers changes after w.created; check the key then,
-			// or at rev if the watch's member lags behind the lock (the key
-			// did not exist before rev, and cannot have gone between the
-			// two).
-			var r *clientv3.GetResponse
-			if r, _, err = getAt(ctx, c, max(w.created, rev), key); err == nil {
-				if len(r.Kvs) == 0 || r.Kvs[0].CreateRevision != rev || holdOn(ctx, s, w, rev) {
-					w.cancel()
-					return true
-				}
-			}
-			w.cancel()
-		}
-		switch {
-		case ctx.Err() != nil:
-			return false
-		case c.Ctx().Err() != nil:
-			return true // the client closed: we cannot vouch for the lock
-		case err != nil:
-			pause(ctx)
-		}
-	}
-	return false
-}
-
-// holdOn follows w, the watch on a held key created at rev, and returns
-// true when the key goes or the session ends, false when ctx ends or the
-// watch breaks (watchHold makes it again).
-func holdOn(ctx context.Context, s *Session, w *keyWatch, rev int64) bool {
-	for {
-		select {
-		case <-ctx.Done():
-			return false
-		case <-s.lost():
-			// Not s.Done(): an orphaned session still holds until its
-			// lease runs out.
-			return true
-		case wr, ok := <-w.ch:
-			if watchErr(ctx, s.Client(), wr, ok) != nil {
-				return false
-			}
-			if _, g := deleted(wr, rev); g {
-				return true
-			}
-		}
-	}
+	return m.with(ctx, m.Lock, m.Unlock, f)
 }
 
 type lockerMutex struct{ *Mutex }

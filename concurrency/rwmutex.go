@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"strings"
-	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -45,33 +45,23 @@ var (
 // for use by several goroutines: a second RLock or Lock on the same value
 // waits until the first is released. Give each concurrent reader its own
 // RWMutex; they can share a Session.
+//
+// Key, Rev, Header, IsOwner, Guard and HoldContext are those of the lock
+// held, in either mode, as for a Mutex: Guard returns ErrLockReleased when
+// nothing is held and ErrLockLost when the lock ended under it. WithRLock
+// and WithWLock are WithLock's counterparts.
 type RWMutex struct {
-	s   *Session
-	dir string // pfx + "/"
-	err error
-
-	// local is a one-token semaphore held from the start of a lock call
-	// until its unlock (or its failure).
-	local chan struct{}
-
-	// unlockMu serializes unlocks, so that two racing RUnlock or Unlock
-	// calls of one acquisition release it once: the second finds it
-	// released, instead of taking the next acquisition's token from local
-	// or blocking on it forever.
-	unlockMu sync.Mutex
-
-	mu    sync.Mutex
-	myKey string
-	myRev int64
-	write bool
-	tally *tally // the current acquisition's metrics and logs
+	holder        // key, token, header and release of the lock held
+	dir    string // pfx + "/"
+	write  bool   // the lock held is the write lock; guarded by mu
 }
 
 // NewRWMutex makes an RWMutex on prefix pfx. It talks to the server only
 // when locked. A nil session or an empty prefix is reported by the first
 // call, which then touches nothing.
 func NewRWMutex(s *Session, pfx string) *RWMutex {
-	rw := &RWMutex{s: s, dir: layout.Dir(pfx), local: make(chan struct{}, 1), myRev: -1}
+	rw := &RWMutex{holder: newHolder(s, ErrLockReleased, ErrLockLost, ErrLockLost), dir: layout.Dir(pfx)}
+	rw.local = make(chan struct{}, 1)
 	switch {
 	case s == nil:
 		rw.err = ErrNilSession
@@ -108,7 +98,7 @@ func (rw *RWMutex) lock(ctx context.Context, write, wait bool) error {
 		switch {
 		case err == nil:
 			rw.mu.Lock()
-			rw.tally = acquired(rw.s, prim, rw.name(), rw.myKey, rw.myRev, time.Since(start))
+			rw.tally = acquired(rw.s, prim, rw.name(), rw.key, rw.rev, time.Since(start))
 			rw.mu.Unlock()
 		case errors.Is(err, ErrLocked) && !wait:
 			rw.s.opts.rec.TryFailed(prim, rw.name())
@@ -145,14 +135,14 @@ func (rw *RWMutex) lockOnce(ctx context.Context, write, wait bool) error {
 		kind = layout.RWWrite
 	}
 	key := rw.s.claimName(rw.dir + kind)
-	rev, err := rw.acquire(ctx, key, write, wait)
+	rev, hdr, err := rw.acquire(ctx, key, write, wait)
 	if err != nil {
 		rw.s.releaseName(key)
 		<-rw.local
 		return err
 	}
 	rw.mu.Lock()
-	rw.myKey, rw.myRev, rw.write = key, rev, write
+	rw.key, rw.rev, rw.hdr, rw.write = key, rev, hdr, write
 	rw.mu.Unlock()
 	return nil
 }
@@ -164,7 +154,7 @@ func (rw *RWMutex) lockOnce(ctx context.Context, write, wait bool) error {
 // older than it, a writer for the youngest key older than it. TryLock and
 // TryRLock put their key only if nothing blocks it now: no key at all
 // under the prefix for a writer, no writer key for a reader.
-func (rw *RWMutex) acquire(ctx context.Context, key string, write, wait bool) (int64, error) {
+func (rw *RWMutex) acquire(ctx context.Context, key string, write, wait bool) (int64, *pb.ResponseHeader, error) {
 	c := rw.s.Client()
 	writers, blockers := rw.dir+layout.RWWrite, rw.dir+layout.RWWrite
 	if write {
@@ -185,12 +175,13 @@ func (rw *RWMutex) acquire(ctx context.Context, key string, write, wait bool) (i
 		// The request may have created the key (cancelled or timed out
 		// after it was sent): take it out of the queue.
 		abandon(ctx, c, rw.s.Lease(), key)
-		return 0, ctxErr(ctx, err)
+		return 0, nil, ctxErr(ctx, err)
 	}
 	if j.rev == 0 {
-		return 0, ErrLocked
+		return 0, nil, ErrLocked
 	}
 	t.rev = j.rev
+	at := j.hdr.Revision
 	if !wait {
 		if t.blocker(j.kvs(0)) != nil {
 			// Our key predates this call (a resumed lease) and is not
@@ -198,15 +189,15 @@ func (rw *RWMutex) acquire(ctx context.Context, key string, write, wait bool) (i
 			err = ErrLocked
 		}
 	} else {
-		_, _, err = waitTurn(ctx, t, j.kvs(0), j.hdr.Revision)
+		_, at, err = waitTurn(ctx, t, j.kvs(0), at)
 	}
 	if err != nil {
 		if lerr := leave(ctx, c, key, j.rev); lerr != nil && !errors.Is(err, ErrSessionExpired) {
 			err = fmt.Errorf("%w (and deleting the waiter key %q failed: %v; it goes with the session)", err, key, lerr)
 		}
-		return 0, err
+		return 0, nil, err
 	}
-	return j.rev, nil
+	return j.rev, headerAt(j.hdr, at), nil
 }
 
 // RUnlock releases a read lock taken with RLock or TryRLock. It returns
@@ -229,10 +220,10 @@ func (rw *RWMutex) unlockOnce(ctx context.Context, write bool) error {
 	if rw.err != nil {
 		return rw.err
 	}
-	rw.unlockMu.Lock()
-	defer rw.unlockMu.Unlock()
+	rw.releaseMu.Lock()
+	defer rw.releaseMu.Unlock()
 	rw.mu.Lock()
-	key, rev, held := rw.myKey, rw.myRev, rw.write
+	key, rev, held := rw.key, rw.rev, rw.write
 	rw.mu.Unlock()
 	if key == "" || held != write {
 		if write {
@@ -249,7 +240,7 @@ func (rw *RWMutex) unlockOnce(ctx context.Context, write bool) error {
 		return err
 	}
 	rw.mu.Lock()
-	rw.myKey, rw.myRev, rw.write = "", -1, false
+	rw.key, rw.rev, rw.hdr, rw.write = "", -1, resp.Header, false
 	t := rw.tally
 	rw.tally = nil
 	rw.mu.Unlock()
@@ -265,18 +256,15 @@ func (rw *RWMutex) unlockOnce(ctx context.Context, write bool) error {
 	return nil
 }
 
-// Rev is the fencing token of the lock held: the create revision of its
-// key, or -1. Tokens of writers increase with every write lock; readers'
-// tokens are unique but readers share the lock.
-func (rw *RWMutex) Rev() int64 {
-	rw.mu.Lock()
-	defer rw.mu.Unlock()
-	return rw.myRev
+// WithRLock takes a read lock on rw, runs f, and releases it, as WithLock
+// does for a Mutex: the context f gets ends, with context.Cause ==
+// ErrLockLost, as soon as the lock ends under it.
+func WithRLock(ctx context.Context, rw *RWMutex, f func(ctx context.Context) error) error {
+	return rw.with(ctx, rw.RLock, rw.RUnlock, f)
 }
 
-// Key is the key of the lock held, or "".
-func (rw *RWMutex) Key() string {
-	rw.mu.Lock()
-	defer rw.mu.Unlock()
-	return rw.myKey
+// WithWLock takes the write lock of rw, runs f, and releases it, as
+// WithLock does for a Mutex.
+func WithWLock(ctx context.Context, rw *RWMutex, f func(ctx context.Context) error) error {
+	return rw.with(ctx, rw.Lock, rw.Unlock, f)
 }
