@@ -404,48 +404,18 @@ func (e *Election) observe(ctx context.Context, emit func(LeaderEvent) bool) {
 		first, last = false, lead
 		return emit(LeaderEvent{Leader: lead, Rev: rev})
 	}
+	stop := errors.New("observer done")
 	for ctx.Err() == nil && c.Ctx().Err() == nil {
-		w, err := newWatch(ctx, c, e.pfx, clientv3.WithPrefix())
-		if err != nil {
-			pause(ctx)
-			continue
-		}
-		r, at, err := getAt(ctx, c, w.created, e.pfx, clientv3.WithPrefix())
-		if err != nil {
-			w.cancel()
-			pause(ctx)
-			continue
-		}
-		kvs := make(map[string]*mvccpb.KeyValue, len(r.Kvs))
-		for _, kv := range r.Kvs {
-			kvs[string(kv.Key)] = kv
-		}
-		// The state is the one at the watch's start, not at the answer's
-		// header, which may be later: events in between follow.
-		if !report(kvs, at) {
-			w.cancel()
+		err := mirror(ctx, c, e.pfx, 0, nil, func(kvs map[string]*mvccpb.KeyValue, rev int64) (bool, error) {
+			if !report(kvs, rev) {
+				return true, stop
+			}
+			return false, nil
+		})
+		if errors.Is(err, stop) {
 			return
 		}
-		for wr := range w.ch {
-			if watchErr(ctx, c, wr, true) != nil {
-				break
-			}
-			// Skip what the read already holds (it was of now, if the
-			// watch's start had been compacted).
-			evs := wr.Events
-			for len(evs) > 0 && evs[0].Kv.ModRevision <= at {
-				evs = evs[1:]
-			}
-			if len(evs) == 0 {
-				continue
-			}
-			applyEvents(kvs, evs)
-			if !report(kvs, evs[len(evs)-1].Kv.ModRevision) {
-				w.cancel()
-				return
-			}
-		}
-		w.cancel()
+		pause(ctx)
 	}
 }
 
@@ -460,18 +430,6 @@ func (e *Election) leaderChanged(lead *mvccpb.KeyValue) {
 		return
 	}
 	e.s.logInfo("leader changed", slog.String("name", e.name()), slog.String("key", string(lead.Key)), slog.Int64("token", lead.CreateRevision))
-}
-
-// applyEvents applies a batch of watch events to a copy of the election's
-// keys.
-func applyEvents(kvs map[string]*mvccpb.KeyValue, evs []*clientv3.Event) {
-	for _, ev := range evs {
-		if ev.Type == mvccpb.DELETE {
-			delete(kvs, string(ev.Kv.Key))
-		} else {
-			kvs[string(ev.Kv.Key)] = ev.Kv
-		}
-	}
 }
 
 // leaderOf returns the key with the lowest create revision, the leader.

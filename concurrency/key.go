@@ -484,6 +484,93 @@ func gone(rev int64) func(ev *clientv3.Event) bool {
 	return func(ev *clientv3.Event) bool { return ev.Type == mvccpb.DELETE || ev.Kv.CreateRevision != rev }
 }
 
+// Following a whole queue.
+
+// mirror keeps a copy of the keys under dir (with opts) up to date, for a
+// waiter that decides on the whole queue rather than on one blocker: a
+// Semaphore's first waiters, an Election's observers. It watches dir from
+// now, reads it at the revision the watch starts after (never before
+// from), and applies each batch of events to the copy, skipping those the
+// read already holds. It calls state with the copy and its revision after
+// the read and after each batch, until state returns done or an error.
+//
+// A watch that breaks is made again, after a pause, and the copy read
+// anew. mirror returns state's error, ctx.Err() when ctx ends,
+// ErrSessionExpired when end closes (nil: never), and the error of a
+// watch or a read that could not be made.
+func mirror(ctx context.Context, c *clientv3.Client, dir string, from int64, end <-chan struct{}, state func(kvs map[string]*mvccpb.KeyValue, rev int64) (bool, error)) error {
+	for {
+		w, err := newWatch(ctx, c, dir, clientv3.WithPrefix())
+		if err != nil {
+			return err
+		}
+		err = follow(ctx, c, w, dir, from, end, state)
+		w.cancel()
+		if !errors.Is(err, errWatchBroken) {
+			return err
+		}
+		if c.Ctx().Err() != nil {
+			return errClientClosed
+		}
+		pause(ctx)
+	}
+}
+
+// errWatchBroken tells mirror to remake its watch.
+var errWatchBroken = errors.New("concurrency: watch broken")
+
+// follow is mirror with one watch, w.
+func follow(ctx context.Context, c *clientv3.Client, w *keyWatch, dir string, from int64, end <-chan struct{}, state func(map[string]*mvccpb.KeyValue, int64) (bool, error)) error {
+	r, at, err := getAt(ctx, c, max(w.created, from), dir, clientv3.WithPrefix())
+	if err != nil {
+		return err
+	}
+	kvs := make(map[string]*mvccpb.KeyValue, len(r.Kvs))
+	for _, kv := range r.Kvs {
+		kvs[string(kv.Key)] = kv
+	}
+	for rev := at; ; {
+		if done, err := state(kvs, rev); done || err != nil {
+			return err
+		}
+		var evs []*clientv3.Event
+		for len(evs) == 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-end:
+				return ErrSessionExpired
+			case wr, ok := <-w.ch:
+				if err := watchErr(ctx, c, wr, ok); err != nil {
+					if !ok && (ctx.Err() != nil || c.Ctx().Err() != nil) {
+						return err
+					}
+					return errWatchBroken
+				}
+				// Events arrive in revision order: the copy is the state
+				// as of the last one.
+				evs = wr.Events
+				for len(evs) > 0 && evs[0].Kv.ModRevision <= at {
+					evs = evs[1:]
+				}
+			}
+		}
+		applyEvents(kvs, evs)
+		rev = evs[len(evs)-1].Kv.ModRevision
+	}
+}
+
+// applyEvents applies a batch of watch events to a copy of the keys.
+func applyEvents(kvs map[string]*mvccpb.KeyValue, evs []*clientv3.Event) {
+	for _, ev := range evs {
+		if ev.Type == mvccpb.DELETE {
+			delete(kvs, string(ev.Kv.Key))
+		} else {
+			kvs[string(ev.Kv.Key)] = ev.Kv
+		}
+	}
+}
+
 // Reading at a revision.
 
 // getAt is the one read at a revision: it reads key (with opts) as of

@@ -492,95 +492,37 @@ func (sm *Semaphore) wait(ctx context.Context, key string, rev int64, queue []*m
 }
 
 // follow is step 4 of wait: it returns once the key created at rev fits,
-// having called the next waiters forward.
+// having called the next waiters forward. It follows the queue with
+// mirror, from rev at the earliest: a watch made on a member that lags
+// can start before our key exists.
 func (sm *Semaphore) follow(ctx context.Context, key string, rev int64) error {
-	c := sm.s.Client()
-	for {
-		w, err := newWatch(ctx, c, sm.dir, clientv3.WithPrefix())
-		if err != nil {
-			return err
+	var q semQueue
+	err := mirror(ctx, sm.s.Client(), sm.dir, rev, sm.s.expired(), func(kvs map[string]*mvccpb.KeyValue, _ int64) (bool, error) {
+		mine, ok := kvs[key]
+		if !ok || mine.CreateRevision != rev {
+			return false, ErrSessionExpired
 		}
-		q, err := sm.track(ctx, w, key, rev)
-		w.cancel()
-		switch {
-		case err == nil:
-			return sm.callForward(ctx, key, rev, q)
-		case !errors.Is(err, errWatchBroken):
-			return err
+		n, _ := semParse(mine.Value)
+		for _, kv := range kvs {
+			if kv.CreateRevision < rev {
+				ahead, _ := semParse(kv.Value)
+				n += ahead
+			}
 		}
-		// The watch broke (a member lost its leader, or it could not
-		// resume after a reconnect): start over from now.
-		if c.Ctx().Err() != nil {
-			return errClientClosed
+		if n > sm.limit {
+			return false, nil
 		}
-		pause(ctx)
-	}
-}
-
-// errWatchBroken tells follow to remake its watch.
-var errWatchBroken = errors.New("semaphore: watch broken")
-
-// track reads the queue at the revision w starts after and applies w's
-// events to it until our key is granted, and returns the queue then.
-//
-// A watch made on a member that lags can start before our key (created at
-// rev) exists: then the queue is read at rev instead, and the events up to
-// the revision read, which that read already holds, are skipped.
-func (sm *Semaphore) track(ctx context.Context, w *keyWatch, key string, rev int64) (semQueue, error) {
-	c := sm.s.Client()
-	r, at, err := getAt(ctx, c, max(w.created, rev), sm.dir, clientv3.WithPrefix())
+		es := make([]semEntry, 0, len(kvs))
+		for _, kv := range kvs {
+			es = append(es, semEntry1(kv))
+		}
+		q = semOrder(es, sm.limit)
+		return true, nil
+	})
 	if err != nil {
-		return semQueue{}, err
+		return err
 	}
-	queue := make(map[string]semEntry, len(r.Kvs))
-	for _, kv := range r.Kvs {
-		queue[string(kv.Key)] = semEntry1(kv)
-	}
-	for {
-		mine, ok := queue[key]
-		if !ok || mine.rev != rev {
-			return semQueue{}, ErrSessionExpired
-		}
-		var ahead int64
-		for _, e := range queue {
-			if e.rev < rev {
-				ahead += e.n
-			}
-		}
-		if ahead+mine.n <= sm.limit {
-			es := make([]semEntry, 0, len(queue))
-			for _, e := range queue {
-				es = append(es, e)
-			}
-			return semOrder(es, sm.limit), nil
-		}
-		select {
-		case <-ctx.Done():
-			return semQueue{}, ctx.Err()
-		case <-sm.s.expired(): // not Done: an orphaned lease lives on
-			return semQueue{}, ErrSessionExpired
-		case wr, ok := <-w.ch:
-			if err := watchErr(ctx, c, wr, ok); err != nil {
-				if !ok && (ctx.Err() != nil || c.Ctx().Err() != nil) {
-					return semQueue{}, err
-				}
-				return semQueue{}, errWatchBroken
-			}
-			// Events arrive in revision order, so the map is the queue as
-			// of the last event.
-			for _, ev := range wr.Events {
-				if ev.Kv.ModRevision <= at {
-					continue // already in the queue read
-				}
-				k := string(ev.Kv.Key)
-				if ev.Type == mvccpb.DELETE {
-					delete(queue, k)
-				} else {
-					queue[k] = semEntry1(ev.Kv)
-				}
-			}
-		}
-	}
+	return sm.callForward(ctx, key, rev, q)
 }
 
 // callForward is step 5 of wait, for our key (created at rev) granted in
