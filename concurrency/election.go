@@ -3,6 +3,7 @@ package concurrency
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"time"
@@ -22,10 +23,17 @@ var (
 	ErrElectionNotLeader = errors.New("election: not leader")
 	// ErrElectionNoLeader is returned by Leader when nobody leads.
 	ErrElectionNoLeader = errors.New("election: no leader")
-	// ErrLeadershipLost is the cause of the context WithLeadership passes to
-	// its function when leadership ends under it.
+	// ErrLeadershipLost is Election's "lost" error, as ErrLockLost is
+	// Mutex's: the cause of the context WithLeadership and HoldContext
+	// give when leadership ends under them, the error of Resign when the
+	// leadership had already ended, and matched (beside
+	// ErrElectionNotLeader) by the error of Guard and Proclaim then.
 	ErrLeadershipLost = errors.New("election: leadership lost")
 )
+
+// errLeaderLost is the error of Guard and Proclaim when the leadership
+// ended under them: etcd's ErrElectionNotLeader, and ErrLeadershipLost.
+var errLeaderLost = fmt.Errorf("%w: %w", ErrElectionNotLeader, ErrLeadershipLost)
 
 // Election is a leader election: candidates queue under pfx + "/" by create
 // revision and the oldest leads, as with etcd's Election and etcdctl elect,
@@ -57,7 +65,7 @@ func NewElection(s *Session, pfx string, opts ...HandleOption) *Election {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	e := &Election{holder: newHolder(s, ErrElectionNotLeader, ErrLeadershipLost, ErrElectionNotLeader), pfx: layout.Dir(pfx), exclusive: o.exclusive}
+	e := &Election{holder: newHolder(s, ErrElectionNotLeader, ErrLeadershipLost, errLeaderLost), pfx: layout.Dir(pfx), exclusive: o.exclusive}
 	switch {
 	case s == nil:
 		e.err = ErrNilSession
@@ -72,7 +80,7 @@ func NewElection(s *Session, pfx string, opts ...HandleOption) *Election {
 // observer is an Election that only follows the election on pfx (observe
 // needs a client, and the metrics and logger of o, not a lease).
 func observer(c *clientv3.Client, pfx string, o sessionOptions) *Election {
-	return &Election{holder: newHolder(&Session{client: c, opts: o}, ErrElectionNotLeader, ErrLeadershipLost, ErrElectionNotLeader), pfx: pfx + "/"}
+	return &Election{holder: newHolder(&Session{client: c, opts: o}, ErrElectionNotLeader, ErrLeadershipLost, errLeaderLost), pfx: pfx + "/"}
 }
 
 // ResumeElection makes an Election that already leads with leaderKey,
@@ -176,7 +184,8 @@ func (e *Election) Campaign(ctx context.Context, val string) error {
 
 // Proclaim sets the leader's value without another election. It returns
 // ErrElectionNotLeader, and forgets the leadership, when this candidate no
-// longer leads.
+// longer leads; when the leadership ended under it, the error matches
+// ErrLeadershipLost too.
 func (e *Election) Proclaim(ctx context.Context, val string) error {
 	if e.err != nil {
 		return e.err
@@ -185,7 +194,7 @@ func (e *Election) Proclaim(ctx context.Context, val string) error {
 	if key == "" {
 		return ErrElectionNotLeader
 	}
-	resp, err := guard(ctx, e.s.Client(), key, rev, ErrElectionNotLeader,
+	resp, err := guard(ctx, e.s.Client(), key, rev, errLeaderLost,
 		[]clientv3.Op{clientv3.OpPut(key, val, clientv3.WithIgnoreLease())})
 	if errors.Is(err, ErrElectionNotLeader) {
 		e.forget(key, rev, false)

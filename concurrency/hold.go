@@ -97,7 +97,8 @@ func (h *holder) IsOwner() clientv3.Cmp {
 // Guard commits ops in one transaction only while the acquisition is held.
 // It returns the type's "not held" error (Mutex and RWMutex:
 // ErrLockReleased; Election: ErrElectionNotLeader) when nothing is held,
-// and its "lost" error (ErrLockLost; ErrElectionNotLeader), committing
+// and its "lost" error (ErrLockLost; Election: an error that matches both
+// ErrElectionNotLeader and ErrLeadershipLost), committing
 // nothing, when the hold ended under it (the session expired or the key
 // was deleted).
 func (h *holder) Guard(ctx context.Context, ops ...clientv3.Op) (*clientv3.TxnResponse, error) {
