@@ -137,26 +137,39 @@ func (h *holder) HoldContext(parent context.Context) (ctx context.Context, cance
 	return ctx, func() { stop() }
 }
 
-// with acquires, runs f under the hold's context, and releases, even when
-// ctx is over (with its own timeout). It returns the error of acquire,
-// else f's, else the "lost" error when the hold was lost while f ran,
-// else the error of release.
+// with acquires, runs f under the hold's context, and releases (see
+// withHold).
 func (h *holder) with(ctx context.Context, acquire, release func(context.Context) error, f func(ctx context.Context) error) error {
-	if err := acquire(ctx); err != nil {
+	return withHold(ctx, h.s, h.lost, func(ctx context.Context) (string, int64, *tally, error) {
+		if err := acquire(ctx); err != nil {
+			return "", 0, nil, err
+		}
+		key, rev, t := h.current()
+		return key, rev, t, nil
+	}, release, f)
+}
+
+// withHold is WithLock and its kin: it acquires a key (created at rev),
+// runs f under a context that ends with cause lost as soon as the key
+// goes (holdContext), and releases, even when ctx is over (with its own
+// timeout). It returns the error of acquire, else f's, else lost when the
+// hold was lost while f ran, else the error of release.
+func withHold(ctx context.Context, s *Session, lost error, acquire func(context.Context) (string, int64, *tally, error), release func(context.Context) error, f func(ctx context.Context) error) error {
+	key, rev, t, err := acquire(ctx)
+	if err != nil {
 		return err
 	}
-	key, rev, t := h.current()
-	fctx, stop := holdContext(ctx, h.s, key, rev, h.lost, t)
+	fctx, stop := holdContext(ctx, s, key, rev, lost, t)
 	ferr := f(fctx)
-	lost := stop()
-	rctx, cancel := cleanupCtx(ctx, h.s.Client())
+	wasLost := stop()
+	rctx, cancel := cleanupCtx(ctx, s.Client())
 	defer cancel()
 	rerr := release(rctx)
 	switch {
 	case ferr != nil:
 		return ferr
-	case lost || errors.Is(rerr, h.lost):
-		return h.lost
+	case wasLost || errors.Is(rerr, lost):
+		return lost
 	default:
 		return rerr
 	}

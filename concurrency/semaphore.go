@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -62,7 +63,9 @@ var (
 // arrival wakes every waiter.
 //
 // A Semaphore value is safe for use by several goroutines; each Acquire is
-// a separate grant with its own key.
+// a separate grant with its own key. WithPermits is WithLock's counterpart:
+// it runs a function under one grant, with a context that ends when the
+// grant is lost.
 type Semaphore struct {
 	s     *Session
 	dir   string // pfx + "/"
@@ -123,33 +126,41 @@ func (sm *Semaphore) checkWeight(n int64) error {
 // its key goes, ErrLimitMismatch, or the server's) and leaves the semaphore
 // unchanged: its key is deleted, with its own timeout if ctx is over.
 func (sm *Semaphore) Acquire(ctx context.Context, n int64) error {
-	var rec *obs.Recorder
-	if sm.err == nil {
-		rec = sm.s.opts.rec
-	}
-	rec.SemWaiting(sm.name(), 1)
-	defer rec.SemWaiting(sm.name(), -1)
-	return ctxEnded(ctx, sm.acquire(ctx, n), ErrSessionExpired, ErrLimitMismatch, ErrInvalidWeight)
+	_, err := sm.acquire(ctx, n)
+	return err
 }
 
 // name is the prefix as the caller gave it, for metrics and logs.
 func (sm *Semaphore) name() string { return strings.TrimSuffix(sm.dir, "/") }
 
 // granted records a grant of n permits (key created at rev) that took wait.
-func (sm *Semaphore) granted(key string, rev, n int64, wait time.Duration) {
-	t := acquired(sm.s, obs.Semaphore, sm.name(), key, rev, wait)
+func (sm *Semaphore) granted(key string, rev, n int64, wait time.Duration) semGrant {
+	g := semGrant{key: key, rev: rev, n: n, tally: acquired(sm.s, obs.Semaphore, sm.name(), key, rev, wait)}
 	sm.s.opts.rec.Permits(sm.name(), n)
 	sm.mu.Lock()
-	sm.grants = append(sm.grants, semGrant{key: key, rev: rev, n: n, tally: t})
+	sm.grants = append(sm.grants, g)
 	sm.mu.Unlock()
+	return g
 }
 
-func (sm *Semaphore) acquire(ctx context.Context, n int64) error {
+// acquire is Acquire; it returns the grant.
+func (sm *Semaphore) acquire(ctx context.Context, n int64) (semGrant, error) {
+	var rec *obs.Recorder
+	if sm.err == nil {
+		rec = sm.s.opts.rec
+	}
+	rec.SemWaiting(sm.name(), 1)
+	defer rec.SemWaiting(sm.name(), -1)
+	g, err := sm.acquireOnce(ctx, n)
+	return g, ctxEnded(ctx, err, ErrSessionExpired, ErrLimitMismatch, ErrInvalidWeight)
+}
+
+func (sm *Semaphore) acquireOnce(ctx context.Context, n int64) (semGrant, error) {
 	if err := sm.checkWeight(n); err != nil {
-		return err
+		return semGrant{}, err
 	}
 	if err := ctx.Err(); err != nil {
-		return err
+		return semGrant{}, err
 	}
 	start := time.Now()
 	c := sm.s.Client()
@@ -164,13 +175,13 @@ func (sm *Semaphore) acquire(ctx context.Context, n int64) error {
 		// would stay taken until the session ends.
 		abandon(ctx, c, sm.s.Lease(), key)
 		sm.s.releaseName(key)
-		return ctxErr(ctx, err)
+		return semGrant{}, ctxErr(ctx, err)
 	}
 	if !j.put && string(j.value) != val {
 		// Our key is there from a resumed lease: adopt it only if it asks
 		// for the same thing.
 		sm.s.releaseName(key)
-		return fmt.Errorf("semaphore: key %q exists from an earlier acquisition of this lease", key)
+		return semGrant{}, fmt.Errorf("semaphore: key %q exists from an earlier acquisition of this lease", key)
 	}
 	rev := j.rev
 	err = sm.checkLimits(semEntries(j.kvs(0)))
@@ -182,10 +193,9 @@ func (sm *Semaphore) acquire(ctx context.Context, n int64) error {
 			err = fmt.Errorf("%w (and deleting the waiter key %q failed: %v; it goes with the session)", err, key, lerr)
 		}
 		sm.s.releaseName(key)
-		return err
+		return semGrant{}, err
 	}
-	sm.granted(key, rev, n, time.Since(start))
-	return nil
+	return sm.granted(key, rev, n, time.Since(start)), nil
 }
 
 // TryAcquire takes n permits if they are free now and nobody waits for
@@ -338,6 +348,57 @@ func (sm *Semaphore) release(ctx context.Context, n int64) error {
 		plan = plan[len(part):]
 	}
 	if lost {
+		return ErrPermitsLost
+	}
+	return nil
+}
+
+// WithPermits acquires n permits of sm, runs f, and releases them, as
+// WithLock does for a Mutex: the context f gets ends, with context.Cause
+// == ErrPermitsLost, as soon as the grant's key goes (the session ends or
+// anyone deletes it), or when the session's trust window lapses. It
+// returns the error of Acquire, else f's, else ErrPermitsLost when the
+// permits were lost while f ran, else the error of the release. The
+// release gives back this call's grant, whatever other Acquires of sm
+// hold; a grant that f released itself (Release) counts as released.
+func WithPermits(ctx context.Context, sm *Semaphore, n int64, f func(ctx context.Context) error) error {
+	if sm.err != nil {
+		return sm.err
+	}
+	var g semGrant
+	acquire := func(ctx context.Context) (key string, rev int64, t *tally, err error) {
+		g, err = sm.acquire(ctx, n)
+		return g.key, g.rev, g.tally, err
+	}
+	release := func(ctx context.Context) error { return ctxEnded(ctx, sm.releaseGrant(ctx, g), ErrPermitsLost) }
+	return withHold(ctx, sm.s, ErrPermitsLost, acquire, release, f)
+}
+
+// releaseGrant deletes the key of grant g if it is still g's, and forgets
+// g; a grant no longer held is not an error.
+func (sm *Semaphore) releaseGrant(ctx context.Context, g semGrant) error {
+	sm.mu.Lock()
+	defer sm.mu.Unlock()
+	i := slices.IndexFunc(sm.grants, func(h semGrant) bool { return h.key == g.key && h.rev == g.rev })
+	if i < 0 {
+		return nil
+	}
+	resp, err := sm.s.Client().Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(g.key), "=", g.rev)).
+		Then(clientv3.OpDelete(g.key)).
+		Commit()
+	if err != nil {
+		return err
+	}
+	g = sm.grants[i]
+	sm.grants = slices.Delete(sm.grants, i, i+1)
+	sm.s.opts.rec.Permits(sm.name(), -g.n)
+	if !resp.Succeeded && g.tally != nil {
+		g.tally.lost(lossCause(sm.s), ErrPermitsLost)
+	}
+	g.tally.released()
+	sm.s.releaseName(g.key)
+	if !resp.Succeeded {
 		return ErrPermitsLost
 	}
 	return nil
