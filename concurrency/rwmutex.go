@@ -15,16 +15,25 @@ import (
 	"github.com/batonhq/baton/internal/obs"
 )
 
-// Errors of RWMutex. TryLock and TryRLock return ErrLocked when the lock is
-// not free; a lock lost under its holder is ErrLockLost, as for Mutex.
+// Errors of RWMutex. Its vocabulary is Mutex's: TryLock and TryRLock
+// return ErrLocked when the lock is not free, "not held" is
+// ErrLockReleased (Guard, HoldContext; the errors of RUnlock and Unlock
+// below match it), and a lock lost under its holder is ErrLockLost.
 var (
 	// ErrNotRLocked is returned by RUnlock on an RWMutex that does not hold
-	// a read lock.
-	ErrNotRLocked = errors.New("rwmutex: RUnlock of an RWMutex that is not read-locked")
+	// a read lock. It matches ErrLockReleased.
+	ErrNotRLocked error = notHeldErr("rwmutex: RUnlock of an RWMutex that is not read-locked")
 	// ErrNotLocked is returned by Unlock on an RWMutex that does not hold
-	// the write lock.
-	ErrNotLocked = errors.New("rwmutex: Unlock of an RWMutex that is not write-locked")
+	// the write lock. It matches ErrLockReleased.
+	ErrNotLocked error = notHeldErr("rwmutex: Unlock of an RWMutex that is not write-locked")
 )
+
+// notHeldErr is an RWMutex's "not held" in one mode: a kind of
+// ErrLockReleased with a text of its own.
+type notHeldErr string
+
+func (e notHeldErr) Error() string        { return string(e) }
+func (e notHeldErr) Is(target error) bool { return target == ErrLockReleased }
 
 // RWMutex is a distributed reader/writer lock: any number of readers, or
 // one writer. Every lock is a key under pfx + "/read/" or pfx + "/write/",

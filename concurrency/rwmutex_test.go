@@ -413,9 +413,11 @@ func TestRWMutexClusterMemberRestart(t *testing.T) {
 	closeLeavesNoKeys(t, ctx, cl, sessions, "crw/")
 }
 
-// An RWMutex hands out the holder API of a Mutex in either mode: Guard
+// An RWMutex hands out the holder API and the errors of a Mutex in either
+// mode: Guard
 // commits only while held, HoldContext and WithWLock/WithRLock see the
-// loss of the key, and Rev is -1 when nothing is held, as for every type.
+// loss of the key, "not held" is ErrLockReleased, and Rev is -1 when
+// nothing is held, as for every type.
 func TestRWMutexGuardHoldContextAndWith(t *testing.T) {
 	e := newEnv(t)
 	admin := e.client()
@@ -430,6 +432,14 @@ func TestRWMutexGuardHoldContextAndWith(t *testing.T) {
 	cancel()
 	if rw.Rev() != -1 || rw.Key() != "" {
 		t.Fatalf("not held: key %q rev %d, want \"\" and -1", rw.Key(), rw.Rev())
+	}
+	// One "not held" for the type: the unlock errors of either mode match
+	// Guard's.
+	if err := rw.RUnlock(e.ctx); !errors.Is(err, concurrency.ErrNotRLocked) || !errors.Is(err, concurrency.ErrLockReleased) {
+		t.Fatalf("RUnlock while not held: %v, want ErrNotRLocked matching ErrLockReleased", err)
+	}
+	if err := rw.Unlock(e.ctx); !errors.Is(err, concurrency.ErrNotLocked) || !errors.Is(err, concurrency.ErrLockReleased) || errors.Is(err, concurrency.ErrNotRLocked) {
+		t.Fatalf("Unlock while not held: %v, want ErrNotLocked matching ErrLockReleased", err)
 	}
 	for _, write := range []bool{false, true} {
 		lock, unlock := rw.RLock, rw.RUnlock
