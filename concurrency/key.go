@@ -1,8 +1,11 @@
 package concurrency
 
 // This file is the waiting engine that every primitive runs: Mutex,
-// Election, RWMutex, Semaphore and DoubleBarrier wait with it, and Barrier
-// and the queues use its watches and reads.
+// Election, RWMutex, Semaphore and DoubleBarrier join and wait with it
+// (waitTurn, or the pair of watches directly); a Semaphore's first waiters
+// and an Election's observers follow the whole queue (mirror); Barrier and
+// the queues use its watches, reads and join. What a holder holds once its
+// turn came is hold.go's.
 //
 // A primitive is a queue of keys under a directory, ordered by create
 // revision, the order etcd's package and etcdctl use, so that mixed fleets
