@@ -107,7 +107,7 @@ func (b *Barrier) wait(ctx context.Context, trace func(event string)) error {
 	// 1. Watch the key from now: the watch is synced on the server and
 	//    sees the release at once (etcd's recipe watched from an old
 	//    revision and waited for the server's 100 ms catch-up loop).
-	w, err := recipeWatch(ctx, b.c, b.key)
+	w, err := newWatch(ctx, b.c, b.key)
 	if err != nil {
 		return fmt.Errorf("barrier: watch %q: %w", b.key, err)
 	}
@@ -116,7 +116,7 @@ func (b *Barrier) wait(ctx context.Context, trace func(event string)) error {
 	//    Wait began is seen even when the member that made the watch lags
 	//    behind it. The read is at a revision no earlier than the watch's
 	//    start, so no release can fall between the two.
-	r, seen, err := recipeGetAt(ctx, b.c, 0, b.key)
+	r, seen, err := getAt(ctx, b.c, 0, b.key)
 	if err != nil {
 		return err
 	}
@@ -134,7 +134,7 @@ func (b *Barrier) wait(ctx context.Context, trace func(event string)) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case wr, ok := <-w.ch:
-			err := recipeWatchErr(ctx, b.c, wr, ok)
+			err := watchErr(ctx, b.c, wr, ok)
 			if err != nil && transient(err) && ctx.Err() == nil && b.c.Ctx().Err() == nil {
 				// Cancelled by a member without a leader (the watch
 				// requires one): resume after seen.
@@ -143,7 +143,7 @@ func (b *Barrier) wait(ctx context.Context, trace func(event string)) error {
 				}
 				w.cancel()
 				var nw *keyWatch
-				if nw, err = recipeWatch(ctx, b.c, b.key, clientv3.WithRev(seen+1)); err == nil {
+				if nw, err = newWatch(ctx, b.c, b.key, clientv3.WithRev(seen+1)); err == nil {
 					w = nw
 					continue
 				}
@@ -161,67 +161,5 @@ func (b *Barrier) wait(ctx context.Context, trace func(event string)) error {
 				seen = ev.Kv.ModRevision
 			}
 		}
-	}
-}
-
-// The helpers below are shared by Barrier, DoubleBarrier, Semaphore and the
-// queues.
-
-// recipeWatch watches key (with opts, for a prefix or a range) from the
-// current revision and waits until the watch is created. See watchKey in
-// key.go for why "from now" matters. A watch refused while the cluster is
-// between leaders is asked for again (untilLeader).
-func recipeWatch(ctx context.Context, c *clientv3.Client, key string, opts ...clientv3.OpOption) (w *keyWatch, err error) {
-	err = untilLeader(ctx, c, func() error {
-		w, err = recipeWatchOnce(ctx, c, key, opts...)
-		return err
-	})
-	return w, err
-}
-
-func recipeWatchOnce(ctx context.Context, c *clientv3.Client, key string, opts ...clientv3.OpOption) (*keyWatch, error) {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	ch := c.Watch(wctx, key, append([]clientv3.OpOption{clientv3.WithCreatedNotify()}, opts...)...)
-	select {
-	case wr, ok := <-ch:
-		if err := recipeWatchErr(ctx, c, wr, ok); err != nil {
-			cancel()
-			return nil, err
-		}
-		return &keyWatch{key: key, cancel: cancel, ch: ch, created: wr.Header.Revision}, nil
-	case <-ctx.Done():
-		cancel()
-		return nil, ctx.Err()
-	}
-}
-
-// errWatchCanceled is the error of a watch that the server cancelled
-// without saying why.
-var errWatchCanceled = errors.New("concurrency: watch cancelled by the server")
-
-// recipeWatchErr is the error a watch response stands for: a closed
-// channel, a compaction, a cancellation. It is nil for a response with
-// events (or a progress notification).
-func recipeWatchErr(ctx context.Context, c *clientv3.Client, wr clientv3.WatchResponse, ok bool) error {
-	if !ok {
-		return watchClosedErr(ctx, c)
-	}
-	if err := wr.Err(); err != nil {
-		return err
-	}
-	if wr.Canceled {
-		return errWatchCanceled
-	}
-	return nil
-}
-
-// recipeGetAt is getAt, retried while the cluster is between leaders.
-func recipeGetAt(ctx context.Context, c *clientv3.Client, at int64, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, int64, error) {
-	for {
-		r, rev, err := getAt(ctx, c, at, key, opts...)
-		if err == nil || !transient(err) || ctx.Err() != nil {
-			return r, rev, err
-		}
-		pause(ctx)
 	}
 }

@@ -50,7 +50,7 @@ func TestWatchWaitsOutLeaderElection(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() {
-		w, err := watchKey(ctx, c, "k")
+		w, err := newWatch(ctx, c, "k")
 		if w != nil {
 			w.cancel()
 		}
@@ -62,9 +62,9 @@ func TestWatchWaitsOutLeaderElection(t *testing.T) {
 	select {
 	case err := <-done:
 		if err != nil {
-			t.Fatalf("watchKey across a leader election: %v", err)
+			t.Fatalf("newWatch across a leader election: %v", err)
 		}
 	case <-ctx.Done():
-		t.Fatal("watchKey did not return after a leader was elected")
+		t.Fatal("newWatch did not return after a leader was elected")
 	}
 }

@@ -62,3 +62,9 @@ func ctxEnded(ctx context.Context, err error, keep ...error) error {
 func joinContext(ctx context.Context, c *clientv3.Client) (context.Context, context.CancelFunc) {
 	return cleanupCtx(ctx, c)
 }
+
+// ctxErr is ctxEnded for the waiting calls of Mutex and Election, whose
+// sentinel is ErrSessionExpired.
+func ctxErr(ctx context.Context, err error) error {
+	return ctxEnded(ctx, err, ErrSessionExpired)
+}

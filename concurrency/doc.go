@@ -46,16 +46,19 @@
 //   - Mutual exclusion among participants that reach the same etcd cluster,
 //     as long as each holder's session is alive.
 //   - FIFO: waiters acquire in the order their keys were created.
-//   - Every acquisition has a fencing token, Mutex.Rev or Election.Rev: the
-//     create revision of the holder's key. Tokens are unique and strictly
-//     increase from one holder to the next.
+//   - Every acquisition has a fencing token, Rev of its Mutex, RWMutex,
+//     Election or Semaphore: the create revision of the holder's key.
+//     Tokens are unique and strictly increase from one holder to the next;
+//     Rev is -1 when nothing is held.
 //   - Lock, TryLock and Campaign either succeed or leave no key behind.
 //     Unlock and Resign delete only the key of the acquisition they end.
-//   - WithLock and WithLeadership cancel the context they pass with cause
-//     ErrLockLost or ErrLeadershipLost as soon as a watch shows the
-//     holder's key gone or the session ends.
-//   - Guard commits operations in one transaction only while the lock or
-//     leadership is still held, and fails with an error otherwise.
+//   - WithLock, WithRLock, WithWLock, WithLeadership and WithPermits cancel
+//     the context they pass with cause ErrLockLost, ErrLeadershipLost or
+//     ErrPermitsLost as soon as a watch shows the holder's key gone or the
+//     session ends.
+//   - Guard (of a Mutex, an RWMutex or an Election) commits operations in
+//     one transaction only while the lock or leadership is still held, and
+//     fails with an error otherwise.
 //
 // # What a lock cannot promise
 //

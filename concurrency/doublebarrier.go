@@ -166,36 +166,23 @@ func (b *DoubleBarrier) enter(ctx context.Context, wait bool) error {
 func (b *DoubleBarrier) join(ctx context.Context, key string, wait bool) (int64, int64, error) {
 	c := b.s.Client()
 	// 1. Put our key unless the barrier is full (ready exists), and read
-	//    the participants in the same transaction.
-	//    The guards make it safe to repeat after a transient failure: a
-	//    retry whose first answer was lost finds our key (resumed below).
-	var resp *clientv3.TxnResponse
-	jctx, stop := joinContext(ctx, c)
-	err := untilLeader(ctx, c, func() (err error) {
-		resp, err = c.Txn(jctx).
-			If(clientv3.Compare(clientv3.CreateRevision(b.ready), "=", 0),
-				clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-			Then(clientv3.OpPut(key, "", clientv3.WithLease(b.s.Lease())),
-				clientv3.OpGet(b.wdir, clientv3.WithPrefix(), clientv3.WithKeysOnly())).
-			Else(clientv3.OpGet(b.ready), clientv3.OpGet(key),
-				clientv3.OpGet(b.wdir, clientv3.WithPrefix(), clientv3.WithCountOnly())).
-			Commit()
-		return err
-	})
-	stop()
+	//    the ready key and the participants in the same transaction
+	//    (key.go's join).
+	j, err := join(ctx, c, joinReq{key: key, lease: b.s.Lease(),
+		guard:  []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(b.ready), "=", 0)},
+		reads:  []clientv3.Op{clientv3.OpGet(b.ready), keysUnder(b.wdir)},
+		repeat: true})
 	if err != nil {
 		// The request may have created the key (cancelled or timed out
 		// after it was sent): withdraw it, or it would count as a
 		// participant until the session ends.
-		abandon(ctx, b.s, key)
+		abandon(ctx, c, b.s.Lease(), key)
 		return 0, 0, ctxErr(ctx, err)
 	}
-	if !resp.Succeeded {
-		ready := resp.Responses[0].GetResponseRange().Kvs
-		mine := resp.Responses[1].GetResponseRange().Kvs
-		in := resp.Responses[2].GetResponseRange().Count
+	if !j.put {
+		ready, in := j.kvs(0), len(j.kvs(1))
 		switch {
-		case len(ready) > 0 && len(mine) == 0 && in == 0:
+		case len(ready) > 0 && !j.existed && in == 0:
 			// A full barrier with nobody in it: its last participants
 			// all died or gave up while leaving. Clear it and join.
 			if _, err := c.Txn(ctx).
@@ -206,20 +193,19 @@ func (b *DoubleBarrier) join(ctx context.Context, key string, wait bool) (int64,
 				return 0, 0, err
 			}
 			return b.join(ctx, key, wait)
-		case len(mine) > 0 && len(ready) > 0:
+		case j.existed && len(ready) > 0:
 			// Our key is there from a resumed lease, and the barrier is
 			// full: we were in it.
-			return mine[0].CreateRevision, ready[0].CreateRevision, nil
-		case len(mine) > 0:
+			return j.rev, ready[0].CreateRevision, nil
+		case j.existed:
 			// A resumed participant that has not seen the barrier fill:
 			// wait with it.
-			return b.await(ctx, key, mine[0].CreateRevision, resp.Header.Revision, nil, wait)
+			return b.await(ctx, key, j.rev, j.hdr.Revision, nil, wait)
 		default:
 			return 0, 0, ErrTooManyParticipants
 		}
 	}
-	rev := resp.Header.Revision
-	return b.await(ctx, key, rev, rev, resp.Responses[1].GetResponseRange().Kvs, wait)
+	return b.await(ctx, key, j.rev, j.rev, j.kvs(1), wait)
 }
 
 // await runs steps 2 to 4 of joining for the participant key created at
@@ -246,15 +232,11 @@ func (b *DoubleBarrier) await(ctx context.Context, key string, rev, at int64, wa
 // must wait; and waits. It returns the ready key's create revision.
 func (b *DoubleBarrier) fill(ctx context.Context, key string, rev, at int64, waiters []*mvccpb.KeyValue, have, wait bool) (int64, error) {
 	c := b.s.Client()
-	var w *dbWatch
-	defer func() {
-		if w != nil {
-			w.stop()
-		}
-	}()
+	var p pair
+	defer p.stop()
 	for {
 		if !have {
-			r, got, err := recipeGetAt(ctx, c, at, b.key+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+			r, got, err := getAt(ctx, c, at, b.key+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
 			if err != nil {
 				return 0, err
 			}
@@ -305,31 +287,29 @@ func (b *DoubleBarrier) fill(ctx context.Context, key string, rev, at int64, wai
 		case !wait:
 			return 0, ErrBarrierNotFull
 		}
-		// 4. Wait for the ready key to appear or our own key to go. The
-		//    watches start from now; the state is read again at the
-		//    revision they start after, so nothing falls in between.
-		if w == nil {
-			var err error
-			if w, err = b.watchEnter(ctx, key); err != nil {
+		// 4. Wait for the ready key to appear or our own key to go: key.go's
+		//    steps 3 to 5, with the ready key for the blocker.
+		next, err := p.watch(ctx, c, key, b.ready)
+		if err != nil {
+			return 0, err
+		}
+		if next <= at {
+			var ev *clientv3.Event
+			if next, ev, err = p.wait(ctx, b.s, rev, isPut); err != nil {
 				return 0, err
 			}
-			// Never behind at: a watch made on a member that lags starts
-			// before what we know, where our own key may not exist yet.
-			have, at = false, max(w.created, at)
-			continue
+			if ev != nil {
+				return ev.Kv.CreateRevision, nil
+			}
 		}
-		ev, err := w.next(ctx, b.s)
-		switch {
-		case err != nil:
-			return 0, err
-		case ev.ready > 0:
-			return ev.ready, nil
-		case ev.ownGone:
-			return 0, ErrSessionExpired
-		}
-		have, at = false, max(ev.rev, at) // a watch was remade
+		// Never behind at: a watch made on a member that lags starts
+		// before what we know, where our own key may not exist yet.
+		have, at = false, max(next, at)
 	}
 }
+
+// isPut is the event of the ready key appearing.
+func isPut(ev *clientv3.Event) bool { return ev.Type == mvccpb.PUT }
 
 // dbRank is the number of participants older than ours, and whether ours
 // is among them.
@@ -349,7 +329,7 @@ func dbRank(waiters []*mvccpb.KeyValue, key string, rev int64) (rank int, presen
 // whether it had (then we are in, and the ready key's create revision).
 // It runs with its own timeout so that it works after ctx ended.
 func (b *DoubleBarrier) withdraw(ctx context.Context, key string, rev int64) (int64, bool) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	ctx, cancel := cleanupCtx(ctx, b.s.Client())
 	defer cancel()
 	r, err := b.s.Client().Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(b.ready), "=", 0)).
@@ -483,7 +463,7 @@ func (b *DoubleBarrier) depart(ctx context.Context, key string, rev, readyRev in
 // that the barrier does not stay full with nobody in it. It runs with its
 // own timeout and reports whether the key is gone.
 func (b *DoubleBarrier) abandon(ctx context.Context, key string, rev int64) bool {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	ctx, cancel := cleanupCtx(ctx, b.s.Client())
 	defer cancel()
 	_, err := b.s.Client().Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
@@ -496,63 +476,32 @@ func (b *DoubleBarrier) abandon(ctx context.Context, key string, rev int64) bool
 }
 
 // closeLast is Leave for the oldest participant: it stays in until every
-// other participant's key has gone, watching the youngest of them, then
-// deletes its key and the ready key together.
+// other participant's key has gone, then deletes its key and the ready key
+// together. It waits as key.go's waiters do, with the youngest of the
+// others for the blocker.
 func (b *DoubleBarrier) closeLast(ctx context.Context, key string, rev int64, waiters []*mvccpb.KeyValue, at int64) (bool, error) {
 	c := b.s.Client()
-	var own, other *keyWatch
-	defer func() {
-		if own != nil {
-			own.cancel()
-		}
-		if other != nil {
-			other.cancel()
-		}
-	}()
+	t := &turn{s: b.s, dir: b.wdir, key: key, rev: rev, all: true}
+	t.blocker = func(queue []*mvccpb.KeyValue) *mvccpb.KeyValue {
+		return youngest(queue, key, rev, func(*mvccpb.KeyValue) bool { return true })
+	}
 	for {
-		var youngest *mvccpb.KeyValue
-		present := false
-		for _, kv := range waiters {
-			if kv.CreateRevision == rev && string(kv.Key) == key {
-				present = true
-			} else if youngest == nil || kv.CreateRevision > youngest.CreateRevision {
-				youngest = kv
-			}
+		if _, _, err := waitTurn(ctx, t, waiters, at); err != nil {
+			return errors.Is(err, ErrSessionExpired), err
 		}
-		if !present {
-			return true, ErrSessionExpired
-		}
-		if youngest == nil {
-			r, err := c.Txn(ctx).
-				If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev),
-					clientv3.Compare(clientv3.CreateRevision(b.wdir).WithPrefix(), "=", rev)).
-				Then(clientv3.OpDelete(key), clientv3.OpDelete(b.ready)).
-				Else(clientv3.OpGet(b.wdir, clientv3.WithPrefix(), clientv3.WithKeysOnly())).
-				Commit()
-			if err != nil {
-				return false, err
-			}
-			if r.Succeeded {
-				return true, nil
-			}
-			waiters, at = r.Responses[0].GetResponseRange().Kvs, r.Header.Revision
-			continue
-		}
-		var err error
-		if own, other, err = watchPair(ctx, c, own, key, other, string(youngest.Key)); err != nil {
-			return false, err
-		}
-		next := max(own.created, other.created)
-		if next <= at {
-			if next, err = waitEvent(ctx, b.s, own, other, rev, youngest.CreateRevision); err != nil {
-				return errors.Is(err, ErrSessionExpired), err
-			}
-		}
-		r, rev, err := recipeGetAt(ctx, c, max(next, at), b.wdir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		r, err := c.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev),
+				clientv3.Compare(clientv3.CreateRevision(b.wdir).WithPrefix(), "=", rev)).
+			Then(clientv3.OpDelete(key), clientv3.OpDelete(b.ready)).
+			Else(keysUnder(b.wdir)).
+			Commit()
 		if err != nil {
 			return false, err
 		}
-		waiters, at = r.Kvs, rev
+		if r.Succeeded {
+			return true, nil
+		}
+		waiters, at = r.Responses[0].GetResponseRange().Kvs, r.Header.Revision
 	}
 }
 
@@ -562,12 +511,8 @@ func (b *DoubleBarrier) closeLast(ctx context.Context, key string, rev int64, wa
 // ready key: the first to see the barrier empty deletes it.
 func (b *DoubleBarrier) waitEmpty(ctx context.Context, waiters []*mvccpb.KeyValue, at, readyRev int64) error {
 	c := b.s.Client()
-	var w *keyWatch
-	defer func() {
-		if w != nil {
-			w.cancel()
-		}
-	}()
+	var p pair
+	defer p.stop()
 	for {
 		var oldest *mvccpb.KeyValue
 		for _, kv := range waiters {
@@ -582,116 +527,21 @@ func (b *DoubleBarrier) waitEmpty(ctx context.Context, waiters []*mvccpb.KeyValu
 				Commit()
 			return err
 		}
-		if w == nil || w.key != string(oldest.Key) {
-			if w != nil {
-				w.cancel()
-			}
-			var err error
-			if w, err = watchKey(ctx, c, string(oldest.Key)); err != nil {
-				w = nil
-				return err
-			}
+		// Our key is gone: watch the oldest one alone (key.go's steps 3 to
+		// 5 without an own key).
+		next, err := p.watch(ctx, c, "", string(oldest.Key))
+		if err != nil {
+			return err
 		}
-		next := w.created
 		if next <= at {
-			var err error
-			if next, err = dbWaitGone(ctx, c, w, oldest.CreateRevision); err != nil {
+			if next, _, err = p.wait(ctx, b.s, 0, gone(oldest.CreateRevision)); err != nil {
 				return err
 			}
 		}
-		r, rev, err := recipeGetAt(ctx, c, max(next, at), b.wdir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		r, rev, err := getAt(ctx, c, max(next, at), b.wdir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 		if err != nil {
 			return err
 		}
 		waiters, at = r.Kvs, rev
-	}
-}
-
-// dbWaitGone waits until w's key (created at rev) is deleted and returns
-// the revision to read at; a broken watch is remade and reported as "read
-// again at the new watch's start".
-func dbWaitGone(ctx context.Context, c *clientv3.Client, w *keyWatch, rev int64) (int64, error) {
-	for {
-		select {
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		case wr, ok := <-w.ch:
-			if !ok || wr.Err() != nil {
-				if err := remake(ctx, c, w, wr, ok); err != nil {
-					return 0, err
-				}
-				return w.created, nil
-			}
-			if d, gone := deleted(wr, rev); gone {
-				return d, nil
-			}
-		}
-	}
-}
-
-// dbWatch watches, for a participant in Enter, the ready key and its own
-// key.
-type dbWatch struct {
-	c          *clientv3.Client
-	ready, own *keyWatch
-	created    int64 // both watches report every change after this
-}
-
-// dbEvent is what ended a wait in Enter.
-type dbEvent struct {
-	ready   int64 // create revision of the ready key, when it appeared
-	ownGone bool  // our key was deleted
-	rev     int64 // otherwise: a watch was remade; read the state at rev
-}
-
-func (b *DoubleBarrier) watchEnter(ctx context.Context, key string) (*dbWatch, error) {
-	c := b.s.Client()
-	own, ready, err := watchPair(ctx, c, nil, key, nil, b.ready)
-	if err != nil {
-		if own != nil {
-			own.cancel()
-		}
-		return nil, err
-	}
-	return &dbWatch{c: c, ready: ready, own: own, created: max(ready.created, own.created)}, nil
-}
-
-func (w *dbWatch) stop() {
-	w.ready.cancel()
-	w.own.cancel()
-}
-
-func (w *dbWatch) next(ctx context.Context, s *Session) (dbEvent, error) {
-	for {
-		select {
-		case <-ctx.Done():
-			return dbEvent{}, ctx.Err()
-		case <-s.expired(): // not Done: an orphaned lease lives on
-			return dbEvent{}, ErrSessionExpired
-		case wr, ok := <-w.ready.ch:
-			if !ok || wr.Err() != nil {
-				if err := remake(ctx, w.c, w.ready, wr, ok); err != nil {
-					return dbEvent{}, err
-				}
-				return dbEvent{rev: w.ready.created}, nil
-			}
-			for _, ev := range wr.Events {
-				if ev.Type == mvccpb.PUT {
-					return dbEvent{ready: ev.Kv.CreateRevision}, nil
-				}
-			}
-		case wr, ok := <-w.own.ch:
-			if !ok || wr.Err() != nil {
-				if err := remake(ctx, w.c, w.own, wr, ok); err != nil {
-					return dbEvent{}, err
-				}
-				return dbEvent{rev: w.own.created}, nil
-			}
-			for _, ev := range wr.Events {
-				if ev.Type == mvccpb.DELETE {
-					return dbEvent{ownGone: true}, nil
-				}
-			}
-		}
 	}
 }

@@ -3,9 +3,9 @@ package concurrency
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -23,10 +23,17 @@ var (
 	ErrElectionNotLeader = errors.New("election: not leader")
 	// ErrElectionNoLeader is returned by Leader when nobody leads.
 	ErrElectionNoLeader = errors.New("election: no leader")
-	// ErrLeadershipLost is the cause of the context WithLeadership passes to
-	// its function when leadership ends under it.
+	// ErrLeadershipLost is Election's "lost" error, as ErrLockLost is
+	// Mutex's: the cause of the context WithLeadership and HoldContext
+	// give when leadership ends under them, the error of Resign when the
+	// leadership had already ended, and matched (beside
+	// ErrElectionNotLeader) by the error of Guard and Proclaim then.
 	ErrLeadershipLost = errors.New("election: leadership lost")
 )
+
+// errLeaderLost is the error of Guard and Proclaim when the leadership
+// ended under them: etcd's ErrElectionNotLeader, and ErrLeadershipLost.
+var errLeaderLost = fmt.Errorf("%w: %w", ErrElectionNotLeader, ErrLeadershipLost)
 
 // Election is a leader election: candidates queue under pfx + "/" by create
 // revision and the oldest leads, as with etcd's Election and etcdctl elect,
@@ -44,22 +51,10 @@ var (
 //
 // An Election is safe for use by several goroutines.
 type Election struct {
-	s         *Session
+	holder           // key, token, header and release of this leadership
 	pfx       string // prefix + "/"
 	exclusive bool
-	err       error
-
-	// resignMu serializes Resign calls, so that two racing Resigns of one
-	// leadership end it once.
-	resignMu sync.Mutex
-
-	mu        sync.Mutex // guards the fields below
-	leaderKey string
-	leaderRev int64
-	leading   bool
-	slot      *slot // the key of this leadership; nil when resumed
-	hdr       *pb.ResponseHeader
-	tally     *tally // this leadership's metrics and logs
+	slot      *slot // the key of this leadership; nil when resumed; guarded by mu
 }
 
 // NewElection makes an Election on prefix pfx. A nil session, an empty
@@ -70,7 +65,7 @@ func NewElection(s *Session, pfx string, opts ...HandleOption) *Election {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	e := &Election{s: s, pfx: layout.Dir(pfx), exclusive: o.exclusive}
+	e := &Election{holder: newHolder(s, ErrElectionNotLeader, ErrLeadershipLost, errLeaderLost), pfx: layout.Dir(pfx), exclusive: o.exclusive}
 	switch {
 	case s == nil:
 		e.err = ErrNilSession
@@ -85,7 +80,7 @@ func NewElection(s *Session, pfx string, opts ...HandleOption) *Election {
 // observer is an Election that only follows the election on pfx (observe
 // needs a client, and the metrics and logger of o, not a lease).
 func observer(c *clientv3.Client, pfx string, o sessionOptions) *Election {
-	return &Election{s: &Session{client: c, opts: o}, pfx: pfx + "/"}
+	return &Election{holder: newHolder(&Session{client: c, opts: o}, ErrElectionNotLeader, ErrLeadershipLost, errLeaderLost), pfx: pfx + "/"}
 }
 
 // ResumeElection makes an Election that already leads with leaderKey,
@@ -93,7 +88,7 @@ func observer(c *clientv3.Client, pfx string, o sessionOptions) *Election {
 // the same prefix as NewElection (etcd's used pfx without the "/", #13469).
 func ResumeElection(s *Session, pfx string, leaderKey string, leaderRev int64) *Election {
 	e := NewElection(s, pfx)
-	e.leaderKey, e.leaderRev, e.leading = leaderKey, leaderRev, true
+	e.key, e.rev = leaderKey, leaderRev
 	return e
 }
 
@@ -116,7 +111,7 @@ func (e *Election) Campaign(ctx context.Context, val string) error {
 		return err
 	}
 	e.mu.Lock()
-	if e.leading {
+	if e.key != "" {
 		// Already leading (or resumed): like etcd, campaigning again only
 		// updates the value.
 		e.mu.Unlock()
@@ -131,17 +126,20 @@ func (e *Election) Campaign(ctx context.Context, val string) error {
 	}
 	key := sl.key
 	var j *joined
+	var queue []*mvccpb.KeyValue
+	t := &turn{s: e.s, dir: e.pfx, key: key}
+	t.blocker = t.older
 	err = sl.serialize(func() (err error) {
-		// The joining request runs to its answer (joinContext), as in
-		// Mutex.Lock.
-		jctx, stop := joinContext(ctx, c)
-		j, err = join(jctx, e.s, e.pfx, key, val)
-		stop()
+		j, err = join(ctx, c, joinReq{key: key, val: val, lease: e.s.Lease(), reads: []clientv3.Op{keysUnder(e.pfx)}, repeat: true})
 		if err == nil && ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if err != nil || !j.existed || string(j.value) == val {
+		if err != nil {
 			return err
+		}
+		t.rev, queue = j.rev, j.kvs(0)
+		if !j.existed || string(j.value) == val {
+			return nil
 		}
 		// Our key was there from before (another Election of this
 		// session, or a resumed lease): proclaim val, as etcd does.
@@ -149,9 +147,9 @@ func (e *Election) Campaign(ctx context.Context, val string) error {
 		if err != nil {
 			return err
 		}
-		q, at, err := readQueue(ctx, c, e.pfx, j.rev, r.Header.Revision)
-		if err == nil {
-			j.queue, j.hdr = q.Kvs, headerAt(j.hdr, at)
+		var at int64
+		if queue, at, err = t.read(ctx, r.Header.Revision); err == nil {
+			j.hdr = headerAt(j.hdr, at)
 		}
 		return err
 	})
@@ -163,7 +161,7 @@ func (e *Election) Campaign(ctx context.Context, val string) error {
 		sl.giveUp(ctx, rev)
 		return ctxErr(ctx, err)
 	}
-	at, err := waitTurn(ctx, e.s, e.pfx, key, j.rev, j.queue, j.hdr.Revision)
+	_, at, err := waitTurn(ctx, t, queue, j.hdr.Revision)
 	if err != nil {
 		sl.giveUp(ctx, j.rev)
 		return ctxErr(ctx, err)
@@ -171,7 +169,7 @@ func (e *Election) Campaign(ctx context.Context, val string) error {
 	hdr := headerAt(j.hdr, at)
 	e.mu.Lock()
 	prev := e.slot
-	e.leaderKey, e.leaderRev, e.leading, e.slot, e.hdr = key, j.rev, true, sl, hdr
+	e.key, e.rev, e.slot, e.hdr = key, j.rev, sl, hdr
 	if e.tally == nil || e.tally.rev != j.rev {
 		e.tally.released()
 		e.tally = acquired(e.s, obs.Election, e.name(), key, j.rev, time.Since(start))
@@ -186,18 +184,17 @@ func (e *Election) Campaign(ctx context.Context, val string) error {
 
 // Proclaim sets the leader's value without another election. It returns
 // ErrElectionNotLeader, and forgets the leadership, when this candidate no
-// longer leads.
+// longer leads; when the leadership ended under it, the error matches
+// ErrLeadershipLost too.
 func (e *Election) Proclaim(ctx context.Context, val string) error {
 	if e.err != nil {
 		return e.err
 	}
-	e.mu.Lock()
-	key, rev, leading := e.leaderKey, e.leaderRev, e.leading
-	e.mu.Unlock()
-	if !leading {
+	key, rev, _ := e.current()
+	if key == "" {
 		return ErrElectionNotLeader
 	}
-	resp, err := guard(ctx, e.s.Client(), key, rev, ErrElectionNotLeader,
+	resp, err := guard(ctx, e.s.Client(), key, rev, errLeaderLost,
 		[]clientv3.Op{clientv3.OpPut(key, val, clientv3.WithIgnoreLease())})
 	if errors.Is(err, ErrElectionNotLeader) {
 		e.forget(key, rev, false)
@@ -228,12 +225,12 @@ func (e *Election) Resign(ctx context.Context) error {
 	if e.err != nil {
 		return e.err
 	}
-	e.resignMu.Lock()
-	defer e.resignMu.Unlock()
+	e.releaseMu.Lock()
+	defer e.releaseMu.Unlock()
 	e.mu.Lock()
-	key, rev, leading, sl := e.leaderKey, e.leaderRev, e.leading, e.slot
+	key, rev, sl := e.key, e.rev, e.slot
 	e.mu.Unlock()
-	if !leading {
+	if key == "" {
 		return nil
 	}
 	var hdr *pb.ResponseHeader
@@ -272,20 +269,13 @@ func (e *Election) Resign(ctx context.Context) error {
 // name is the prefix as the caller gave it, for metrics and logs.
 func (e *Election) name() string { return strings.TrimSuffix(e.pfx, "/") }
 
-// currentTally is the current leadership's tally, nil when unobserved.
-func (e *Election) currentTally() *tally {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.tally
-}
-
 // forget drops the leadership of key created at rev, if it is still the
 // current one. released tells that the slot was already ended by a
 // release request.
 func (e *Election) forget(key string, rev int64, released bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.leaderKey != key || e.leaderRev != rev || !e.leading {
+	if e.key != key || e.rev != rev || key == "" {
 		return
 	}
 	if e.slot != nil && !released {
@@ -295,7 +285,7 @@ func (e *Election) forget(key string, rev int64, released bool) {
 		// Found lost (Proclaim): the cause is asked outside e.mu.
 		go e.tally.lost(lossCause(e.s), ErrLeadershipLost)
 	}
-	e.leaderKey, e.leaderRev, e.leading, e.slot, e.tally = "", 0, false, nil, nil
+	e.key, e.rev, e.slot, e.tally = "", -1, nil, nil
 }
 
 // Leader returns the current leader's key and value, or
@@ -314,46 +304,6 @@ func (e *Election) Leader(ctx context.Context) (*clientv3.GetResponse, error) {
 	return resp, nil
 }
 
-// Key is this candidate's key while it leads, else "".
-func (e *Election) Key() string {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.leaderKey
-}
-
-// Rev is the fencing token of this leadership: the create revision of the
-// leader key, strictly greater than that of every earlier leader. It is 0
-// when not leading.
-func (e *Election) Rev() int64 {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.leaderRev
-}
-
-// Header is the response header of the last request that changed this
-// candidate's leadership; after Campaign its revision is the one at which
-// it became leader.
-func (e *Election) Header() *pb.ResponseHeader {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.hdr
-}
-
-// Guard commits ops in one transaction only while this candidate leads. It
-// returns ErrElectionNotLeader, and commits nothing, when it does not.
-func (e *Election) Guard(ctx context.Context, ops ...clientv3.Op) (*clientv3.TxnResponse, error) {
-	if e.err != nil {
-		return nil, e.err
-	}
-	e.mu.Lock()
-	key, rev, leading := e.leaderKey, e.leaderRev, e.leading
-	e.mu.Unlock()
-	if !leading {
-		return nil, ErrElectionNotLeader
-	}
-	return guard(ctx, e.s.Client(), key, rev, ErrElectionNotLeader, ops)
-}
-
 // WithLeadership campaigns with val, runs f while leading, and resigns. The
 // context f gets is cancelled as soon as leadership ends under it, with
 // context.Cause(ctx) == ErrLeadershipLost, seen through a watch on the
@@ -363,47 +313,8 @@ func (e *Election) Guard(ctx context.Context, ops ...clientv3.Op) (*clientv3.Txn
 // while f ran, else the error of Resign, which runs even when ctx is over,
 // with its own timeout.
 func WithLeadership(ctx context.Context, e *Election, val string, f func(ctx context.Context) error) error {
-	if err := e.Campaign(ctx, val); err != nil {
-		return err
-	}
-	fctx, stop := holdContext(ctx, e.s, e.Key(), e.Rev(), ErrLeadershipLost, e.currentTally())
-	ferr := f(fctx)
-	lost := stop()
-	rctx, cancel := cleanupCtx(ctx, e.s.Client())
-	defer cancel()
-	rerr := e.Resign(rctx)
-	switch {
-	case ferr != nil:
-		return ferr
-	case lost || errors.Is(rerr, ErrLeadershipLost):
-		return ErrLeadershipLost
-	default:
-		return rerr
-	}
-}
-
-// HoldContext returns a context derived from parent that is cancelled,
-// with context.Cause == ErrLeadershipLost, as soon as this candidate's
-// leadership ends under it: the session ends or anyone deletes the leader
-// key, or the session's trust window lapses (WithLeaseTrust; the cause then
-// matches ErrLeaseUnconfirmed too). Call cancel when done with it. When
-// not leading it returns a context already cancelled with
-// ErrElectionNotLeader.
-func (e *Election) HoldContext(parent context.Context) (ctx context.Context, cancel context.CancelFunc) {
-	e.mu.Lock()
-	key, rev, leading := e.leaderKey, e.leaderRev, e.leading
-	e.mu.Unlock()
-	if e.err != nil || !leading {
-		ctx, cancelCause := context.WithCancelCause(parent)
-		if e.err != nil {
-			cancelCause(e.err)
-		} else {
-			cancelCause(ErrElectionNotLeader)
-		}
-		return ctx, func() { cancelCause(context.Canceled) }
-	}
-	ctx, stop := holdContext(parent, e.s, key, rev, ErrLeadershipLost, e.currentTally())
-	return ctx, func() { stop() }
+	campaign := func(ctx context.Context) error { return e.Campaign(ctx, val) }
+	return e.with(ctx, campaign, e.Resign, f)
 }
 
 // LeaderEvent is a change of leadership seen by Events.
@@ -502,43 +413,18 @@ func (e *Election) observe(ctx context.Context, emit func(LeaderEvent) bool) {
 		first, last = false, lead
 		return emit(LeaderEvent{Leader: lead, Rev: rev})
 	}
+	stop := errors.New("observer done")
 	for ctx.Err() == nil && c.Ctx().Err() == nil {
-		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		wch := c.Watch(wctx, e.pfx, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
-		wr, ok := <-wch
-		if !ok || wr.Err() != nil {
-			cancel()
-			pause(ctx)
-			continue
-		}
-		r, err := c.Get(ctx, e.pfx, clientv3.WithPrefix(), clientv3.WithRev(wr.Header.Revision))
-		if err != nil {
-			cancel()
-			pause(ctx)
-			continue
-		}
-		kvs := make(map[string]*mvccpb.KeyValue, len(r.Kvs))
-		for _, kv := range r.Kvs {
-			kvs[string(kv.Key)] = kv
-		}
-		if !report(kvs, r.Header.Revision) {
-			cancel()
+		err := mirror(ctx, c, e.pfx, 0, nil, func(kvs map[string]*mvccpb.KeyValue, rev int64) (bool, error) {
+			if !report(kvs, rev) {
+				return true, stop
+			}
+			return false, nil
+		})
+		if errors.Is(err, stop) {
 			return
 		}
-		for wr = range wch {
-			if wr.Err() != nil {
-				break
-			}
-			if len(wr.Events) == 0 {
-				continue
-			}
-			applyEvents(kvs, wr.Events)
-			if !report(kvs, wr.Events[len(wr.Events)-1].Kv.ModRevision) {
-				cancel()
-				return
-			}
-		}
-		cancel()
+		pause(ctx)
 	}
 }
 
@@ -555,18 +441,6 @@ func (e *Election) leaderChanged(lead *mvccpb.KeyValue) {
 	e.s.logInfo("leader changed", slog.String("name", e.name()), slog.String("key", string(lead.Key)), slog.Int64("token", lead.CreateRevision))
 }
 
-// applyEvents applies a batch of watch events to a copy of the election's
-// keys.
-func applyEvents(kvs map[string]*mvccpb.KeyValue, evs []*clientv3.Event) {
-	for _, ev := range evs {
-		if ev.Type == mvccpb.DELETE {
-			delete(kvs, string(ev.Kv.Key))
-		} else {
-			kvs[string(ev.Kv.Key)] = ev.Kv
-		}
-	}
-}
-
 // leaderOf returns the key with the lowest create revision, the leader.
 // Keys written by one transaction share a revision; among those the lowest
 // key wins, which is the order etcd's Leader reads them in.
@@ -579,14 +453,4 @@ func leaderOf(kvs map[string]*mvccpb.KeyValue) *mvccpb.KeyValue {
 		}
 	}
 	return lead
-}
-
-// pause waits a little before a retry, or until ctx ends.
-func pause(ctx context.Context) {
-	t := time.NewTimer(50 * time.Millisecond)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
 }

@@ -172,7 +172,7 @@ func TestCampaignNeverLeadsWithoutItsKey(t *testing.T) {
 	if err := recv(t, errc, "Campaign"); !errors.Is(err, concurrency.ErrSessionExpired) {
 		t.Fatalf("Campaign after its lease expired: %v, want ErrSessionExpired", err)
 	}
-	if c.Key() != "" || c.Rev() != 0 {
+	if c.Key() != "" || c.Rev() != -1 {
 		t.Fatalf("failed Campaign kept state: %q %d", c.Key(), c.Rev())
 	}
 }
@@ -494,5 +494,48 @@ func TestElectionBadInput(t *testing.T) {
 	r, err := e.client().Get(e.ctx, "", clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if err != nil || r.Count != 0 {
 		t.Fatalf("bad input wrote keys: %v %v", r, err)
+	}
+}
+
+// Election's one "lost" error: after the leader key went, Guard and
+// Proclaim report an error that matches ErrLeadershipLost (as Resign and
+// the hold's context do) as well as etcd's ErrElectionNotLeader; without a
+// leadership at all they report ErrElectionNotLeader alone.
+func TestElectionLossIsLeadershipLostEverywhere(t *testing.T) {
+	e := newEnv(t)
+	admin := e.client()
+	el := concurrency.NewElection(e.session(), "el-vocab")
+	if _, err := el.Guard(e.ctx); !errors.Is(err, concurrency.ErrElectionNotLeader) || errors.Is(err, concurrency.ErrLeadershipLost) {
+		t.Fatalf("Guard before Campaign: %v", err)
+	}
+	for _, call := range []string{"Guard", "Proclaim", "Resign"} {
+		if err := el.Campaign(e.ctx, "v"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := admin.Delete(e.ctx, el.Key()); err != nil {
+			t.Fatal(err)
+		}
+		var err error
+		switch call {
+		case "Guard":
+			_, err = el.Guard(e.ctx, clientv3.OpPut("el-vocab-data", "x"))
+			if !errors.Is(err, concurrency.ErrElectionNotLeader) {
+				t.Fatalf("Guard after the loss: %v, want it to match ErrElectionNotLeader too", err)
+			}
+			el.Resign(e.ctx)
+		case "Proclaim":
+			err = el.Proclaim(e.ctx, "w")
+			if !errors.Is(err, concurrency.ErrElectionNotLeader) {
+				t.Fatalf("Proclaim after the loss: %v, want it to match ErrElectionNotLeader too", err)
+			}
+		case "Resign":
+			err = el.Resign(e.ctx)
+		}
+		if !errors.Is(err, concurrency.ErrLeadershipLost) {
+			t.Fatalf("%s after the leader key went: %v, want ErrLeadershipLost", call, err)
+		}
+		if el.Rev() != -1 && call != "Guard" {
+			t.Fatalf("%s after the loss: still leading with token %d", call, el.Rev())
+		}
 	}
 }

@@ -1,38 +1,63 @@
 package concurrency
 
-// This file holds the queue logic that Mutex and Election share: joining
-// the queue under a prefix, waiting for one's turn, and leaving.
+// This file is the waiting engine that every primitive runs: Mutex,
+// Election, RWMutex, Semaphore and DoubleBarrier join and wait with it
+// (waitTurn, or the pair of watches directly); a Semaphore's first waiters
+// and an Election's observers follow the whole queue (mirror); Barrier and
+// the queues use its watches, reads and join. What a holder holds once its
+// turn came is hold.go's.
 //
-// The queue is every key under dir (= pfx + "/"), ordered by create
-// revision, the same order etcd's package and etcdctl use, so mixed fleets
-// exclude each other. The head of the queue holds the lock (or leads).
+// A primitive is a queue of keys under a directory, ordered by create
+// revision, the order etcd's package and etcdctl use, so that mixed fleets
+// exclude each other. A participant joins the queue, waits until no key
+// blocks its own, and leaves. Step by step:
 //
-// Waiting, step by step:
-//  1. Read the keys of the queue that were created no later than ours, at a
-//     known revision R. If ours is missing, our session is gone. If none is
-//     older, we are the head at R. Otherwise the youngest older key is our
-//     predecessor P.
-//  2. Watch P (and, once, our own key) from "now". A watch that starts at
-//     the store's current revision is "synced" on the server and sees each
-//     event at once; one that starts at an older revision is caught up only
-//     by a loop that runs every 100 ms. etcd's package starts its watch at
-//     R, which costs a waiter up to 100 ms per step. The watch's creation
-//     tells the revision W it starts after.
-//  3. If W > R, repeat step 1 at W: P may have gone between R and W (the
+//  1. Join (join): one transaction puts our key, on our lease, unless it
+//     exists or a guard of the primitive's fails, and reads the queue. The
+//     guard makes the request safe to repeat after a transient failure: a
+//     repeat whose first answer was lost finds the key the first one put.
+//     It runs to its answer whatever the caller's context does, so that a
+//     deadline cannot leave a key behind that appears after we gave up.
+//  2. Decide, from the queue as of a known revision R: if our key is
+//     missing, our session is gone (ErrSessionExpired). Otherwise the
+//     primitive names the one key B that blocks us (turn.blocker): the
+//     youngest older key for a Mutex, the youngest older writer for a
+//     reader. None: our turn came at R.
+//  3. Watch B and our own key from "now" (pair.watch). A watch that starts
+//     at the store's current revision is "synced" on the server and sees
+//     each event at once; one that starts at an older revision is caught
+//     up only by a loop that runs every 100 ms (etcd's package starts its
+//     watch at R, which costs a waiter up to 100 ms a step). The watch's
+//     creation tells the revision W it starts after. Watching our own key
+//     sees the end of our session at once (etcd #19597: etcd's waiter waits
+//     for its predecessors first).
+//  4. If W > R, repeat step 2 at W: B may have gone between R and W (the
 //     race of a predecessor that leaves just before the watch is made).
-//  4. When P's key is deleted at revision D, repeat step 1 at D.
+//  5. Otherwise wait (pair.wait) until B goes at revision D, or our own key
+//     is written at D (a waiter ahead calls us forward): repeat step 2 at
+//     D. Our key going, or our session's end, is ErrSessionExpired. A watch
+//     that breaks is made again from now, at W': repeat step 2 at W'.
+//  6. Leave (leave, abandon): delete our key only if it is still the one
+//     we created, so a late delete never removes a newer participant's.
 //
-// Step 1 is a keys-only, unsorted range with a create-revision filter, read
-// at a fixed revision from the member's in-memory index: no values, no sort
-// and no raft round trip. It is exact at R, so each step is correct on its
-// own; a predecessor that dies (its session expired, its waiter gave up) is
-// skipped over at the next step.
+// Every read of step 2 is readAt: a read at a fixed revision, served by
+// the member's in-memory index (no raft round trip), never behind what we
+// know. It is exact at R, so each step is correct on its own; a blocker
+// that dies (its session expired, its waiter gave up) is skipped over at
+// the next step.
+//
+// One rule of retries covers the steps: a request that is safe to repeat
+// (a join, a watch, a read) and fails with a transient error (transient:
+// the cluster between leaders, a member down) is repeated after a pause.
+// Reads and remade watches are repeated until the caller's context ends or
+// the client closes; a join and the first watch of a step for leaderWait
+// (untilLeader), so that a waiter on a member cut off from the cluster
+// gives up with the error. Once the caller's context has ended, a call
+// returns ctx.Err() or one of its documented sentinels (ctxEnded).
 
 import (
 	"context"
 	"errors"
-	"fmt"
-	"sync/atomic"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -63,106 +88,171 @@ func withClient(ctx context.Context, c *clientv3.Client) (context.Context, conte
 	}
 }
 
-// joined is the result of joining a queue.
-type joined struct {
-	hdr     *pb.ResponseHeader
-	rev     int64 // our key's create revision
-	existed bool  // our key was there already (a resumed session)
-	value   []byte
-	queue   []*mvccpb.KeyValue // keys of the queue at hdr.Revision, keys only
+// Step 1: joining.
+
+// joinReq is what a participant asks the joining transaction for.
+type joinReq struct {
+	key, val string
+	lease    clientv3.LeaseID
+	guard    []clientv3.Cmp // further conditions of the put (TryLock: the queue is empty)
+	reads    []clientv3.Op  // run in the same transaction, put or not
+	repeat   bool           // repeat after a transient failure (untilLeader)
 }
 
-// join puts key (attached to the session's lease) unless it exists, and
-// reads the queue, in one transaction. The guard makes the request safe to
-// repeat, so a transient failure (the member that had it stopped, the
-// cluster between leaders) is retried as untilLeader does: a retry after an
-// answer that was lost finds the key the first request put.
-func join(ctx context.Context, s *Session, dir, key, val string) (*joined, error) {
-	c := s.Client()
-	queue := clientv3.OpGet(dir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+// joined is the answer of the joining transaction.
+type joined struct {
+	hdr     *pb.ResponseHeader
+	put     bool  // this request put our key
+	existed bool  // our key was there already (a resumed lease, another handle)
+	rev     int64 // our key's create revision, when put or existed
+	value   []byte
+	reads   []*pb.ResponseOp // the answers of joinReq.reads
+}
+
+// kvs is the answer of the i-th read.
+func (j *joined) kvs(i int) []*mvccpb.KeyValue { return j.reads[i].GetResponseRange().Kvs }
+
+// join is step 1: it puts r.key unless it exists or r.guard fails, and
+// runs r.reads, in one transaction. It runs to its answer (joinContext);
+// the caller checks ctx right after, and leaves through the ordinary path.
+// A repeat stops once ctx has ended, so the outcome of the last attempt
+// is the one reported.
+func join(ctx context.Context, c *clientv3.Client, r joinReq) (*joined, error) {
+	jctx, stop := joinContext(ctx, c)
+	defer stop()
+	cmps := append([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(r.key), "=", 0)}, r.guard...)
+	then := append([]clientv3.Op{clientv3.OpPut(r.key, r.val, clientv3.WithLease(r.lease))}, r.reads...)
+	els := append([]clientv3.Op{clientv3.OpGet(r.key)}, r.reads...)
 	var resp *clientv3.TxnResponse
-	err := untilLeader(ctx, c, func() (err error) {
-		resp, err = c.Txn(ctx).
-			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-			Then(clientv3.OpPut(key, val, clientv3.WithLease(s.Lease())), queue).
-			Else(clientv3.OpGet(key), queue).
-			Commit()
+	commit := func() (err error) {
+		resp, err = c.Txn(jctx).If(cmps...).Then(then...).Else(els...).Commit()
 		return err
-	})
+	}
+	var err error
+	if r.repeat {
+		err = untilLeader(ctx, c, commit)
+	} else {
+		err = commit()
+	}
 	if err != nil {
 		return nil, err
 	}
-	j := &joined{hdr: resp.Header, rev: resp.Header.Revision}
-	if resp.Succeeded {
-		j.value = []byte(val)
-	} else {
-		kvs := resp.Responses[0].GetResponseRange().Kvs
-		if len(kvs) == 0 {
-			return nil, fmt.Errorf("concurrency: key %q vanished inside a transaction", key)
-		}
+	j := &joined{hdr: resp.Header, put: resp.Succeeded, reads: resp.Responses[1:]}
+	if j.put {
+		j.rev, j.value = resp.Header.Revision, []byte(r.val)
+	} else if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
 		j.existed, j.rev, j.value = true, kvs[0].CreateRevision, kvs[0].Value
 	}
-	j.queue = resp.Responses[1].GetResponseRange().Kvs
 	return j, nil
 }
 
-// place reports whether key (created at rev) is in queue, and the youngest
-// key older than it: the predecessor to wait for, nil at the head.
-func place(queue []*mvccpb.KeyValue, key string, rev int64) (present bool, pred *mvccpb.KeyValue) {
+// keysUnder reads the keys under dir, keys only.
+func keysUnder(dir string, opts ...clientv3.OpOption) clientv3.Op {
+	return clientv3.OpGet(dir, append([]clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithKeysOnly()}, opts...)...)
+}
+
+// Step 2: who blocks whom.
+
+// turn is one participant's place in a queue: the keys under dir, ours
+// among them, and the primitive's rule of who blocks us.
+type turn struct {
+	s      *Session
+	dir    string
+	key    string
+	rev    int64 // our key's create revision
+	values bool  // the rule needs the keys' values (a Semaphore's permits)
+	all    bool  // the rule needs keys younger than ours too
+
+	// blocker names the key that blocks ours in queue, nil when it is our
+	// turn. queue holds our key.
+	blocker func(queue []*mvccpb.KeyValue) *mvccpb.KeyValue
+}
+
+// inQueue reports whether our key (created at rev) is in queue.
+func inQueue(queue []*mvccpb.KeyValue, key string, rev int64) bool {
 	for _, kv := range queue {
-		switch {
-		case kv.CreateRevision == rev && string(kv.Key) == key:
-			present = true
-		case kv.CreateRevision < rev && (pred == nil || kv.CreateRevision > pred.CreateRevision):
-			pred = kv
+		if kv.CreateRevision == rev && string(kv.Key) == key {
+			return true
 		}
 	}
-	return present, pred
+	return false
 }
 
-// readQueue reads the keys under dir created no later than rev, as of
-// revision at (0 = now), and returns the revision the result describes.
-func readQueue(ctx context.Context, c *clientv3.Client, dir string, rev, at int64) (*clientv3.GetResponse, int64, error) {
-	return getAt(ctx, c, at, dir, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithMaxCreateRev(rev))
-}
-
-// getAt reads key (with opts) as of revision at (0 = now), and returns the
-// revision the answer describes. It reads locally first; a member behind at
-// falls back to a linearizable read, and a compacted at to a read of now.
-// Callers read state that decides a wait, which is equally valid at any
-// later revision.
-//
-// The revision returned is not the response header's: a read at an older
-// revision carries the store's current revision in its header, and taking
-// that for the state's revision would skip the changes in between.
-func getAt(ctx context.Context, c *clientv3.Client, at int64, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, int64, error) {
-	if at > 0 {
-		r, err := c.Get(ctx, key, append(opts, clientv3.WithRev(at), clientv3.WithSerializable())...)
-		switch {
-		case err == nil:
-			return r, at, nil
-		case errors.Is(err, rpctypes.ErrFutureRev):
-			// The member that served us is behind the one that sent the
-			// event; a linearizable read waits for it.
-			r, err = c.Get(ctx, key, append(opts, clientv3.WithRev(at))...)
-			if err == nil {
-				return r, at, nil
-			}
-			if !errors.Is(err, rpctypes.ErrCompacted) {
-				return nil, 0, err
-			}
-		case !errors.Is(err, rpctypes.ErrCompacted):
-			return nil, 0, err
+// youngest is the youngest key of queue, ours left out, that blocks
+// accepts; nil when none does.
+func youngest(queue []*mvccpb.KeyValue, key string, rev int64, blocks func(kv *mvccpb.KeyValue) bool) *mvccpb.KeyValue {
+	var b *mvccpb.KeyValue
+	for _, kv := range queue {
+		if kv.CreateRevision == rev && string(kv.Key) == key {
+			continue
+		}
+		if blocks(kv) && (b == nil || kv.CreateRevision > b.CreateRevision) {
+			b = kv
 		}
 	}
-	r, err := c.Get(ctx, key, opts...)
+	return b
+}
+
+// older is the blocker of a Mutex or an Election: the youngest key older
+// than ours, our predecessor.
+func (t *turn) older(queue []*mvccpb.KeyValue) *mvccpb.KeyValue {
+	return youngest(queue, t.key, t.rev, func(kv *mvccpb.KeyValue) bool { return kv.CreateRevision < t.rev })
+}
+
+// read reads the queue as of revision at (0 = now), see readAt.
+func (t *turn) read(ctx context.Context, at int64) ([]*mvccpb.KeyValue, int64, error) {
+	opts := []clientv3.OpOption{clientv3.WithPrefix()}
+	if !t.values {
+		opts = append(opts, clientv3.WithKeysOnly())
+	}
+	if !t.all {
+		opts = append(opts, clientv3.WithMaxCreateRev(t.rev))
+	}
+	r, rev, err := getAt(ctx, t.s.Client(), at, t.dir, opts...)
 	if err != nil {
 		return nil, 0, err
 	}
-	return r, r.Header.Revision, nil
+	return r.Kvs, rev, nil
 }
 
-// keyWatch is a watch on one key, started at the current revision.
+// waitTurn runs steps 2 to 5: it blocks until our key heads its queue by
+// t's rule, and returns the queue and the revision at which it did. queue
+// is the queue as of at. It returns ErrSessionExpired when our key
+// disappears (the session's lease ended, or someone deleted the key),
+// ctx.Err() when ctx ends, and the error of the server otherwise. It
+// never deletes anything: the caller leaves.
+func waitTurn(ctx context.Context, t *turn, queue []*mvccpb.KeyValue, at int64) ([]*mvccpb.KeyValue, int64, error) {
+	var p pair
+	defer p.stop()
+	for {
+		if !inQueue(queue, t.key, t.rev) {
+			return nil, 0, ErrSessionExpired
+		}
+		b := t.blocker(queue)
+		if b == nil {
+			return queue, at, nil
+		}
+		next, err := p.watch(ctx, t.s.Client(), t.key, string(b.Key))
+		if err != nil {
+			return nil, 0, err
+		}
+		if next <= at {
+			// Both watches cover every change after at: wait for one.
+			if next, _, err = p.wait(ctx, t.s, t.rev, gone(b.CreateRevision)); err != nil {
+				return nil, 0, err
+			}
+		}
+		// Never read behind at: a watch made on a member that lags starts
+		// before what we know, and the queue there may lack our own key.
+		if queue, at, err = t.read(ctx, max(next, at)); err != nil {
+			return nil, 0, err
+		}
+	}
+}
+
+// Steps 3 and 5: watching and waiting.
+
+// keyWatch is a watch started at the current revision.
 type keyWatch struct {
 	key     string
 	cancel  context.CancelFunc
@@ -170,18 +260,395 @@ type keyWatch struct {
 	created int64 // the watch reports every change after this revision
 }
 
-// watchKey watches key from now and waits for the watch to be created.
-// WithRequireLeader makes a watch on a member cut off from the cluster end
-// with an error instead of going silent.
-// A watch refused while the cluster is between leaders is asked for again
-// (untilLeader).
-func watchKey(ctx context.Context, c *clientv3.Client, key string) (w *keyWatch, err error) {
+// pendingWatch is a watch whose creation has been asked for but not yet
+// confirmed; starting two and then awaiting both saves a round trip.
+type pendingWatch struct {
+	key    string
+	cancel context.CancelFunc
+	ch     clientv3.WatchChan
+}
+
+// startWatch asks for a watch on key (with opts, for a prefix or a range)
+// from now. WithRequireLeader makes a watch on a member cut off from the
+// cluster end with an error instead of going silent.
+func startWatch(ctx context.Context, c *clientv3.Client, key string, opts ...clientv3.OpOption) *pendingWatch {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	opts = append([]clientv3.OpOption{clientv3.WithCreatedNotify()}, opts...)
+	return &pendingWatch{key: key, cancel: cancel, ch: c.Watch(wctx, key, opts...)}
+}
+
+// created waits until the server has made the watch.
+func (p *pendingWatch) created(ctx context.Context, c *clientv3.Client) (*keyWatch, error) {
+	select {
+	case wr, ok := <-p.ch:
+		if err := watchErr(ctx, c, wr, ok); err != nil {
+			p.cancel()
+			return nil, err
+		}
+		return &keyWatch{key: p.key, cancel: p.cancel, ch: p.ch, created: wr.Header.Revision}, nil
+	case <-ctx.Done():
+		p.cancel()
+		return nil, ctx.Err()
+	}
+}
+
+// newWatch is the one watch maker: it watches key (with opts) from now and
+// waits until the watch is made. A watch refused while the cluster is
+// between leaders is asked for again (untilLeader).
+func newWatch(ctx context.Context, c *clientv3.Client, key string, opts ...clientv3.OpOption) (w *keyWatch, err error) {
 	err = untilLeader(ctx, c, func() error {
-		w, err = startWatch(ctx, c, key).created(ctx, c)
+		w, err = startWatch(ctx, c, key, opts...).created(ctx, c)
 		return err
 	})
 	return w, err
 }
+
+// errWatchCanceled is the error of a watch that the server cancelled
+// without saying why.
+var errWatchCanceled = errors.New("concurrency: watch cancelled by the server")
+
+// watchErr is the one definition of a broken watch: the error a watch
+// response stands for (a closed channel, a compaction, a cancellation by a
+// member that lost its leader). It is nil for a response with events or a
+// progress notification.
+func watchErr(ctx context.Context, c *clientv3.Client, wr clientv3.WatchResponse, ok bool) error {
+	if !ok {
+		return watchClosedErr(ctx, c)
+	}
+	if err := wr.Err(); err != nil {
+		return err
+	}
+	if wr.Canceled {
+		return errWatchCanceled
+	}
+	return nil
+}
+
+// watchClosedErr explains why a watch channel closed.
+func watchClosedErr(ctx context.Context, c *clientv3.Client) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if c.Ctx().Err() != nil {
+		return errClientClosed
+	}
+	return errors.New("concurrency: watch closed")
+}
+
+// remake replaces a broken watch with a new one from now, asking again
+// while the failure is transient. A channel that closed because ctx ended
+// or the client closed is not remade.
+func remake(ctx context.Context, c *clientv3.Client, w *keyWatch, wr clientv3.WatchResponse, ok bool) error {
+	w.cancel()
+	if !ok && (ctx.Err() != nil || c.Ctx().Err() != nil) {
+		return watchClosedErr(ctx, c)
+	}
+	for {
+		nw, err := newWatch(ctx, c, w.key)
+		if err == nil {
+			*w = *nw
+			return nil
+		}
+		if !transient(err) || ctx.Err() != nil || c.Ctx().Err() != nil {
+			return err
+		}
+		pause(ctx)
+	}
+}
+
+// pair is a waiter's two watches: on its own key, and on the key it waits
+// for (its blocker, or a key that is to appear).
+type pair struct {
+	own, other *keyWatch
+}
+
+// watch makes sure p watches own ("" for none) and other, making the
+// missing watches from now in one round trip (a watch on another key is
+// replaced). It returns the revision after which both report every
+// change. On error the caller still stops p.
+func (p *pair) watch(ctx context.Context, c *clientv3.Client, own, other string) (int64, error) {
+	if p.own != nil && p.own.key != own {
+		p.own.cancel()
+		p.own = nil
+	}
+	if p.other != nil && p.other.key != other {
+		p.other.cancel()
+		p.other = nil
+	}
+	err := untilLeader(ctx, c, func() (err error) {
+		var po, pt *pendingWatch
+		if p.own == nil && own != "" {
+			po = startWatch(ctx, c, own)
+		}
+		if p.other == nil {
+			pt = startWatch(ctx, c, other)
+		}
+		if po != nil {
+			if p.own, err = po.created(ctx, c); err != nil {
+				if pt != nil {
+					pt.cancel()
+				}
+				return err
+			}
+		}
+		if pt != nil {
+			p.other, err = pt.created(ctx, c)
+		}
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	created := p.other.created
+	if p.own != nil {
+		created = max(created, p.own.created)
+	}
+	return created, nil
+}
+
+// stop ends both watches.
+func (p *pair) stop() {
+	if p.own != nil {
+		p.own.cancel()
+		p.own = nil
+	}
+	if p.other != nil {
+		p.other.cancel()
+		p.other = nil
+	}
+}
+
+// wait is the one waiter over two watches. It blocks until an event on
+// the other key satisfies hit (it returns the event and its revision), our
+// own key (created at ownRev) is written (its revision), or a watch broke
+// and was made again (the revision the new one starts after): each means
+// "read the state again at this revision". It returns ErrSessionExpired
+// when our own key goes or the session's lease ends (not s.Done(): an
+// orphaned session's lease lives on, and its waiter with it, until the
+// server deletes our key), and ctx.Err() when ctx ends. Without an own
+// watch, only the other key is waited for.
+func (p *pair) wait(ctx context.Context, s *Session, ownRev int64, hit func(ev *clientv3.Event) bool) (int64, *clientv3.Event, error) {
+	c := s.Client()
+	var own clientv3.WatchChan
+	var expired <-chan struct{}
+	if p.own != nil {
+		own, expired = p.own.ch, s.expired()
+	}
+	broken := func(w *keyWatch, wr clientv3.WatchResponse, ok bool) (int64, *clientv3.Event, error) {
+		if err := remake(ctx, c, w, wr, ok); err != nil {
+			return 0, nil, err
+		}
+		s.watchRemade(w.key, wr.Err())
+		return w.created, nil, nil
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return 0, nil, ctx.Err()
+		case <-expired:
+			return 0, nil, ErrSessionExpired
+		case wr, ok := <-own:
+			if watchErr(ctx, c, wr, ok) != nil {
+				return broken(p.own, wr, ok)
+			}
+			if _, g := deleted(wr, ownRev); g {
+				return 0, nil, ErrSessionExpired
+			}
+			if n := len(wr.Events); n > 0 {
+				return wr.Events[n-1].Kv.ModRevision, nil, nil
+			}
+		case wr, ok := <-p.other.ch:
+			if watchErr(ctx, c, wr, ok) != nil {
+				return broken(p.other, wr, ok)
+			}
+			for _, ev := range wr.Events {
+				if hit(ev) {
+					return ev.Kv.ModRevision, ev, nil
+				}
+			}
+		}
+	}
+}
+
+// deleted scans a watch response for the deletion (or replacement) of the
+// key created at rev, and returns the revision at which it happened.
+func deleted(wr clientv3.WatchResponse, rev int64) (int64, bool) {
+	for _, ev := range wr.Events {
+		if gone(rev)(ev) {
+			return ev.Kv.ModRevision, true
+		}
+	}
+	return 0, false
+}
+
+// gone is the event of a blocker (created at rev) going: its deletion, or
+// its replacement by a key of the same name.
+func gone(rev int64) func(ev *clientv3.Event) bool {
+	return func(ev *clientv3.Event) bool { return ev.Type == mvccpb.DELETE || ev.Kv.CreateRevision != rev }
+}
+
+// Following a whole queue.
+
+// mirror keeps a copy of the keys under dir (with opts) up to date, for a
+// waiter that decides on the whole queue rather than on one blocker: a
+// Semaphore's first waiters, an Election's observers. It watches dir from
+// now, reads it at the revision the watch starts after (never before
+// from), and applies each batch of events to the copy, skipping those the
+// read already holds. It calls state with the copy and its revision after
+// the read and after each batch, until state returns done or an error.
+//
+// A watch that breaks is made again, after a pause, and the copy read
+// anew. mirror returns state's error, ctx.Err() when ctx ends,
+// ErrSessionExpired when end closes (nil: never), and the error of a
+// watch or a read that could not be made.
+func mirror(ctx context.Context, c *clientv3.Client, dir string, from int64, end <-chan struct{}, state func(kvs map[string]*mvccpb.KeyValue, rev int64) (bool, error)) error {
+	for {
+		w, err := newWatch(ctx, c, dir, clientv3.WithPrefix())
+		if err != nil {
+			return err
+		}
+		err = follow(ctx, c, w, dir, from, end, state)
+		w.cancel()
+		if !errors.Is(err, errWatchBroken) {
+			return err
+		}
+		if c.Ctx().Err() != nil {
+			return errClientClosed
+		}
+		pause(ctx)
+	}
+}
+
+// errWatchBroken tells mirror to remake its watch.
+var errWatchBroken = errors.New("concurrency: watch broken")
+
+// follow is mirror with one watch, w.
+func follow(ctx context.Context, c *clientv3.Client, w *keyWatch, dir string, from int64, end <-chan struct{}, state func(map[string]*mvccpb.KeyValue, int64) (bool, error)) error {
+	r, at, err := getAt(ctx, c, max(w.created, from), dir, clientv3.WithPrefix())
+	if err != nil {
+		return err
+	}
+	kvs := make(map[string]*mvccpb.KeyValue, len(r.Kvs))
+	for _, kv := range r.Kvs {
+		kvs[string(kv.Key)] = kv
+	}
+	for rev := at; ; {
+		if done, err := state(kvs, rev); done || err != nil {
+			return err
+		}
+		var evs []*clientv3.Event
+		for len(evs) == 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-end:
+				return ErrSessionExpired
+			case wr, ok := <-w.ch:
+				if err := watchErr(ctx, c, wr, ok); err != nil {
+					if !ok && (ctx.Err() != nil || c.Ctx().Err() != nil) {
+						return err
+					}
+					return errWatchBroken
+				}
+				// Events arrive in revision order: the copy is the state
+				// as of the last one.
+				evs = wr.Events
+				for len(evs) > 0 && evs[0].Kv.ModRevision <= at {
+					evs = evs[1:]
+				}
+			}
+		}
+		applyEvents(kvs, evs)
+		rev = evs[len(evs)-1].Kv.ModRevision
+	}
+}
+
+// applyEvents applies a batch of watch events to a copy of the keys.
+func applyEvents(kvs map[string]*mvccpb.KeyValue, evs []*clientv3.Event) {
+	for _, ev := range evs {
+		if ev.Type == mvccpb.DELETE {
+			delete(kvs, string(ev.Kv.Key))
+		} else {
+			kvs[string(ev.Kv.Key)] = ev.Kv
+		}
+	}
+}
+
+// Reading at a revision.
+
+// getAt is the one read at a revision: it reads key (with opts) as of
+// revision at (0 = now), and returns the revision the answer describes.
+// See readAt.
+func getAt(ctx context.Context, c *clientv3.Client, at int64, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, int64, error) {
+	r, rev, err := readAt(ctx, c, at, func(o ...clientv3.OpOption) clientv3.Op {
+		return clientv3.OpGet(key, append(opts, o...)...)
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	return r.Get(), rev, nil
+}
+
+// readAt runs the read op(...) as of revision at (0 = now), and returns
+// the revision the answer describes. op is a Get or a read-only Txn, made
+// with the options given.
+//
+// It reads locally first; a member behind at falls back to a linearizable
+// read, and a compacted at to a read of now. Callers read state that
+// decides a wait, which is equally valid at any later revision.
+//
+// The revision returned is not the response header's: a read at an older
+// revision carries the store's current revision in its header, and taking
+// that for the state's revision would skip the changes in between.
+//
+// A transient failure is read again at the same revision, after a pause,
+// until ctx ends or the client closes.
+func readAt(ctx context.Context, c *clientv3.Client, at int64, op func(...clientv3.OpOption) clientv3.Op) (clientv3.OpResponse, int64, error) {
+	for {
+		r, rev, err := readOnce(ctx, c, at, op)
+		if err == nil || !transient(err) || ctx.Err() != nil || c.Ctx().Err() != nil {
+			return r, rev, err
+		}
+		pause(ctx)
+	}
+}
+
+func readOnce(ctx context.Context, c *clientv3.Client, at int64, op func(...clientv3.OpOption) clientv3.Op) (clientv3.OpResponse, int64, error) {
+	if at > 0 {
+		r, err := c.Do(ctx, op(clientv3.WithRev(at), clientv3.WithSerializable()))
+		switch {
+		case err == nil:
+			return r, at, nil
+		case errors.Is(err, rpctypes.ErrFutureRev):
+			// The member that served us is behind the one that sent the
+			// event; a linearizable read waits for it.
+			r, err = c.Do(ctx, op(clientv3.WithRev(at)))
+			if err == nil {
+				return r, at, nil
+			}
+			if !errors.Is(err, rpctypes.ErrCompacted) {
+				return r, 0, err
+			}
+		case !errors.Is(err, rpctypes.ErrCompacted):
+			return r, 0, err
+		}
+	}
+	r, err := c.Do(ctx, op())
+	if err != nil {
+		return r, 0, err
+	}
+	return r, opHeader(r).Revision, nil
+}
+
+// opHeader is the header of a Get's or a Txn's answer.
+func opHeader(r clientv3.OpResponse) *pb.ResponseHeader {
+	if t := r.Txn(); t != nil {
+		return t.Header
+	}
+	return r.Get().Header
+}
+
+// Retries.
 
 // leaderWait is how long untilLeader asks again for a watch (or repeats a
 // request that is safe to repeat) that a member between leaders refuses or
@@ -197,215 +664,6 @@ func untilLeader(ctx context.Context, c *clientv3.Client, start func() error) er
 	for {
 		err := start()
 		if err == nil || !transient(err) || ctx.Err() != nil || c.Ctx().Err() != nil || time.Now().After(deadline) {
-			return err
-		}
-		pause(ctx)
-	}
-}
-
-// watchPair makes sure own watches ownKey and other watches otherKey,
-// creating the missing watches from now in one round trip (replacing other
-// if it watches another key). It returns the watches to keep, which the
-// caller cancels, also on error. A member between leaders refuses watches
-// that require a leader: those are asked for again (untilLeader), so that
-// a leader election does not fail a waiter.
-func watchPair(ctx context.Context, c *clientv3.Client, own *keyWatch, ownKey string, other *keyWatch, otherKey string) (*keyWatch, *keyWatch, error) {
-	err := untilLeader(ctx, c, func() (err error) {
-		own, other, err = watchPairOnce(ctx, c, own, ownKey, other, otherKey)
-		return err
-	})
-	return own, other, err
-}
-
-func watchPairOnce(ctx context.Context, c *clientv3.Client, own *keyWatch, ownKey string, other *keyWatch, otherKey string) (*keyWatch, *keyWatch, error) {
-	var ownP, otherP *pendingWatch
-	if own == nil {
-		ownP = startWatch(ctx, c, ownKey)
-	}
-	if other != nil && other.key != otherKey {
-		other.cancel()
-		other = nil
-	}
-	if other == nil {
-		otherP = startWatch(ctx, c, otherKey)
-	}
-	var err error
-	if ownP != nil {
-		if own, err = ownP.created(ctx, c); err != nil {
-			if otherP != nil {
-				otherP.cancel()
-			}
-			return nil, other, err
-		}
-	}
-	if otherP != nil {
-		if other, err = otherP.created(ctx, c); err != nil {
-			return own, nil, err
-		}
-	}
-	return own, other, nil
-}
-
-// pendingWatch is a watch whose creation has been requested but not yet
-// confirmed; starting two and then awaiting both saves a round trip.
-type pendingWatch struct {
-	key    string
-	cancel context.CancelFunc
-	ch     clientv3.WatchChan
-}
-
-func startWatch(ctx context.Context, c *clientv3.Client, key string) *pendingWatch {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	return &pendingWatch{key: key, cancel: cancel, ch: c.Watch(wctx, key, clientv3.WithCreatedNotify())}
-}
-
-func (p *pendingWatch) created(ctx context.Context, c *clientv3.Client) (*keyWatch, error) {
-	select {
-	case wr, ok := <-p.ch:
-		if !ok {
-			p.cancel()
-			return nil, watchClosedErr(ctx, c)
-		}
-		if err := wr.Err(); err != nil {
-			p.cancel()
-			return nil, err
-		}
-		return &keyWatch{key: p.key, cancel: p.cancel, ch: p.ch, created: wr.Header.Revision}, nil
-	case <-ctx.Done():
-		p.cancel()
-		return nil, ctx.Err()
-	}
-}
-
-// watchClosedErr explains why a watch channel closed.
-func watchClosedErr(ctx context.Context, c *clientv3.Client) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if c.Ctx().Err() != nil {
-		return errClientClosed
-	}
-	return errors.New("concurrency: watch closed")
-}
-
-// deleted scans a watch response for the deletion (or replacement) of the
-// key created at rev, and returns the revision at which it happened.
-func deleted(wr clientv3.WatchResponse, rev int64) (int64, bool) {
-	for _, ev := range wr.Events {
-		if ev.Type == mvccpb.DELETE || ev.Kv.CreateRevision != rev {
-			return ev.Kv.ModRevision, true
-		}
-	}
-	return 0, false
-}
-
-// waitTurn blocks until key, created at rev, heads the queue under dir, and
-// returns the revision at which it did. queue is the queue as of at. It
-// returns ErrSessionExpired when the key disappears (the session's lease
-// ended, or someone deleted the key), ctx.Err() when ctx ends, and the
-// error of the server otherwise. It never deletes anything: the caller
-// cleans up.
-func waitTurn(ctx context.Context, s *Session, dir, key string, rev int64, queue []*mvccpb.KeyValue, at int64) (int64, error) {
-	c := s.Client()
-	var own, pred *keyWatch
-	defer func() {
-		if own != nil {
-			own.cancel()
-		}
-		if pred != nil {
-			pred.cancel()
-		}
-	}()
-	for {
-		present, p := place(queue, key, rev)
-		if !present {
-			return 0, ErrSessionExpired
-		}
-		if p == nil {
-			return at, nil
-		}
-		// Watch our own key once, so that the end of our session is seen
-		// at once (etcd #19597: etcd's waiter waits for its predecessors
-		// first).
-		var err error
-		if own, pred, err = watchPair(ctx, c, own, key, pred, string(p.Key)); err != nil {
-			return 0, err
-		}
-		next := max(own.created, pred.created)
-		if next <= at {
-			// Both watches cover every change after at: wait for one.
-			next, err = waitEvent(ctx, s, own, pred, rev, p.CreateRevision)
-			if err != nil {
-				return 0, err
-			}
-		}
-		// Never read behind at: a watch made on a member that lags starts
-		// before what we know, and the queue there may lack our own key.
-		r, readAt, err := readQueue(ctx, c, dir, rev, max(next, at))
-		for err != nil && transient(err) && ctx.Err() == nil {
-			pause(ctx)
-			r, readAt, err = readQueue(ctx, c, dir, rev, 0)
-		}
-		if err != nil {
-			return 0, err
-		}
-		queue, at = r.Kvs, readAt
-	}
-}
-
-// waitEvent waits until own's key or pred's key (created at ownRev and
-// predRev) goes away, and returns the revision to read the queue at. A
-// broken watch is remade and reported as "read again now".
-func waitEvent(ctx context.Context, s *Session, own, pred *keyWatch, ownRev, predRev int64) (int64, error) {
-	c := s.Client()
-	for {
-		select {
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		case <-s.expired():
-			// Not s.Done(): an orphaned session's lease lives on, and its
-			// waiter with it, until the server deletes our key.
-			return 0, ErrSessionExpired
-		case wr, ok := <-own.ch:
-			if !ok || wr.Err() != nil {
-				err := remake(ctx, c, own, wr, ok)
-				if err == nil {
-					s.watchRemade(own.key, wr.Err())
-				}
-				return 0, err
-			}
-			if _, gone := deleted(wr, ownRev); gone {
-				return 0, ErrSessionExpired
-			}
-		case wr, ok := <-pred.ch:
-			if !ok || wr.Err() != nil {
-				if err := remake(ctx, c, pred, wr, ok); err != nil {
-					return 0, err
-				}
-				s.watchRemade(pred.key, wr.Err())
-				return pred.created, nil
-			}
-			if d, gone := deleted(wr, predRev); gone {
-				return d, nil
-			}
-		}
-	}
-}
-
-// remake replaces a broken watch (compacted after a reconnect, cancelled by
-// a member that lost its leader) with a new one from now.
-func remake(ctx context.Context, c *clientv3.Client, w *keyWatch, wr clientv3.WatchResponse, ok bool) error {
-	w.cancel()
-	if !ok && (ctx.Err() != nil || c.Ctx().Err() != nil) {
-		return watchClosedErr(ctx, c)
-	}
-	for {
-		nw, err := watchKey(ctx, c, w.key)
-		if err == nil {
-			*w = *nw
-			return nil
-		}
-		if !transient(err) || ctx.Err() != nil || c.Ctx().Err() != nil {
 			return err
 		}
 		pause(ctx)
@@ -430,18 +688,42 @@ func transient(err error) bool {
 	return false
 }
 
-// abandon deletes key if it is attached to the session's lease. It cleans
-// up after a join whose outcome is unknown: a request that timed out or was
-// cancelled after it was sent may have created the key, which would then
-// sit in the queue, never take its turn, and block everyone behind it until
-// the session ends. Only this session writes keys named after its lease
-// (claimName, sharedName), so the lease compare is enough; the caller makes
-// sure that no other handle of the session uses the key.
-func abandon(ctx context.Context, s *Session, key string) error {
-	ctx, cancel := cleanupCtx(ctx, s.Client())
+// pause waits a little before a retry, or until ctx ends.
+func pause(ctx context.Context) {
+	t := time.NewTimer(50 * time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// Step 6: leaving.
+
+// abandon deletes key if it is attached to lease. It cleans up after a
+// join whose outcome is unknown: a request that timed out or was cancelled
+// after it was sent may have created the key, which would then sit in the
+// queue, never take its turn, and block everyone behind it until the
+// lease ends. Only the lease's owner writes keys named after it
+// (claimName, sharedName), so the lease compare is enough; the caller
+// makes sure that no other handle uses the key.
+func abandon(ctx context.Context, c *clientv3.Client, lease clientv3.LeaseID, key string) error {
+	ctx, cancel := cleanupCtx(ctx, c)
 	defer cancel()
-	_, err := s.Client().Txn(ctx).
-		If(clientv3.Compare(clientv3.LeaseValue(key), "=", s.Lease())).
+	_, err := c.Txn(ctx).
+		If(clientv3.Compare(clientv3.LeaseValue(key), "=", lease)).
+		Then(clientv3.OpDelete(key)).
+		Commit()
+	return err
+}
+
+// leave deletes key if it is still the one created at rev. It runs with its
+// own timeout, so that it also works after the caller's context ended.
+func leave(ctx context.Context, c *clientv3.Client, key string, rev int64) error {
+	ctx, cancel := cleanupCtx(ctx, c)
+	defer cancel()
+	_, err := c.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
 		Then(clientv3.OpDelete(key)).
 		Commit()
 	return err
@@ -461,138 +743,8 @@ func cleanupCtx(ctx context.Context, c *clientv3.Client) (context.Context, conte
 	}
 }
 
-// ctxErr returns ctx's error when ctx has ended (or its deadline has
-// passed) and err is the failure of a request it cut short, and err
-// otherwise (see ctxEnded): a request cut short by the caller's deadline
-// comes back from the server as "request timed out" or a cancelled RPC,
-// and the caller should see the reason it can act on. ErrSessionExpired
-// passes through.
-func ctxErr(ctx context.Context, err error) error {
-	return ctxEnded(ctx, err, ErrSessionExpired)
-}
-
-// leave deletes key if it is still the one created at rev. It runs with its
-// own timeout, so that it also works after the caller's context ended.
-func leave(ctx context.Context, c *clientv3.Client, key string, rev int64) error {
-	ctx, cancel := cleanupCtx(ctx, c)
-	defer cancel()
-	_, err := c.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
-		Then(clientv3.OpDelete(key)).
-		Commit()
-	return err
-}
-
 // headerAt is h with its revision set to rev: the revision at which a
 // waiter's turn came, which may be later than the request that joined.
 func headerAt(h *pb.ResponseHeader, rev int64) *pb.ResponseHeader {
 	return &pb.ResponseHeader{ClusterId: h.ClusterId, MemberId: h.MemberId, RaftTerm: h.RaftTerm, Revision: rev}
-}
-
-// slot is the key a Mutex or Election handle queues with. By default every
-// handle of one session on one prefix shares the key dir + hex(lease), so
-// that they are one participant, as in etcd's package: a second handle
-// finds the key the first one made, holds when it holds and waits where it
-// waits. A handle made WithExclusive has a key of its own instead.
-type slot struct {
-	s         *Session
-	dir, key  string
-	exclusive bool
-	p         *participant // the shared key's bookkeeping; nil when exclusive
-	over      atomic.Bool  // the acquisition was ended (giveUp or done)
-}
-
-// takeSlot claims the key for one acquisition. Every successful takeSlot
-// is ended by exactly one giveUp (the acquisition failed) or done (it was
-// released or found lost).
-func takeSlot(s *Session, dir string, exclusive bool) (*slot, error) {
-	if exclusive {
-		key, err := s.claimExclusive(dir)
-		if err != nil {
-			return nil, err
-		}
-		return &slot{s: s, dir: dir, key: key, exclusive: true}, nil
-	}
-	key, err := s.useShared(dir)
-	if err != nil {
-		return nil, err
-	}
-	s.namesMu.Lock()
-	p := s.shared[dir]
-	s.namesMu.Unlock()
-	return &slot{s: s, dir: dir, key: key, p: p}, nil
-}
-
-// serialize runs f with the shared key's operations serialized: a join, the
-// delete of a failed acquisition and a release never overlap among the
-// handles of one session, so that a join never adopts a key that another
-// handle's cleanup is deleting.
-func (sl *slot) serialize(f func() error) error {
-	if sl.p == nil {
-		return f()
-	}
-	sl.p.op.Lock()
-	defer sl.p.op.Unlock()
-	return f()
-}
-
-// giveUp ends a failed acquisition: it deletes the key, unless another
-// handle of the session still waits for or holds the shared key. rev is
-// the key's create revision, 0 when a join's outcome is unknown, and -1
-// when nothing was written.
-func (sl *slot) giveUp(ctx context.Context, rev int64) error {
-	if sl.over.Swap(true) {
-		return nil
-	}
-	var err error
-	sl.serialize(func() error {
-		if (sl.exclusive || sl.s.doneShared(sl.dir, 0, false)) && rev >= 0 {
-			if rev > 0 {
-				err = leave(ctx, sl.s.Client(), sl.key, rev)
-			} else {
-				err = abandon(ctx, sl.s, sl.key)
-			}
-		}
-		return nil
-	})
-	if sl.exclusive {
-		sl.s.releaseExclusive(sl.dir, sl.key)
-	}
-	return err
-}
-
-// release deletes the key if it is still the one created at rev, and ends
-// the acquisition when the request got an answer. It reports whether the
-// key was there to delete. A shared key that another handle of the session
-// released already counts as there: the session released it on purpose.
-func (sl *slot) release(ctx context.Context, rev int64) (present bool, hdr *pb.ResponseHeader, err error) {
-	err = sl.serialize(func() error {
-		resp, err := sl.s.Client().Txn(ctx).
-			If(clientv3.Compare(clientv3.CreateRevision(sl.key), "=", rev)).
-			Then(clientv3.OpDelete(sl.key)).
-			Commit()
-		if err != nil {
-			return err
-		}
-		hdr, present = resp.Header, resp.Succeeded
-		if !present && !sl.exclusive && sl.s.releasedShared(sl.dir, rev) {
-			present = true
-		}
-		sl.done(rev, resp.Succeeded)
-		return nil
-	})
-	return present, hdr, err
-}
-
-// done ends an acquisition that needs no request: released reports whether
-// it was released on purpose (rather than found lost).
-func (sl *slot) done(rev int64, released bool) {
-	if sl.over.Swap(true) {
-		return
-	}
-	if sl.exclusive {
-		sl.s.releaseExclusive(sl.dir, sl.key)
-		return
-	}
-	sl.s.doneShared(sl.dir, rev, released)
 }

@@ -6,10 +6,8 @@ import (
 	"fmt"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/batonhq/baton/internal/layout"
@@ -54,27 +52,11 @@ var (
 //
 // A Mutex is safe for use by several goroutines.
 type Mutex struct {
-	s         *Session
+	holder           // key, token, header and release of the current acquisition
 	pfx       string // prefix + "/"
 	val       string // value stored in the holder's key
 	exclusive bool
-	err       error // set by NewMutex on bad input; returned by every call
-
-	// local is a one-token semaphore held from the start of Lock until
-	// Unlock (or a failed Lock) of an exclusive Mutex: one acquisition at
-	// a time per Mutex.
-	local chan struct{}
-
-	// unlockMu serializes Unlock calls, so that two racing Unlocks of one
-	// acquisition release it once: the second finds it released.
-	unlockMu sync.Mutex
-
-	mu    sync.Mutex // guards the fields below
-	slot  *slot      // the key of the current acquisition, nil when not held
-	myKey string
-	myRev int64
-	hdr   *pb.ResponseHeader
-	tally *tally // the current acquisition's metrics and logs
+	slot      *slot // the key of the current acquisition, nil when not held; guarded by mu
 }
 
 // MutexOption configures a Mutex (and, for WithExclusive, an Election).
@@ -111,7 +93,8 @@ func NewMutex(s *Session, pfx string, opts ...MutexOption) *Mutex {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	m := &Mutex{s: s, pfx: layout.Dir(pfx), exclusive: o.exclusive, local: make(chan struct{}, 1), myRev: -1}
+	m := &Mutex{holder: newHolder(s, ErrLockReleased, ErrLockLost, ErrLockLost), pfx: layout.Dir(pfx), exclusive: o.exclusive}
+	m.local = make(chan struct{}, 1)
 	if o.val != nil {
 		m.val = *o.val
 	}
@@ -192,9 +175,9 @@ func (m *Mutex) lock(ctx context.Context, wait bool) error {
 	}
 	if err == nil {
 		m.mu.Lock()
-		if m.tally == nil || m.tally.rev != m.myRev {
+		if m.tally == nil || m.tally.rev != m.rev {
 			m.tally.released() // an earlier acquisition of this Mutex, replaced
-			m.tally = acquired(m.s, obs.Mutex, m.name(), m.myKey, m.myRev, time.Since(start))
+			m.tally = acquired(m.s, obs.Mutex, m.name(), m.key, m.rev, time.Since(start))
 		}
 		m.mu.Unlock()
 	}
@@ -212,40 +195,37 @@ func (m *Mutex) lockOnce(ctx context.Context, wait bool) error {
 	key := sl.key
 	var j *joined
 	err = sl.serialize(func() (err error) {
-		// The joining request runs to its answer (joinContext), so that a
-		// deadline cannot leave a key behind that appears after we gave
-		// up; a ctx that ended meanwhile is handled below.
-		jctx, stop := joinContext(ctx, m.s.Client())
-		defer stop()
-		if wait {
-			j, err = join(jctx, m.s, m.pfx, key, m.val)
-		} else {
-			j, err = tryJoin(jctx, m.s, m.pfx, key, m.val)
+		r := joinReq{key: key, val: m.val, lease: m.s.Lease(), reads: []clientv3.Op{keysUnder(m.pfx)}, repeat: wait}
+		if !wait {
+			// TryLock puts its key only when no key exists under the
+			// prefix. A compare on a range holds when it holds for every
+			// key in it; for an empty range it compares a zero key, whose
+			// create revision is 0.
+			r.guard = []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(m.pfx).WithPrefix(), "=", 0)}
 		}
+		j, err = join(ctx, m.s.Client(), r)
 		return err
 	})
 	if err != nil {
 		sl.giveUp(ctx, 0)
 		return ctxErr(ctx, err)
 	}
-	if j == nil { // TryLock found the lock taken and wrote nothing
+	if j.rev == 0 { // TryLock found the lock taken and wrote nothing
 		sl.giveUp(ctx, -1)
 		return ErrLocked
 	}
-	at := j.hdr.Revision
+	t := &turn{s: m.s, dir: m.pfx, key: key, rev: j.rev}
+	t.blocker = t.older
+	queue, at := j.kvs(0), j.hdr.Revision
 	if ctx.Err() != nil {
 		err = ctx.Err()
-	} else if present, pred := place(j.queue, key, j.rev); !present {
-		err = ErrSessionExpired
-	} else if pred != nil {
-		if !wait {
-			// Our key predates this call (a resumed lease, or another
-			// Mutex of this session waiting) but is not at the head:
-			// TryLock fails, as etcd's does.
-			err = ErrLocked
-		} else {
-			at, err = waitTurn(ctx, m.s, m.pfx, key, j.rev, j.queue, at)
-		}
+	} else if !wait && inQueue(queue, key, j.rev) && t.older(queue) != nil {
+		// Our key predates this call (a resumed lease, or another Mutex
+		// of this session waiting) but is not at the head: TryLock fails,
+		// as etcd's does.
+		err = ErrLocked
+	} else {
+		_, at, err = waitTurn(ctx, t, queue, at)
 	}
 	if err != nil {
 		if lerr := sl.giveUp(ctx, j.rev); lerr != nil && !errors.Is(err, ErrSessionExpired) {
@@ -256,7 +236,7 @@ func (m *Mutex) lockOnce(ctx context.Context, wait bool) error {
 	hdr := headerAt(j.hdr, at)
 	m.mu.Lock()
 	prev := m.slot
-	m.slot, m.myKey, m.myRev, m.hdr = sl, key, j.rev, hdr
+	m.slot, m.key, m.rev, m.hdr = sl, key, j.rev, hdr
 	m.mu.Unlock()
 	if prev != nil {
 		// This Mutex held already (Lock again, or two Locks at once): one
@@ -264,34 +244,6 @@ func (m *Mutex) lockOnce(ctx context.Context, wait bool) error {
 		prev.done(0, false)
 	}
 	return nil
-}
-
-// tryJoin puts key only when no key exists under dir, in one transaction.
-// It returns nil when the lock is taken, unless our key is already there
-// (a resumed lease), in which case it reports it like join.
-func tryJoin(ctx context.Context, s *Session, dir, key, val string) (*joined, error) {
-	c := s.Client()
-	queue := clientv3.OpGet(dir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
-	// A compare on a range holds when it holds for every key in it; for an
-	// empty range it compares a zero key, whose create revision is 0.
-	resp, err := c.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(dir).WithPrefix(), "=", 0)).
-		Then(clientv3.OpPut(key, val, clientv3.WithLease(s.Lease())), queue).
-		Else(clientv3.OpGet(key), queue).
-		Commit()
-	if err != nil {
-		return nil, err
-	}
-	j := &joined{hdr: resp.Header, rev: resp.Header.Revision, queue: resp.Responses[1].GetResponseRange().Kvs}
-	if resp.Succeeded {
-		return j, nil
-	}
-	kvs := resp.Responses[0].GetResponseRange().Kvs
-	if len(kvs) == 0 {
-		return nil, nil
-	}
-	j.existed, j.rev, j.value = true, kvs[0].CreateRevision, kvs[0].Value
-	return j, nil
 }
 
 // Unlock releases the lock. It deletes the holder's key only if it is still
@@ -310,10 +262,10 @@ func (m *Mutex) Unlock(ctx context.Context) error {
 	if m.err != nil {
 		return m.err
 	}
-	m.unlockMu.Lock()
-	defer m.unlockMu.Unlock()
+	m.releaseMu.Lock()
+	defer m.releaseMu.Unlock()
 	m.mu.Lock()
-	sl, key, rev := m.slot, m.myKey, m.myRev
+	sl, key, rev := m.slot, m.key, m.rev
 	m.mu.Unlock()
 	if sl == nil || key == "" || rev <= 0 {
 		return ErrLockReleased
@@ -326,7 +278,7 @@ func (m *Mutex) Unlock(ctx context.Context) error {
 		return ctxErr(ctx, err)
 	}
 	m.mu.Lock()
-	m.slot, m.myKey, m.myRev = nil, "", -1
+	m.slot, m.key, m.rev = nil, "", -1
 	m.hdr = hdr
 	t := m.tally
 	m.tally = nil
@@ -345,79 +297,6 @@ func (m *Mutex) Unlock(ctx context.Context) error {
 	return nil
 }
 
-// currentTally is the current acquisition's tally, nil when unobserved.
-func (m *Mutex) currentTally() *tally {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.tally
-}
-
-// IsOwner is a comparison that holds while this Mutex holds the lock, for
-// use in a transaction (see also Guard).
-func (m *Mutex) IsOwner() clientv3.Cmp {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return clientv3.Compare(clientv3.CreateRevision(m.myKey), "=", m.myRev)
-}
-
-// Key is the holder's key, or "" when the lock is not held.
-func (m *Mutex) Key() string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.myKey
-}
-
-// Rev is the fencing token of the current acquisition: the create revision
-// of the holder's key. It is unique per acquisition and strictly greater
-// than the token of every earlier holder of the same lock. Pass it to the
-// resource the lock protects, which should reject requests with a token
-// lower than the highest it has seen. It is -1 when the lock is not held.
-func (m *Mutex) Rev() int64 {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.myRev
-}
-
-// Header is the response header of the request that acquired (or, after
-// Unlock, released) the lock; its revision is the one at which the lock was
-// taken.
-func (m *Mutex) Header() *pb.ResponseHeader {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.hdr
-}
-
-// Guard commits ops in one transaction only while this Mutex holds the lock.
-// It returns ErrLockReleased when this Mutex has not taken the lock (or has
-// released it), and ErrLockLost, committing nothing, when the lock ended
-// under it (the session expired or the key was deleted).
-func (m *Mutex) Guard(ctx context.Context, ops ...clientv3.Op) (*clientv3.TxnResponse, error) {
-	if m.err != nil {
-		return nil, m.err
-	}
-	m.mu.Lock()
-	key, rev := m.myKey, m.myRev
-	m.mu.Unlock()
-	if key == "" {
-		return nil, ErrLockReleased
-	}
-	return guard(ctx, m.s.Client(), key, rev, ErrLockLost, ops)
-}
-
-func guard(ctx context.Context, c *clientv3.Client, key string, rev int64, lost error, ops []clientv3.Op) (*clientv3.TxnResponse, error) {
-	resp, err := c.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
-		Then(ops...).
-		Commit()
-	if err != nil {
-		return nil, err
-	}
-	if !resp.Succeeded {
-		return resp, lost
-	}
-	return resp, nil
-}
-
 // WithLock takes m, runs f, and releases m. The context f gets is cancelled
 // as soon as the lock ends under it (the session ends, or anyone deletes the
 // holder's key), with context.Cause(ctx) == ErrLockLost; the loss is seen
@@ -429,135 +308,7 @@ func guard(ctx context.Context, c *clientv3.Client, key string, rev int64, lost 
 // keep-alive of the session has been answered for its trust window
 // (WithLeaseTrust); its cause then matches ErrLeaseUnconfirmed as well.
 func WithLock(ctx context.Context, m *Mutex, f func(ctx context.Context) error) error {
-	if err := m.Lock(ctx); err != nil {
-		return err
-	}
-	key, rev := m.Key(), m.Rev()
-	fctx, stop := holdContext(ctx, m.s, key, rev, ErrLockLost, m.currentTally())
-	ferr := f(fctx)
-	lost := stop()
-	uctx, cancel := cleanupCtx(ctx, m.s.Client())
-	defer cancel()
-	uerr := m.Unlock(uctx)
-	switch {
-	case ferr != nil:
-		return ferr
-	case lost || errors.Is(uerr, ErrLockLost):
-		return ErrLockLost
-	default:
-		return uerr
-	}
-}
-
-// HoldContext returns a context derived from parent that is cancelled,
-// with context.Cause == ErrLockLost, as soon as the lock held by m ends
-// under it: the session ends or anyone deletes the holder's key, or when
-// the session's trust window lapses (WithLeaseTrust; the cause then matches
-// ErrLeaseUnconfirmed too). Call cancel when done with it; it stops the
-// watch. On a Mutex that does not
-// hold the lock it returns a context already cancelled with
-// ErrLockReleased. WithLock is built on it.
-func (m *Mutex) HoldContext(parent context.Context) (ctx context.Context, cancel context.CancelFunc) {
-	key, rev := m.Key(), m.Rev()
-	if m.err != nil || key == "" {
-		ctx, cancelCause := context.WithCancelCause(parent)
-		if m.err != nil {
-			cancelCause(m.err)
-		} else {
-			cancelCause(ErrLockReleased)
-		}
-		return ctx, func() { cancelCause(context.Canceled) }
-	}
-	ctx, stop := holdContext(parent, m.s, key, rev, ErrLockLost, m.currentTally())
-	return ctx, func() { stop() }
-}
-
-// holdContext returns a context that is cancelled with cause lost when key
-// (created at rev) goes away or the session ends, or with a cause matching
-// both lost and ErrLeaseUnconfirmed when the session's trust window lapses
-// (WithLeaseTrust). stop ends both watches and reports whether the hold
-// was lost.
-func holdContext(ctx context.Context, s *Session, key string, rev int64, lost error, t *tally) (context.Context, func() bool) {
-	hctx, cancel := context.WithCancelCause(ctx)
-	var wg sync.WaitGroup
-	var wasLost atomic.Bool
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		if watchHold(hctx, s, key, rev) {
-			wasLost.Store(true)
-			cancel(lost)
-			if t != nil {
-				t.lost(lossCause(s), lost)
-			}
-		}
-	}()
-	go func() {
-		defer wg.Done()
-		if err := s.distrusted(hctx); err != nil {
-			wasLost.Store(true)
-			cancel(fmt.Errorf("%w: %w", lost, err))
-			t.lost(obs.CauseUnconfirmed, err)
-		}
-	}()
-	return hctx, func() bool {
-		cancel(context.Canceled)
-		wg.Wait()
-		return wasLost.Load()
-	}
-}
-
-// watchHold returns true when key (created at rev) goes away or the session
-// ends, and false when ctx ends first.
-func watchHold(ctx context.Context, s *Session, key string, rev int64) bool {
-	c := s.Client()
-	for ctx.Err() == nil {
-		w, err := watchKey(ctx, c, key)
-		if err != nil {
-			if ctx.Err() != nil {
-				return false
-			}
-			if c.Ctx().Err() != nil {
-				return true // the client closed: we cannot vouch for the lock
-			}
-			pause(ctx)
-			continue
-		}
-		// The watch covers changes after w.created; check the key then, or
-		// at rev if the watch's member lags behind the lock (the key did
-		// not exist before rev, and cannot have gone between the two).
-		r, err := c.Get(ctx, key, clientv3.WithRev(max(w.created, rev)), clientv3.WithSerializable())
-		if err != nil {
-			r, err = c.Get(ctx, key)
-		}
-		if err == nil && (len(r.Kvs) == 0 || r.Kvs[0].CreateRevision != rev) {
-			w.cancel()
-			return true
-		}
-		for err == nil {
-			select {
-			case <-ctx.Done():
-				w.cancel()
-				return false
-			case <-s.lost():
-				// Not s.Done(): an orphaned session still holds until its
-				// lease runs out.
-				w.cancel()
-				return true
-			case wr, ok := <-w.ch:
-				if !ok || wr.Err() != nil {
-					err = errors.New("watch broken") // remade by the outer loop
-					break
-				}
-				if _, gone := deleted(wr, rev); gone {
-					w.cancel()
-					return true
-				}
-			}
-		}
-		w.cancel()
-	}
-	return false
+	return m.with(ctx, m.Lock, m.Unlock, f)
 }
 
 type lockerMutex struct{ *Mutex }

@@ -344,7 +344,7 @@ func (q *queueCore) items(ctx context.Context, at int64) ([]*mvccpb.KeyValue, er
 	from := q.lo
 	for {
 		opts := []clientv3.OpOption{clientv3.WithRange(q.hi), clientv3.WithKeysOnly(), clientv3.WithLimit(queueBatch)}
-		r, rev, err := recipeGetAt(ctx, q.c, at, from, opts...)
+		r, rev, err := getAt(ctx, q.c, at, from, opts...)
 		if err != nil {
 			return nil, err
 		}
@@ -484,37 +484,15 @@ func (q *queueCore) parseState(ctx context.Context, rs []*etcdserverpb.ResponseO
 	return st, nil
 }
 
-// state reads the queue as of revision at (0: now, linearizable), served
-// locally when the member has applied at; it retries while the cluster is
-// between leaders.
+// state reads the queue as of revision at (0: now), see readAt.
 func (q *queueCore) state(ctx context.Context, at int64) (queueState, error) {
-	for {
-		var r *clientv3.TxnResponse
-		var err error
-		if at > 0 {
-			r, err = q.c.Txn(ctx).Then(q.stateOps(clientv3.WithRev(at), clientv3.WithSerializable())...).Commit()
-			if errors.Is(err, rpctypes.ErrFutureRev) {
-				r, err = q.c.Txn(ctx).Then(q.stateOps(clientv3.WithRev(at))...).Commit()
-			}
-			if errors.Is(err, rpctypes.ErrCompacted) {
-				at = 0
-				continue
-			}
-		} else {
-			r, err = q.c.Txn(ctx).Then(q.stateOps()...).Commit()
-		}
-		if err == nil {
-			rev := at
-			if rev == 0 {
-				rev = r.Header.Revision
-			}
-			return q.parseState(ctx, r.Responses, rev)
-		}
-		if !transient(err) || ctx.Err() != nil {
-			return queueState{}, err
-		}
-		pause(ctx)
+	r, rev, err := readAt(ctx, q.c, at, func(opts ...clientv3.OpOption) clientv3.Op {
+		return clientv3.OpTxn(nil, q.stateOps(opts...), nil)
+	})
+	if err != nil {
+		return queueState{}, err
 	}
+	return q.parseState(ctx, r.Txn().Responses, rev)
 }
 
 // await waits in line for an item and takes it. It returns again when its
@@ -533,39 +511,40 @@ func (q *queueCore) await(ctx context.Context) (val string, again bool, err erro
 		return "", false, err
 	}
 	wkey := layout.QueueWaiter(q.dir, int64(lease), q.waiterN.Add(1))
-	// The request that puts the waiter key runs to its answer
-	// (joinContext), so that a key it made is known and deleted below.
-	jctx, endJoin := joinContext(ctx, q.c)
-	resp, err := q.c.Txn(jctx).Then(append([]clientv3.Op{clientv3.OpPut(wkey, "", clientv3.WithLease(lease))}, q.stateOps()...)...).Commit()
-	endJoin()
+	// The request that puts the waiter key runs to its answer (key.go's
+	// join), so that a key it made is known and deleted below.
+	j, err := join(ctx, q.c, joinReq{key: wkey, lease: lease, reads: q.stateOps()})
 	if err != nil {
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 			q.dropLease(lease)
 			return "", true, nil
 		}
 		// The key may have been created: take it out of line.
-		q.unwait(ctx, wkey, lease)
+		abandon(ctx, q.c, lease, wkey)
 		return "", false, err
 	}
-	rev := resp.Header.Revision
+	rev := j.rev
 	taken := false
 	defer func() {
 		if !taken {
 			_ = leave(ctx, q.c, wkey, rev)
 		}
 	}()
-	st, err := q.parseState(ctx, resp.Responses[1:], rev)
+	st, err := q.parseState(ctx, j.reads, rev)
 	if err != nil {
 		return "", false, err
 	}
-	var head, arrive, pred *keyWatch
+	// head watches the item range; line the arrival key (own) and the
+	// waiter ahead (other).
+	var head *keyWatch
+	var line pair
 	stop := func(w **keyWatch) {
 		if *w != nil {
 			(*w).cancel()
 			*w = nil
 		}
 	}
-	defer func() { stop(&head); stop(&arrive); stop(&pred) }()
+	defer func() { stop(&head); line.stop() }()
 	renew := time.NewTicker(q.ttl / 3)
 	defer renew.Stop()
 	for {
@@ -591,8 +570,7 @@ func (q *queueCore) await(ctx context.Context) (val string, again bool, err erro
 		// start now; the state is read again where they start.
 		created := int64(0)
 		if rank == 0 {
-			stop(&arrive)
-			stop(&pred)
+			line.stop()
 			if head == nil {
 				if head, err = q.watch(ctx); err != nil {
 					return "", false, err
@@ -602,17 +580,10 @@ func (q *queueCore) await(ctx context.Context) (val string, again bool, err erro
 		} else {
 			stop(&head)
 			akey := q.arrivalKey(st.last + 1 + int64(rank-len(st.items)))
-			if arrive != nil && arrive.key != akey {
-				stop(&arrive)
-			}
-			if pred != nil && pred.key != predKey {
-				stop(&pred)
-			}
-			if arrive == nil || pred == nil {
-				if arrive, pred, err = watchPair(ctx, q.c, arrive, akey, pred, predKey); err != nil {
+			if line.own == nil || line.other == nil || line.own.key != akey || line.other.key != predKey {
+				if created, err = line.watch(ctx, q.c, akey, predKey); err != nil {
 					return "", false, err
 				}
-				created = max(arrive.created, pred.created)
 			}
 		}
 		if created > 0 {
@@ -638,14 +609,14 @@ func (q *queueCore) await(ctx context.Context) (val string, again bool, err erro
 			continue
 		case wr, ok = <-wchan(head):
 			source = &head
-		case wr, ok = <-wchan(arrive):
-			source = &arrive
-		case wr, ok = <-wchan(pred):
-			source = &pred
+		case wr, ok = <-wchan(line.own):
+			source = &line.own
+		case wr, ok = <-wchan(line.other):
+			source = &line.other
 		}
 		q.traceEvent("wake")
 		at := int64(0)
-		if err := recipeWatchErr(ctx, q.c, wr, ok); err != nil {
+		if err := watchErr(ctx, q.c, wr, ok); err != nil {
 			if !ok && (ctx.Err() != nil || q.c.Ctx().Err() != nil) {
 				return "", false, err
 			}
@@ -734,20 +705,8 @@ func (q *queueCore) dropLease(lease clientv3.LeaseID) {
 	q.lmu.Unlock()
 }
 
-// unwait deletes the waiter key wkey if a request whose outcome is unknown
-// created it; the name is this handle's alone, so the lease compare is
-// enough.
-func (q *queueCore) unwait(ctx context.Context, wkey string, lease clientv3.LeaseID) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
-	defer cancel()
-	_, _ = q.c.Txn(ctx).
-		If(clientv3.Compare(clientv3.LeaseValue(wkey), "=", lease)).
-		Then(clientv3.OpDelete(wkey)).
-		Commit()
-}
-
 func (q *queueCore) watch(ctx context.Context) (*keyWatch, error) {
-	return recipeWatch(ctx, q.c, q.lo, clientv3.WithRange(q.hi), clientv3.WithFilterDelete())
+	return newWatch(ctx, q.c, q.lo, clientv3.WithRange(q.hi), clientv3.WithFilterDelete())
 }
 
 // claimAny tries to take one of kvs, oldest first, and returns false when

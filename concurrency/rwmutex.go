@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"strings"
-	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -15,16 +15,25 @@ import (
 	"github.com/batonhq/baton/internal/obs"
 )
 
-// Errors of RWMutex. TryLock and TryRLock return ErrLocked when the lock is
-// not free; a lock lost under its holder is ErrLockLost, as for Mutex.
+// Errors of RWMutex. Its vocabulary is Mutex's: TryLock and TryRLock
+// return ErrLocked when the lock is not free, "not held" is
+// ErrLockReleased (Guard, HoldContext; the errors of RUnlock and Unlock
+// below match it), and a lock lost under its holder is ErrLockLost.
 var (
 	// ErrNotRLocked is returned by RUnlock on an RWMutex that does not hold
-	// a read lock.
-	ErrNotRLocked = errors.New("rwmutex: RUnlock of an RWMutex that is not read-locked")
+	// a read lock. It matches ErrLockReleased.
+	ErrNotRLocked error = notHeldErr("rwmutex: RUnlock of an RWMutex that is not read-locked")
 	// ErrNotLocked is returned by Unlock on an RWMutex that does not hold
-	// the write lock.
-	ErrNotLocked = errors.New("rwmutex: Unlock of an RWMutex that is not write-locked")
+	// the write lock. It matches ErrLockReleased.
+	ErrNotLocked error = notHeldErr("rwmutex: Unlock of an RWMutex that is not write-locked")
 )
+
+// notHeldErr is an RWMutex's "not held" in one mode: a kind of
+// ErrLockReleased with a text of its own.
+type notHeldErr string
+
+func (e notHeldErr) Error() string        { return string(e) }
+func (e notHeldErr) Is(target error) bool { return target == ErrLockReleased }
 
 // RWMutex is a distributed reader/writer lock: any number of readers, or
 // one writer. Every lock is a key under pfx + "/read/" or pfx + "/write/",
@@ -45,33 +54,23 @@ var (
 // for use by several goroutines: a second RLock or Lock on the same value
 // waits until the first is released. Give each concurrent reader its own
 // RWMutex; they can share a Session.
+//
+// Key, Rev, Header, IsOwner, Guard and HoldContext are those of the lock
+// held, in either mode, as for a Mutex: Guard returns ErrLockReleased when
+// nothing is held and ErrLockLost when the lock ended under it. WithRLock
+// and WithWLock are WithLock's counterparts.
 type RWMutex struct {
-	s   *Session
-	dir string // pfx + "/"
-	err error
-
-	// local is a one-token semaphore held from the start of a lock call
-	// until its unlock (or its failure).
-	local chan struct{}
-
-	// unlockMu serializes unlocks, so that two racing RUnlock or Unlock
-	// calls of one acquisition release it once: the second finds it
-	// released, instead of taking the next acquisition's token from local
-	// or blocking on it forever.
-	unlockMu sync.Mutex
-
-	mu    sync.Mutex
-	myKey string
-	myRev int64
-	write bool
-	tally *tally // the current acquisition's metrics and logs
+	holder        // key, token, header and release of the lock held
+	dir    string // pfx + "/"
+	write  bool   // the lock held is the write lock; guarded by mu
 }
 
 // NewRWMutex makes an RWMutex on prefix pfx. It talks to the server only
 // when locked. A nil session or an empty prefix is reported by the first
 // call, which then touches nothing.
 func NewRWMutex(s *Session, pfx string) *RWMutex {
-	rw := &RWMutex{s: s, dir: layout.Dir(pfx), local: make(chan struct{}, 1), myRev: -1}
+	rw := &RWMutex{holder: newHolder(s, ErrLockReleased, ErrLockLost, ErrLockLost), dir: layout.Dir(pfx)}
+	rw.local = make(chan struct{}, 1)
 	switch {
 	case s == nil:
 		rw.err = ErrNilSession
@@ -108,7 +107,7 @@ func (rw *RWMutex) lock(ctx context.Context, write, wait bool) error {
 		switch {
 		case err == nil:
 			rw.mu.Lock()
-			rw.tally = acquired(rw.s, prim, rw.name(), rw.myKey, rw.myRev, time.Since(start))
+			rw.tally = acquired(rw.s, prim, rw.name(), rw.key, rw.rev, time.Since(start))
 			rw.mu.Unlock()
 		case errors.Is(err, ErrLocked) && !wait:
 			rw.s.opts.rec.TryFailed(prim, rw.name())
@@ -145,156 +144,69 @@ func (rw *RWMutex) lockOnce(ctx context.Context, write, wait bool) error {
 		kind = layout.RWWrite
 	}
 	key := rw.s.claimName(rw.dir + kind)
-	rev, err := rw.acquire(ctx, key, write, wait)
+	rev, hdr, err := rw.acquire(ctx, key, write, wait)
 	if err != nil {
 		rw.s.releaseName(key)
 		<-rw.local
 		return err
 	}
 	rw.mu.Lock()
-	rw.myKey, rw.myRev, rw.write = key, rev, write
+	rw.key, rw.rev, rw.hdr, rw.write = key, rev, hdr, write
 	rw.mu.Unlock()
 	return nil
 }
 
 // acquire joins the queue with key and waits for its turn; on error the
 // key is gone.
-func (rw *RWMutex) acquire(ctx context.Context, key string, write, wait bool) (int64, error) {
+//
+// The rule of who blocks whom: a reader waits for the youngest writer
+// older than it, a writer for the youngest key older than it. TryLock and
+// TryRLock put their key only if nothing blocks it now: no key at all
+// under the prefix for a writer, no writer key for a reader.
+func (rw *RWMutex) acquire(ctx context.Context, key string, write, wait bool) (int64, *pb.ResponseHeader, error) {
 	c := rw.s.Client()
-	var (
-		j   *joined
-		err error
-	)
-	// The joining request runs to its answer (joinContext); a ctx that
-	// ended meanwhile fails the wait below, which deletes the key.
-	jctx, stop := joinContext(ctx, c)
-	if wait {
-		j, err = join(jctx, rw.s, rw.dir, key, "")
-	} else {
-		j, err = rw.tryJoin(jctx, key, write)
+	writers, blockers := rw.dir+layout.RWWrite, rw.dir+layout.RWWrite
+	if write {
+		blockers = rw.dir
 	}
-	stop()
+	t := &turn{s: rw.s, dir: rw.dir, key: key}
+	t.blocker = func(queue []*mvccpb.KeyValue) *mvccpb.KeyValue {
+		return youngest(queue, key, t.rev, func(kv *mvccpb.KeyValue) bool {
+			return kv.CreateRevision < t.rev && (write || strings.HasPrefix(string(kv.Key), writers))
+		})
+	}
+	r := joinReq{key: key, lease: rw.s.Lease(), reads: []clientv3.Op{keysUnder(rw.dir)}, repeat: wait}
+	if !wait {
+		r.guard = []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(blockers).WithPrefix(), "=", 0)}
+	}
+	j, err := join(ctx, c, r)
 	if err != nil {
 		// The request may have created the key (cancelled or timed out
 		// after it was sent): take it out of the queue.
-		abandon(ctx, rw.s, key)
-		return 0, ctxErr(ctx, err)
+		abandon(ctx, c, rw.s.Lease(), key)
+		return 0, nil, ctxErr(ctx, err)
 	}
-	if j == nil {
-		return 0, ErrLocked
+	if j.rev == 0 {
+		return 0, nil, ErrLocked
 	}
+	t.rev = j.rev
 	at := j.hdr.Revision
-	switch {
-	case !wait:
-		if _, blocker := rwBlocker(j.queue, key, j.rev, rw.dir+layout.RWWrite, write); blocker != nil {
+	if !wait {
+		if t.blocker(j.kvs(0)) != nil {
 			// Our key predates this call (a resumed lease) and is not
 			// through: give it up, as TryLock does.
 			err = ErrLocked
 		}
-	default:
-		err = rw.wait(ctx, key, j.rev, write, j.queue, at)
+	} else {
+		_, at, err = waitTurn(ctx, t, j.kvs(0), at)
 	}
 	if err != nil {
 		if lerr := leave(ctx, c, key, j.rev); lerr != nil && !errors.Is(err, ErrSessionExpired) {
 			err = fmt.Errorf("%w (and deleting the waiter key %q failed: %v; it goes with the session)", err, key, lerr)
 		}
-		return 0, err
+		return 0, nil, err
 	}
-	return j.rev, nil
-}
-
-// tryJoin puts key only if nothing blocks it now: no key at all under the
-// prefix for a writer, no writer key for a reader. It returns nil when
-// blocked, unless our key exists already (a resumed lease).
-func (rw *RWMutex) tryJoin(ctx context.Context, key string, write bool) (*joined, error) {
-	c := rw.s.Client()
-	blockers := rw.dir + layout.RWWrite
-	if write {
-		blockers = rw.dir
-	}
-	queue := clientv3.OpGet(rw.dir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
-	resp, err := c.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(blockers).WithPrefix(), "=", 0)).
-		Then(clientv3.OpPut(key, "", clientv3.WithLease(rw.s.Lease())), queue).
-		Else(clientv3.OpGet(key), queue).
-		Commit()
-	if err != nil {
-		return nil, err
-	}
-	j := &joined{hdr: resp.Header, rev: resp.Header.Revision, queue: resp.Responses[1].GetResponseRange().Kvs}
-	if resp.Succeeded {
-		return j, nil
-	}
-	kvs := resp.Responses[0].GetResponseRange().Kvs
-	if len(kvs) == 0 {
-		return nil, nil
-	}
-	j.existed, j.rev = true, kvs[0].CreateRevision
-	return j, nil
-}
-
-// rwBlocker finds, in queue, whether our key (created at rev) is present,
-// and the youngest key that blocks it: the youngest older writer (a key
-// under writers) for a reader, the youngest older key for a writer. nil
-// means we hold the lock.
-func rwBlocker(queue []*mvccpb.KeyValue, key string, rev int64, writers string, write bool) (present bool, blocker *mvccpb.KeyValue) {
-	for _, kv := range queue {
-		switch {
-		case kv.CreateRevision == rev && string(kv.Key) == key:
-			present = true
-		case kv.CreateRevision < rev && (write || strings.HasPrefix(string(kv.Key), writers)) &&
-			(blocker == nil || kv.CreateRevision > blocker.CreateRevision):
-			blocker = kv
-		}
-	}
-	return present, blocker
-}
-
-// wait blocks until the key created at rev holds the lock: for a reader,
-// no older writer is left; for a writer, no older key. It watches the one
-// key that blocks it (the youngest such key) and its own key from now, and
-// reads the queue again at the revision the blocker went.
-//
-// The queue read at revision R is the state at R; the response header's
-// revision is the store's current one, later than R. Waiting from the
-// header's revision would skip a blocker that went between the two.
-func (rw *RWMutex) wait(ctx context.Context, key string, rev int64, write bool, queue []*mvccpb.KeyValue, at int64) error {
-	c := rw.s.Client()
-	var own, blk *keyWatch
-	defer func() {
-		if own != nil {
-			own.cancel()
-		}
-		if blk != nil {
-			blk.cancel()
-		}
-	}()
-	for {
-		present, b := rwBlocker(queue, key, rev, rw.dir+layout.RWWrite, write)
-		if !present {
-			return ErrSessionExpired
-		}
-		if b == nil {
-			return nil
-		}
-		var err error
-		if own, blk, err = watchPair(ctx, c, own, key, blk, string(b.Key)); err != nil {
-			return err
-		}
-		next := max(own.created, blk.created)
-		if next <= at {
-			// Both watches cover every change after at: wait for one.
-			if next, err = waitEvent(ctx, rw.s, own, blk, rev, b.CreateRevision); err != nil {
-				return err
-			}
-		}
-		// Never behind at (a watch on a lagging member starts earlier).
-		r, got, err := recipeGetAt(ctx, c, max(next, at), rw.dir, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithMaxCreateRev(rev))
-		if err != nil {
-			return err
-		}
-		queue, at = r.Kvs, got
-	}
+	return j.rev, headerAt(j.hdr, at), nil
 }
 
 // RUnlock releases a read lock taken with RLock or TryRLock. It returns
@@ -317,10 +229,10 @@ func (rw *RWMutex) unlockOnce(ctx context.Context, write bool) error {
 	if rw.err != nil {
 		return rw.err
 	}
-	rw.unlockMu.Lock()
-	defer rw.unlockMu.Unlock()
+	rw.releaseMu.Lock()
+	defer rw.releaseMu.Unlock()
 	rw.mu.Lock()
-	key, rev, held := rw.myKey, rw.myRev, rw.write
+	key, rev, held := rw.key, rw.rev, rw.write
 	rw.mu.Unlock()
 	if key == "" || held != write {
 		if write {
@@ -337,7 +249,7 @@ func (rw *RWMutex) unlockOnce(ctx context.Context, write bool) error {
 		return err
 	}
 	rw.mu.Lock()
-	rw.myKey, rw.myRev, rw.write = "", -1, false
+	rw.key, rw.rev, rw.hdr, rw.write = "", -1, resp.Header, false
 	t := rw.tally
 	rw.tally = nil
 	rw.mu.Unlock()
@@ -353,18 +265,15 @@ func (rw *RWMutex) unlockOnce(ctx context.Context, write bool) error {
 	return nil
 }
 
-// Rev is the fencing token of the lock held: the create revision of its
-// key, or -1. Tokens of writers increase with every write lock; readers'
-// tokens are unique but readers share the lock.
-func (rw *RWMutex) Rev() int64 {
-	rw.mu.Lock()
-	defer rw.mu.Unlock()
-	return rw.myRev
+// WithRLock takes a read lock on rw, runs f, and releases it, as WithLock
+// does for a Mutex: the context f gets ends, with context.Cause ==
+// ErrLockLost, as soon as the lock ends under it.
+func WithRLock(ctx context.Context, rw *RWMutex, f func(ctx context.Context) error) error {
+	return rw.with(ctx, rw.RLock, rw.RUnlock, f)
 }
 
-// Key is the key of the lock held, or "".
-func (rw *RWMutex) Key() string {
-	rw.mu.Lock()
-	defer rw.mu.Unlock()
-	return rw.myKey
+// WithWLock takes the write lock of rw, runs f, and releases it, as
+// WithLock does for a Mutex.
+func WithWLock(ctx context.Context, rw *RWMutex, f func(ctx context.Context) error) error {
+	return rw.with(ctx, rw.Lock, rw.Unlock, f)
 }

@@ -412,3 +412,95 @@ func TestRWMutexClusterMemberRestart(t *testing.T) {
 	wg.Wait()
 	closeLeavesNoKeys(t, ctx, cl, sessions, "crw/")
 }
+
+// An RWMutex hands out the holder API and the errors of a Mutex in either
+// mode: Guard
+// commits only while held, HoldContext and WithWLock/WithRLock see the
+// loss of the key, "not held" is ErrLockReleased, and Rev is -1 when
+// nothing is held, as for every type.
+func TestRWMutexGuardHoldContextAndWith(t *testing.T) {
+	e := newEnv(t)
+	admin := e.client()
+	rw := concurrency.NewRWMutex(e.session(), "rw-hold")
+	if _, err := rw.Guard(e.ctx, clientv3.OpPut("rw-hold-data", "x")); !errors.Is(err, concurrency.ErrLockReleased) {
+		t.Fatalf("Guard while not held: %v, want ErrLockReleased", err)
+	}
+	hctx, cancel := rw.HoldContext(e.ctx)
+	if !errors.Is(context.Cause(hctx), concurrency.ErrLockReleased) {
+		t.Fatalf("HoldContext while not held: cause %v", context.Cause(hctx))
+	}
+	cancel()
+	if rw.Rev() != -1 || rw.Key() != "" {
+		t.Fatalf("not held: key %q rev %d, want \"\" and -1", rw.Key(), rw.Rev())
+	}
+	// One "not held" for the type: the unlock errors of either mode match
+	// Guard's.
+	if err := rw.RUnlock(e.ctx); !errors.Is(err, concurrency.ErrNotRLocked) || !errors.Is(err, concurrency.ErrLockReleased) {
+		t.Fatalf("RUnlock while not held: %v, want ErrNotRLocked matching ErrLockReleased", err)
+	}
+	if err := rw.Unlock(e.ctx); !errors.Is(err, concurrency.ErrNotLocked) || !errors.Is(err, concurrency.ErrLockReleased) || errors.Is(err, concurrency.ErrNotRLocked) {
+		t.Fatalf("Unlock while not held: %v, want ErrNotLocked matching ErrLockReleased", err)
+	}
+	for _, write := range []bool{false, true} {
+		lock, unlock := rw.RLock, rw.RUnlock
+		if write {
+			lock, unlock = rw.Lock, rw.Unlock
+		}
+		if err := lock(e.ctx); err != nil {
+			t.Fatal(err)
+		}
+		if rw.Header() == nil || rw.Header().Revision < rw.Rev() {
+			t.Fatalf("write %v: header %v for token %d", write, rw.Header(), rw.Rev())
+		}
+		if _, err := rw.Guard(e.ctx, clientv3.OpPut("rw-hold-data", "x")); err != nil {
+			t.Fatalf("write %v: Guard while held: %v", write, err)
+		}
+		r, err := admin.Txn(e.ctx).If(rw.IsOwner()).Commit()
+		if err != nil || !r.Succeeded {
+			t.Fatalf("write %v: IsOwner while held: %v %v", write, r, err)
+		}
+		hctx, cancel := rw.HoldContext(e.ctx)
+		if _, err := admin.Delete(e.ctx, rw.Key()); err != nil {
+			t.Fatal(err)
+		}
+		<-hctx.Done()
+		cancel()
+		if !errors.Is(context.Cause(hctx), concurrency.ErrLockLost) {
+			t.Fatalf("write %v: HoldContext cause %v, want ErrLockLost", write, context.Cause(hctx))
+		}
+		if _, err := rw.Guard(e.ctx, clientv3.OpPut("rw-hold-data", "y")); !errors.Is(err, concurrency.ErrLockLost) {
+			t.Fatalf("write %v: Guard after the key went: %v, want ErrLockLost", write, err)
+		}
+		if err := unlock(e.ctx); !errors.Is(err, concurrency.ErrLockLost) {
+			t.Fatalf("write %v: unlock after the key went: %v", write, err)
+		}
+	}
+	for _, with := range []func(context.Context, *concurrency.RWMutex, func(context.Context) error) error{concurrency.WithRLock, concurrency.WithWLock} {
+		ran := false
+		if err := with(e.ctx, rw, func(ctx context.Context) error {
+			ran = rw.Rev() > 0
+			return nil
+		}); err != nil || !ran {
+			t.Fatalf("With: %v, ran holding: %v", err, ran)
+		}
+		err := with(e.ctx, rw, func(ctx context.Context) error {
+			if _, err := admin.Delete(e.ctx, rw.Key()); err != nil {
+				return err
+			}
+			<-ctx.Done()
+			return nil
+		})
+		if !errors.Is(err, concurrency.ErrLockLost) {
+			t.Fatalf("With, key deleted under f: %v, want ErrLockLost", err)
+		}
+	}
+	if rw.Rev() != -1 {
+		t.Fatalf("released: rev %d, want -1", rw.Rev())
+	}
+	el := concurrency.NewElection(e.session(), "rw-hold-el")
+	sm := concurrency.NewSemaphore(e.session(), "rw-hold-sem", 1)
+	m := concurrency.NewMutex(e.session(), "rw-hold-mu")
+	if el.Rev() != -1 || sm.Rev() != -1 || m.Rev() != -1 {
+		t.Fatalf("nothing held: Election %d, Semaphore %d, Mutex %d, want -1 each", el.Rev(), sm.Rev(), m.Rev())
+	}
+}

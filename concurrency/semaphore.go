@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -62,7 +63,9 @@ var (
 // arrival wakes every waiter.
 //
 // A Semaphore value is safe for use by several goroutines; each Acquire is
-// a separate grant with its own key.
+// a separate grant with its own key. WithPermits is WithLock's counterpart:
+// it runs a function under one grant, with a context that ends when the
+// grant is lost.
 type Semaphore struct {
 	s     *Session
 	dir   string // pfx + "/"
@@ -123,87 +126,76 @@ func (sm *Semaphore) checkWeight(n int64) error {
 // its key goes, ErrLimitMismatch, or the server's) and leaves the semaphore
 // unchanged: its key is deleted, with its own timeout if ctx is over.
 func (sm *Semaphore) Acquire(ctx context.Context, n int64) error {
-	var rec *obs.Recorder
-	if sm.err == nil {
-		rec = sm.s.opts.rec
-	}
-	rec.SemWaiting(sm.name(), 1)
-	defer rec.SemWaiting(sm.name(), -1)
-	return ctxEnded(ctx, sm.acquire(ctx, n), ErrSessionExpired, ErrLimitMismatch, ErrInvalidWeight)
+	_, err := sm.acquire(ctx, n)
+	return err
 }
 
 // name is the prefix as the caller gave it, for metrics and logs.
 func (sm *Semaphore) name() string { return strings.TrimSuffix(sm.dir, "/") }
 
 // granted records a grant of n permits (key created at rev) that took wait.
-func (sm *Semaphore) granted(key string, rev, n int64, wait time.Duration) {
-	t := acquired(sm.s, obs.Semaphore, sm.name(), key, rev, wait)
+func (sm *Semaphore) granted(key string, rev, n int64, wait time.Duration) semGrant {
+	g := semGrant{key: key, rev: rev, n: n, tally: acquired(sm.s, obs.Semaphore, sm.name(), key, rev, wait)}
 	sm.s.opts.rec.Permits(sm.name(), n)
 	sm.mu.Lock()
-	sm.grants = append(sm.grants, semGrant{key: key, rev: rev, n: n, tally: t})
+	sm.grants = append(sm.grants, g)
 	sm.mu.Unlock()
+	return g
 }
 
-func (sm *Semaphore) acquire(ctx context.Context, n int64) error {
+// acquire is Acquire; it returns the grant.
+func (sm *Semaphore) acquire(ctx context.Context, n int64) (semGrant, error) {
+	var rec *obs.Recorder
+	if sm.err == nil {
+		rec = sm.s.opts.rec
+	}
+	rec.SemWaiting(sm.name(), 1)
+	defer rec.SemWaiting(sm.name(), -1)
+	g, err := sm.acquireOnce(ctx, n)
+	return g, ctxEnded(ctx, err, ErrSessionExpired, ErrLimitMismatch, ErrInvalidWeight)
+}
+
+func (sm *Semaphore) acquireOnce(ctx context.Context, n int64) (semGrant, error) {
 	if err := sm.checkWeight(n); err != nil {
-		return err
+		return semGrant{}, err
 	}
 	if err := ctx.Err(); err != nil {
-		return err
+		return semGrant{}, err
 	}
 	start := time.Now()
 	c := sm.s.Client()
 	key := sm.s.claimName(sm.dir)
 	val := semValue(n, sm.limit)
-	queue := clientv3.OpGet(sm.dir, clientv3.WithPrefix())
-	// 1. Put our key and read the queue in one transaction. The guard
-	//    makes it safe to repeat after a transient failure: a retry whose
-	//    first answer was lost adopts the key the first one put.
-	var resp *clientv3.TxnResponse
-	jctx, stop := joinContext(ctx, c)
-	err := untilLeader(ctx, c, func() (err error) {
-		resp, err = c.Txn(jctx).
-			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-			Then(clientv3.OpPut(key, val, clientv3.WithLease(sm.s.Lease())), queue).
-			Else(clientv3.OpGet(key), queue).
-			Commit()
-		return err
-	})
-	stop()
+	// Put our key and read the queue in one transaction (step 1 of
+	// key.go's algorithm).
+	j, err := join(ctx, c, joinReq{key: key, val: val, lease: sm.s.Lease(), reads: []clientv3.Op{clientv3.OpGet(sm.dir, clientv3.WithPrefix())}, repeat: true})
 	if err != nil {
 		// The request may have created the key (cancelled or timed out
 		// after it was sent): take it out of the queue, or its permits
 		// would stay taken until the session ends.
-		abandon(ctx, sm.s, key)
+		abandon(ctx, c, sm.s.Lease(), key)
 		sm.s.releaseName(key)
-		return ctxErr(ctx, err)
+		return semGrant{}, ctxErr(ctx, err)
 	}
-	rev := resp.Header.Revision
-	if !resp.Succeeded {
+	if !j.put && string(j.value) != val {
 		// Our key is there from a resumed lease: adopt it only if it asks
 		// for the same thing.
-		kvs := resp.Responses[0].GetResponseRange().Kvs
-		if len(kvs) == 0 || string(kvs[0].Value) != val {
-			sm.s.releaseName(key)
-			return fmt.Errorf("semaphore: key %q exists from an earlier acquisition of this lease", key)
-		}
-		rev = kvs[0].CreateRevision
+		sm.s.releaseName(key)
+		return semGrant{}, fmt.Errorf("semaphore: key %q exists from an earlier acquisition of this lease", key)
 	}
-	entries := semEntries(resp.Responses[1].GetResponseRange().Kvs)
-	err = sm.checkLimits(entries)
+	rev := j.rev
+	err = sm.checkLimits(semEntries(j.kvs(0)))
 	if err == nil {
-		// 2. Wait for our turn.
-		err = sm.wait(ctx, key, rev, entries, resp.Header.Revision)
+		err = sm.wait(ctx, key, rev, j.kvs(0), j.hdr.Revision)
 	}
 	if err != nil {
 		if lerr := leave(ctx, c, key, rev); lerr != nil && !errors.Is(err, ErrSessionExpired) {
 			err = fmt.Errorf("%w (and deleting the waiter key %q failed: %v; it goes with the session)", err, key, lerr)
 		}
 		sm.s.releaseName(key)
-		return err
+		return semGrant{}, err
 	}
-	sm.granted(key, rev, n, time.Since(start))
-	return nil
+	return sm.granted(key, rev, n, time.Since(start)), nil
 }
 
 // TryAcquire takes n permits if they are free now and nobody waits for
@@ -242,25 +234,19 @@ func (sm *Semaphore) tryAcquire(ctx context.Context, n int64) error {
 		// under the prefix changed since (a compare on a range holds when
 		// it holds for every key in it).
 		key := sm.s.claimName(sm.dir)
-		jctx, stop := joinContext(ctx, c)
-		t, err := c.Txn(jctx).
-			If(clientv3.Compare(clientv3.ModRevision(sm.dir).WithPrefix(), "<", r.Header.Revision+1),
-				clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-			Then(clientv3.OpPut(key, semValue(n, sm.limit), clientv3.WithLease(sm.s.Lease()))).
-			Else(clientv3.OpGet(key)).
-			Commit()
-		stop()
+		j, err := join(ctx, c, joinReq{key: key, val: semValue(n, sm.limit), lease: sm.s.Lease(),
+			guard: []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(sm.dir).WithPrefix(), "<", r.Header.Revision+1)}})
 		if err != nil {
-			abandon(ctx, sm.s, key) // it may have taken the permits
+			abandon(ctx, c, sm.s.Lease(), key) // it may have taken the permits
 			sm.s.releaseName(key)
 			return ctxErr(ctx, err)
 		}
-		if t.Succeeded {
-			sm.granted(key, t.Header.Revision, n, 0)
+		if j.put {
+			sm.granted(key, j.rev, n, 0)
 			return nil
 		}
 		sm.s.releaseName(key)
-		if len(t.Responses[0].GetResponseRange().Kvs) > 0 {
+		if j.existed {
 			return fmt.Errorf("semaphore: key %q exists from an earlier acquisition of this lease", key)
 		}
 		// The queue changed under us: look again.
@@ -362,6 +348,57 @@ func (sm *Semaphore) release(ctx context.Context, n int64) error {
 		plan = plan[len(part):]
 	}
 	if lost {
+		return ErrPermitsLost
+	}
+	return nil
+}
+
+// WithPermits acquires n permits of sm, runs f, and releases them, as
+// WithLock does for a Mutex: the context f gets ends, with context.Cause
+// == ErrPermitsLost, as soon as the grant's key goes (the session ends or
+// anyone deletes it), or when the session's trust window lapses. It
+// returns the error of Acquire, else f's, else ErrPermitsLost when the
+// permits were lost while f ran, else the error of the release. The
+// release gives back this call's grant, whatever other Acquires of sm
+// hold; a grant that f released itself (Release) counts as released.
+func WithPermits(ctx context.Context, sm *Semaphore, n int64, f func(ctx context.Context) error) error {
+	if sm.err != nil {
+		return sm.err
+	}
+	var g semGrant
+	acquire := func(ctx context.Context) (key string, rev int64, t *tally, err error) {
+		g, err = sm.acquire(ctx, n)
+		return g.key, g.rev, g.tally, err
+	}
+	release := func(ctx context.Context) error { return ctxEnded(ctx, sm.releaseGrant(ctx, g), ErrPermitsLost) }
+	return withHold(ctx, sm.s, ErrPermitsLost, acquire, release, f)
+}
+
+// releaseGrant deletes the key of grant g if it is still g's, and forgets
+// g; a grant no longer held is not an error.
+func (sm *Semaphore) releaseGrant(ctx context.Context, g semGrant) error {
+	sm.mu.Lock()
+	defer sm.mu.Unlock()
+	i := slices.IndexFunc(sm.grants, func(h semGrant) bool { return h.key == g.key && h.rev == g.rev })
+	if i < 0 {
+		return nil
+	}
+	resp, err := sm.s.Client().Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(g.key), "=", g.rev)).
+		Then(clientv3.OpDelete(g.key)).
+		Commit()
+	if err != nil {
+		return err
+	}
+	g = sm.grants[i]
+	sm.grants = slices.Delete(sm.grants, i, i+1)
+	sm.s.opts.rec.Permits(sm.name(), -g.n)
+	if !resp.Succeeded && g.tally != nil {
+		g.tally.lost(lossCause(sm.s), ErrPermitsLost)
+	}
+	g.tally.released()
+	sm.s.releaseName(g.key)
+	if !resp.Succeeded {
 		return ErrPermitsLost
 	}
 	return nil
@@ -472,7 +509,7 @@ func (q semQueue) window() []semEntry {
 }
 
 // wait blocks until the key created at rev is granted: the permits of the
-// keys ahead of it plus its own fit within the limit. es is the queue at
+// keys ahead of it plus its own fit within the limit. queue is the queue at
 // at.
 //
 // The steps:
@@ -480,11 +517,11 @@ func (q semQueue) window() []semEntry {
 //     gone, the session is. If we fit, we hold the permits.
 //  2. If we are among the first semWindow waiters, only releases can let
 //     us in: follow the queue (step 4).
-//  3. Otherwise watch our own key and our predecessor's from now. A write
-//     to our key means a waiter in front was granted and called us
-//     forward: follow the queue. The deletion of our predecessor (it gave
-//     up or its session ended) means our place changed: read the queue
-//     again at that revision and go to step 1.
+//  3. Otherwise wait for our turn as key.go's waiters do, with our
+//     predecessor as the blocker: its deletion (it gave up or its session
+//     ended) changes our place, and a write to our own key means a waiter
+//     in front was granted and called us forward, into the window. Either
+//     way, read the queue again at that revision and go to step 1.
 //  4. Follow the queue: watch the whole prefix from now, read it at the
 //     revision the watch starts after, and keep it up to date from the
 //     events until we fit.
@@ -494,185 +531,59 @@ func (q semQueue) window() []semEntry {
 //
 // So a release wakes at most the semWindow waiters in front, and each
 // grant wakes the waiter that moves into the window.
-func (sm *Semaphore) wait(ctx context.Context, key string, rev int64, es []semEntry, at int64) error {
-	c := sm.s.Client()
-	var own, pred *keyWatch
-	stop := func() {
-		if own != nil {
-			own.cancel()
-		}
-		if pred != nil {
-			pred.cancel()
-		}
-		own, pred = nil, nil
-	}
-	defer stop()
-	for {
-		q := semOrder(es, sm.limit)
+func (sm *Semaphore) wait(ctx context.Context, key string, rev int64, queue []*mvccpb.KeyValue, at int64) error {
+	t := &turn{s: sm.s, dir: sm.dir, key: key, rev: rev, values: true, all: true}
+	t.blocker = func(queue []*mvccpb.KeyValue) *mvccpb.KeyValue {
+		q := semOrder(semEntries(queue), sm.limit)
 		i := q.find(key, rev)
-		switch {
-		case i < 0:
-			return ErrSessionExpired
-		case i < q.granted:
-			return sm.callForward(ctx, key, rev, q)
-		case i-q.granted < semWindow:
-			stop()
-			return sm.follow(ctx, key, rev)
+		if i < q.granted || i-q.granted < semWindow {
+			return nil
 		}
 		p := q.entries[i-1]
-		var err error
-		if own, pred, err = watchPair(ctx, c, own, key, pred, p.key); err != nil {
-			return err
-		}
-		next := max(own.created, pred.created)
-		if next <= at {
-			var called bool
-			if next, called, err = semWaitQuietly(ctx, sm.s, own, pred, rev, p.rev); err != nil {
-				return err
-			}
-			if called {
-				stop()
-				return sm.follow(ctx, key, rev)
-			}
-		}
-		// Never behind at (a watch on a lagging member starts earlier).
-		r, got, err := recipeGetAt(ctx, c, max(next, at), sm.dir, clientv3.WithPrefix())
-		if err != nil {
-			return err
-		}
-		es, at = semEntries(r.Kvs), got
+		return &mvccpb.KeyValue{Key: []byte(p.key), CreateRevision: p.rev}
 	}
-}
-
-// semWaitQuietly waits until our own key (created at ownRev) is written
-// to (called is set) or deleted, or our predecessor's key (created at
-// predRev) is deleted, and returns the revision to read the queue at. A
-// broken watch is remade and reported as "read again now".
-func semWaitQuietly(ctx context.Context, s *Session, own, pred *keyWatch, ownRev, predRev int64) (next int64, called bool, err error) {
-	c := s.Client()
-	for {
-		select {
-		case <-ctx.Done():
-			return 0, false, ctx.Err()
-		case <-s.expired(): // not Done: an orphaned lease lives on
-			return 0, false, ErrSessionExpired
-		case wr, ok := <-own.ch:
-			if !ok || wr.Err() != nil {
-				if err := remake(ctx, c, own, wr, ok); err != nil {
-					return 0, false, err
-				}
-				return own.created, false, nil
-			}
-			if _, gone := deleted(wr, ownRev); gone {
-				return 0, false, ErrSessionExpired
-			}
-			if len(wr.Events) > 0 {
-				return wr.Events[len(wr.Events)-1].Kv.ModRevision, true, nil
-			}
-		case wr, ok := <-pred.ch:
-			if !ok || wr.Err() != nil {
-				if err := remake(ctx, c, pred, wr, ok); err != nil {
-					return 0, false, err
-				}
-				return pred.created, false, nil
-			}
-			if d, gone := deleted(wr, predRev); gone {
-				return d, false, nil
-			}
-		}
+	queue, _, err := waitTurn(ctx, t, queue, at)
+	if err != nil {
+		return err
 	}
+	if q := semOrder(semEntries(queue), sm.limit); q.find(key, rev) < q.granted {
+		return sm.callForward(ctx, key, rev, q)
+	}
+	return sm.follow(ctx, key, rev)
 }
 
 // follow is step 4 of wait: it returns once the key created at rev fits,
-// having called the next waiters forward.
+// having called the next waiters forward. It follows the queue with
+// mirror, from rev at the earliest: a watch made on a member that lags
+// can start before our key exists.
 func (sm *Semaphore) follow(ctx context.Context, key string, rev int64) error {
-	c := sm.s.Client()
-	for {
-		w, err := recipeWatch(ctx, c, sm.dir, clientv3.WithPrefix())
-		if err != nil {
-			return err
+	var q semQueue
+	err := mirror(ctx, sm.s.Client(), sm.dir, rev, sm.s.expired(), func(kvs map[string]*mvccpb.KeyValue, _ int64) (bool, error) {
+		mine, ok := kvs[key]
+		if !ok || mine.CreateRevision != rev {
+			return false, ErrSessionExpired
 		}
-		q, err := sm.track(ctx, w, key, rev)
-		w.cancel()
-		switch {
-		case err == nil:
-			return sm.callForward(ctx, key, rev, q)
-		case !errors.Is(err, errWatchBroken):
-			return err
+		n, _ := semParse(mine.Value)
+		for _, kv := range kvs {
+			if kv.CreateRevision < rev {
+				ahead, _ := semParse(kv.Value)
+				n += ahead
+			}
 		}
-		// The watch broke (a member lost its leader, or it could not
-		// resume after a reconnect): start over from now.
-		if c.Ctx().Err() != nil {
-			return errClientClosed
+		if n > sm.limit {
+			return false, nil
 		}
-		pause(ctx)
-	}
-}
-
-// errWatchBroken tells follow to remake its watch.
-var errWatchBroken = errors.New("semaphore: watch broken")
-
-// track reads the queue at the revision w starts after and applies w's
-// events to it until our key is granted, and returns the queue then.
-//
-// A watch made on a member that lags can start before our key (created at
-// rev) exists: then the queue is read at rev instead, and the events up to
-// the revision read, which that read already holds, are skipped.
-func (sm *Semaphore) track(ctx context.Context, w *keyWatch, key string, rev int64) (semQueue, error) {
-	c := sm.s.Client()
-	r, at, err := recipeGetAt(ctx, c, max(w.created, rev), sm.dir, clientv3.WithPrefix())
+		es := make([]semEntry, 0, len(kvs))
+		for _, kv := range kvs {
+			es = append(es, semEntry1(kv))
+		}
+		q = semOrder(es, sm.limit)
+		return true, nil
+	})
 	if err != nil {
-		return semQueue{}, err
+		return err
 	}
-	queue := make(map[string]semEntry, len(r.Kvs))
-	for _, kv := range r.Kvs {
-		queue[string(kv.Key)] = semEntry1(kv)
-	}
-	for {
-		mine, ok := queue[key]
-		if !ok || mine.rev != rev {
-			return semQueue{}, ErrSessionExpired
-		}
-		var ahead int64
-		for _, e := range queue {
-			if e.rev < rev {
-				ahead += e.n
-			}
-		}
-		if ahead+mine.n <= sm.limit {
-			es := make([]semEntry, 0, len(queue))
-			for _, e := range queue {
-				es = append(es, e)
-			}
-			return semOrder(es, sm.limit), nil
-		}
-		select {
-		case <-ctx.Done():
-			return semQueue{}, ctx.Err()
-		case <-sm.s.expired(): // not Done: an orphaned lease lives on
-			return semQueue{}, ErrSessionExpired
-		case wr, ok := <-w.ch:
-			if !ok && (ctx.Err() != nil || c.Ctx().Err() != nil) {
-				return semQueue{}, watchClosedErr(ctx, c)
-			}
-			if !ok || wr.Err() != nil || wr.Canceled {
-				return semQueue{}, errWatchBroken
-			}
-			// Events arrive in revision order, so the map is the queue as
-			// of the last event.
-			for _, ev := range wr.Events {
-				if ev.Kv.ModRevision <= at {
-					continue // already in the queue read
-				}
-				k := string(ev.Kv.Key)
-				if ev.Type == mvccpb.DELETE {
-					delete(queue, k)
-				} else {
-					queue[k] = semEntry1(ev.Kv)
-				}
-			}
-		}
-	}
+	return sm.callForward(ctx, key, rev, q)
 }
 
 // callForward is step 5 of wait, for our key (created at rev) granted in

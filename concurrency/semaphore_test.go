@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/batonhq/baton/concurrency"
 	"github.com/batonhq/baton/internal/testutil"
 )
@@ -383,5 +385,51 @@ func TestSemaphorePrefixSibling(t *testing.T) {
 	s := concurrency.NewSemaphore(e.session(), "sib", 1)
 	if err := s.TryAcquire(e.ctx, 1); err != nil {
 		t.Fatalf("semaphore on sib blocked by sib2: %v", err)
+	}
+}
+
+// WithPermits holds its own grant while f runs and gives back that grant,
+// not the youngest; a grant whose key goes under f ends f's context with
+// ErrPermitsLost, which WithPermits returns.
+func TestSemaphoreWithPermits(t *testing.T) {
+	e := newEnv(t)
+	admin := e.client()
+	sm := concurrency.NewSemaphore(e.session(), "sem-with", 3)
+	err := concurrency.WithPermits(e.ctx, sm, 2, func(ctx context.Context) error {
+		if sm.Held() != 2 {
+			t.Errorf("held %d inside f, want 2", sm.Held())
+		}
+		// Another grant of the same Semaphore, younger than ours: it
+		// stays when WithPermits releases.
+		return sm.Acquire(ctx, 1)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sm.Held() != 1 {
+		t.Fatalf("held %d after WithPermits, want the other grant's 1", sm.Held())
+	}
+	if err := sm.Release(e.ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	err = concurrency.WithPermits(e.ctx, sm, 1, func(ctx context.Context) error {
+		r, err := admin.Get(e.ctx, "sem-with/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err != nil || len(r.Kvs) != 1 {
+			t.Fatalf("grant keys: %v %v", r, err)
+		}
+		if _, err := admin.Delete(e.ctx, string(r.Kvs[0].Key)); err != nil {
+			t.Fatal(err)
+		}
+		<-ctx.Done()
+		if !errors.Is(context.Cause(ctx), concurrency.ErrPermitsLost) {
+			t.Errorf("f's context ended with %v, want ErrPermitsLost", context.Cause(ctx))
+		}
+		return nil
+	})
+	if !errors.Is(err, concurrency.ErrPermitsLost) {
+		t.Fatalf("WithPermits with the key deleted under f: %v, want ErrPermitsLost", err)
+	}
+	if sm.Held() != 0 || sm.Rev() != -1 {
+		t.Fatalf("after a lost grant: held %d rev %d", sm.Held(), sm.Rev())
 	}
 }
