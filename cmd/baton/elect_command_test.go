@@ -121,6 +121,10 @@ func TestElectListenHandoff(t *testing.T) {
 	keyA, _ := a.stdout.waitFor(t, a.name, 0, "BATON_ELECTION_KEY=", 30*time.Second)
 	b := start(t, env, "elect", "--note", "B", "ho")
 	b.stderr.waitFor(t, b.name, 0, "waiting for leadership of ho", 30*time.Second)
+	// The waiting line can come before B's key is written (the elector
+	// grants its session meanwhile): B is queued once its key is there,
+	// and only then is A's resignation a handoff rather than "no leader".
+	waitKeys(t, c, "ho/", 2)
 	a.signal(syscall.SIGINT)
 	a.waitCode(0, 30*time.Second)
 	keyB, _ := b.stdout.waitFor(t, b.name, 0, "BATON_ELECTION_KEY=", 30*time.Second)

@@ -195,25 +195,37 @@ func TestCheckMemlock(t *testing.T) {
 	// w1 enters at 10 s while w0 (entered at 9 s) runs on to 10.5 s.
 	h := []*Op{hold(0, 9, 10), hold(1, 10, 11)}
 	h[0].End = 10*sec + sec/2
-	an, _ := checkMemlock(wlRedis, h, nil)
+	an, _ := checkMemlock(wlRedis, h, nil, nil)
 	if len(an) != 1 || an[0].Kind != "unexplained-overlap" {
 		t.Fatalf("no fault: %v", an)
 	}
 	restart := Fault{Kind: fCacheRestart, Scope: wlRedis, Start: 9*sec + sec/2, End: 9*sec + sec/2}
-	an, note := checkMemlock(wlRedis, h, []Fault{restart})
+	an, note := checkMemlock(wlRedis, h, []Fault{restart}, nil)
 	if len(an) != 0 || !strings.Contains(note, "restart") {
 		t.Fatalf("restart explains it: %v %s", an, note)
 	}
 	// A holder that runs on 5 s after the restart let another in was not
 	// cancelled in time.
 	h[0].End = 15 * sec
-	an, _ = checkMemlock(wlRedis, h, []Fault{restart})
+	an, _ = checkMemlock(wlRedis, h, []Fault{restart}, nil)
 	if len(an) != 1 || an[0].Kind != "late-cancel" {
 		t.Fatalf("late cancel: %v", an)
 	}
+	// A holder that logged a failed refresh during its hold (starved, or
+	// cut off from the cache) explains it; one of another worker does not.
+	h[0].End = 10*sec + sec/2
+	failing := []Record{{Type: recEvent, Worker: 0, F: evRefreshFailing, Time: 9*sec + sec/2}}
+	if an, note = checkMemlock(wlRedis, h, nil, failing); len(an) != 0 || !strings.Contains(note, "refreshes failed") {
+		t.Fatalf("refreshes failed explain it: %v %s", an, note)
+	}
+	failing[0].Worker = 1
+	if an, _ = checkMemlock(wlRedis, h, nil, failing); len(an) != 1 || an[0].Kind != "unexplained-overlap" {
+		t.Fatalf("another worker's failed refresh: %v", an)
+	}
+	h[0].End = 15 * sec
 	// A fault of another workload explains nothing.
 	restart.Scope = wlMemcached
-	if an, _ = checkMemlock(wlRedis, h, []Fault{restart}); len(an) != 1 || an[0].Kind != "unexplained-overlap" {
+	if an, _ = checkMemlock(wlRedis, h, []Fault{restart}, nil); len(an) != 1 || an[0].Kind != "unexplained-overlap" {
 		t.Fatalf("other scope: %v", an)
 	}
 }

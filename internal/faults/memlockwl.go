@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"strings"
 	"syscall"
@@ -58,7 +59,10 @@ func (w *worker) memlockLoop(ctx context.Context) {
 		defer rc.Close()
 		c = memlock.NewRedis(rc)
 	}
-	l, err := memlock.New(c, memlock.WithTTL(memlockTTL), memlock.WithRefreshInterval(memlockRefresh), memlock.WithTimeout(memlockTimeout))
+	// memlock logs the start of a run of failed refreshes; the history
+	// keeps it as an event, for the checker.
+	logs := slog.New(refreshLog{rec: w.rec})
+	l, err := memlock.New(c, memlock.WithTTL(memlockTTL), memlock.WithRefreshInterval(memlockRefresh), memlock.WithTimeout(memlockTimeout), memlock.WithLogger(logs))
 	if err != nil {
 		panic(err)
 	}
@@ -89,6 +93,23 @@ func (w *worker) memlockLoop(ctx context.Context) {
 		}
 	}
 }
+
+// refreshLog is a slog.Handler that turns memlock's "refresh failing"
+// records into history events.
+type refreshLog struct{ rec *recorder }
+
+func (h refreshLog) Enabled(context.Context, slog.Level) bool { return true }
+func (h refreshLog) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h refreshLog) WithGroup(string) slog.Handler            { return h }
+func (h refreshLog) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == "memlock: refresh failing" {
+		h.rec.event(Record{F: evRefreshFailing})
+	}
+	return nil
+}
+
+// evRefreshFailing is the event of a holder whose refresh failed.
+const evRefreshFailing = "refresh-failing"
 
 // startCaches starts the memcached and redis-server the memlock workloads
 // use.
@@ -193,13 +214,18 @@ func (r *run) waitHold(ctx context.Context, wl string) (*workerProc, error) {
 // runs. memlock promises no mutual exclusion, so an overlap is not a
 // failure when it is of a kind its package doc says can happen: the lock
 // dropped by a server restart, a server paused (TTLs counted on the
-// server's clock), or a holder paused past its TTL. Two things are
+// server's clock), a holder paused past its TTL, or a holder whose
+// refreshes failed (memlock gives the lock up once none has succeeded for
+// as long as it is sure to live, and the cache may drop it as early as
+// that: a holder starved of CPU on a busy machine fails its refreshes as a
+// paused one does; the history has an event of the first failed refresh).
+// Two things are
 // anomalies: an overlap with none of those causes, and an old holder whose
 // f's context was not cancelled within the documented bound: loss is seen
 // at the next refresh (refresh interval + timeout after the new holder got
 // in), or as soon as a paused holder resumes, since its context ends once
 // the lock could have expired.
-func checkMemlock(wl string, all []*Op, faults []Fault) (an []Anomaly, note string) {
+func checkMemlock(wl string, all []*Op, faults []Fault, events []Record) (an []Anomaly, note string) {
 	var holds []*Op
 	for _, op := range all {
 		if op.F == "hold" && op.End > 0 {
@@ -233,6 +259,12 @@ func checkMemlock(wl string, all []*Op, faults []Fault) (an []Anomaly, note stri
 				case f.Kind == fWorkerPause && f.Target == fmt.Sprintf("%s-%d", wl, a.Worker):
 					why = append(why, "holder paused past its TTL")
 					bound = max(bound, f.End+int64(memlockSlack))
+				}
+			}
+			for _, ev := range events {
+				if ev.F == evRefreshFailing && ev.Worker == a.Worker && ev.Time >= a.Start-int64(memlockTTL) && ev.Time <= b.Start {
+					why = append(why, "holder's refreshes failed")
+					break
 				}
 			}
 			why = dedup(why)

@@ -102,7 +102,7 @@ func (r *run) check(ctx context.Context, finalAt int64) (*Result, error) {
 				wr.Anomalies = append(wr.Anomalies, checkLeaders(events)...)
 			}
 		} else if isMemlock(wl) {
-			an, note := checkMemlock(wl, wr.Ops, r.faults)
+			an, note := checkMemlock(wl, wr.Ops, r.faults, events)
 			wr.Anomalies = append(wr.Anomalies, an...)
 			wr.Note = note
 		} else if wl == wlSemaphore {
