@@ -282,8 +282,10 @@ func (e *Election) forget(key string, rev int64, released bool) {
 		e.slot.done(rev, false)
 	}
 	if !released && e.tally != nil {
-		// Found lost (Proclaim): the cause is asked outside e.mu.
-		go e.tally.lost(lossCause(e.s), ErrLeadershipLost)
+		// Found lost (Proclaim): the cause is asked outside e.mu (the
+		// arguments of a go statement are evaluated here, so in the
+		// closure).
+		go func(t *tally) { t.lost(lossCause(e.s), ErrLeadershipLost) }(e.tally)
 	}
 	e.key, e.rev, e.slot, e.tally = "", -1, nil, nil
 }
