@@ -43,9 +43,12 @@ func TestChildTreeDiesWithBaton(t *testing.T) {
 			})
 			// The supervisor, sh and its two sleeps; then the kill.
 			waitProcs(t, "CMD's group to reach 4 processes", 30*time.Second, func() bool { return len(groupMembers(pgid)) >= 4 })
-			if g, _ := procGroup(escaped); g == pgid || !alive(escaped) {
-				t.Fatalf("the setsid sleep (pid %d) is not running outside CMD's group", escaped)
-			}
+			// setsid runs in CMD's group until its setsid(2) call: wait for
+			// it to leave.
+			waitProcs(t, "the setsid sleep to run outside CMD's group", 30*time.Second, func() bool {
+				g, ok := procGroup(escaped)
+				return ok && g != pgid && alive(escaped)
+			})
 			p.cmd.Process.Kill()
 			p.wait(30 * time.Second)
 			killed := time.Now()
