@@ -39,7 +39,7 @@
 //	baton_stm_attempts{name}                        histogram  attempts per transaction
 //	baton_stm_indeterminate_commits_total{name}     counter
 //	baton_stm_aborts_total{name,reason}             counter    reason: apply, attempts, ctx, error
-//	baton_session_keepalive_failures_total          counter    answers more than TTL/2 apart
+//	baton_session_keepalive_failures_total          counter    each half TTL without an answer
 //	baton_session_expiries_total                    counter    leases ended without Close
 //	baton_memlock_acquisitions_total{backend,name}  counter    backend: memcached, redis, memory
 //	baton_memlock_failed_to_lock_total{backend,name} counter

@@ -129,7 +129,7 @@ func New(reg prometheus.Registerer, name func(string) string) *Recorder {
 			Help: "STM transactions that ended without committing, by reason: apply (apply returned an error or panicked), attempts (too many attempts), ctx (the context ended), error (the server refused)."},
 			[]string{"name", "reason"}),
 		keepAliveFailures: f.NewCounter(prometheus.CounterOpts{Name: "baton_session_keepalive_failures_total",
-			Help: "Keep-alive rounds of sessions that went unanswered: an answer that came more than half a TTL after the one before."}),
+			Help: "Keep-alive silences of sessions: each half TTL that passed without an answer counts one."}),
 		sessionExpiries: f.NewCounter(prometheus.CounterOpts{Name: "baton_session_expiries_total",
 			Help: "Sessions whose lease ended without Close: expired, revoked by someone else, or given up by the keep-alive."}),
 		memAcquisitions: f.NewCounterVec(prometheus.CounterOpts{Name: "baton_memlock_acquisitions_total",
