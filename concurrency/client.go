@@ -118,6 +118,8 @@ type failover struct {
 	mu    sync.Mutex
 	conns map[string]map[*trackedConn]struct{}
 	heard map[string]time.Time // endpoint → when its probe was last answered
+	cuts  int                  // connections closed, for tests
+	quiet int                  // probes that got no answer, for tests
 	term  uint64               // the highest raft term a probe saw with a leader
 	termc chan struct{}        // closed when a probe sees a leader of a newer term
 }
@@ -224,6 +226,7 @@ func (f *failover) cut(addr string) int {
 			cs = append(cs, c)
 		}
 	}
+	f.cuts += len(cs)
 	f.mu.Unlock()
 	for _, c := range cs {
 		c.Close()
@@ -318,6 +321,9 @@ func (f *failover) probe(ctx context.Context, ep string) {
 		}
 		now := time.Now()
 		if status.Code(err) == codes.DeadlineExceeded {
+			f.mu.Lock()
+			f.quiet++
+			f.mu.Unlock()
 			if f.othersHeard(ep, now) {
 				f.cut(addr)
 			}

@@ -28,6 +28,8 @@ func TestMain(m *testing.M) {
 		os.Exit(runMember())
 	case "worker":
 		os.Exit(runWorker())
+	case "holder":
+		os.Exit(runHolder())
 	}
 	testutil.VerifyMain(m)
 }

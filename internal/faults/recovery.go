@@ -4,10 +4,13 @@ package faults
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -51,7 +54,65 @@ const (
 	recPauseLong = "SIGSTOP leader member 12 s → next Lock"
 	recCampaign  = "SIGSTOP leader member → next Campaign"
 	recRolling   = "rolling restart, 3 members → Lock/Unlock per s"
+	recHolder    = "SIGSTOP holder past its 2 s TTL → next Lock"
 )
+
+// holderConfig is what a holder process is started with.
+type holderConfig struct {
+	Endpoints []string
+	Prefix    string
+	Etcd      bool // etcd's package rather than baton's
+}
+
+// runHolder is the body of a holder process: it takes the lock on prefix,
+// prints "ready", and holds it until it is killed. The parent stops it
+// with SIGSTOP, as a process stalled past its TTL (a GC pause, a frozen
+// VM) would be.
+func runHolder() int {
+	var c holderConfig
+	if err := json.Unmarshal([]byte(os.Getenv(configEnv)), &c); err != nil {
+		fmt.Fprintln(os.Stderr, "faults: holder config:", err)
+		return 2
+	}
+	cfg := clientv3.Config{Endpoints: c.Endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var lock func() error
+	if c.Etcd {
+		cli, err := clientv3.New(cfg)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "faults: holder:", err)
+			return 1
+		}
+		s, err := etcdconc.NewSession(cli, etcdconc.WithTTL(sessionTTL))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "faults: holder:", err)
+			return 1
+		}
+		lock = func() error { return etcdconc.NewMutex(s, c.Prefix).Lock(ctx) }
+	} else {
+		cli, err := concurrency.NewClient(cfg)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "faults: holder:", err)
+			return 1
+		}
+		s, err := concurrency.NewSession(cli, concurrency.WithTTL(sessionTTL))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "faults: holder:", err)
+			return 1
+		}
+		lock = func() error { return concurrency.NewMutex(s, c.Prefix).Lock(ctx) }
+	}
+	if err := lock(); err != nil {
+		fmt.Fprintln(os.Stderr, "faults: holder: lock:", err)
+		return 1
+	}
+	fmt.Println("ready")
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGINT)
+	<-sigc
+	return 0
+}
 
 // RecoveryOptions configure RunRecovery.
 type RecoveryOptions struct {
@@ -465,10 +526,113 @@ func RunRecovery(ctx context.Context, opt RecoveryOptions) (res *RecoveryResult,
 	if err := measure(recCampaign, "campaign", true, opt.Rounds, pause(opt.Pause)); err != nil {
 		return res, err
 	}
+	if err := r.holderPause(ctx, res, clients, opt.Rounds); err != nil {
+		return res, err
+	}
 	if err := r.rolling(ctx, res, startLoops); err != nil {
 		return res, err
 	}
 	return res, nil
+}
+
+// holderPause starts a holder process per contender, waits until each
+// contender's waiter queues behind it, stops the holders with SIGSTOP, and
+// measures how long until each waiter's Lock returns. The holder's lease
+// expires a TTL after its last keep-alive answer (at most a TTL after the
+// stop), and the server then deletes its key.
+func (r *run) holderPause(ctx context.Context, res *RecoveryResult, clients map[string]*clientv3.Client, rounds int) error {
+	rows := map[string]*RecoveryRow{}
+	for _, name := range contenders {
+		rows[name] = &RecoveryRow{Scenario: recHolder, Contender: name}
+	}
+	for round := range rounds {
+		type one struct {
+			holder *exec.Cmd
+			locked chan time.Time
+			close  func()
+		}
+		ones := map[string]*one{}
+		cleanup := func() {
+			for _, o := range ones {
+				o.holder.Process.Kill()
+				o.holder.Wait()
+				o.close()
+			}
+		}
+		for i, name := range contenders {
+			pfx := fmt.Sprintf("/recovery/holder/%d/%d", round, i)
+			b, _ := json.Marshal(holderConfig{Endpoints: r.endpoints(), Prefix: pfx, Etcd: name == contEtcd})
+			cmd, readyc, err := startChild("holder", string(b), filepath.Join(r.dir, "logs", "holder.stderr"))
+			if err != nil {
+				cleanup()
+				return err
+			}
+			o := &one{holder: cmd, locked: make(chan time.Time, 1)}
+			ones[name] = o
+			if !<-readyc {
+				cleanup()
+				return fmt.Errorf("faults: %s holder did not take the lock; see %s", name, filepath.Join(r.dir, "logs", "holder.stderr"))
+			}
+			newOps := batonOps(clients[name], pfx, false)
+			if name == contEtcd {
+				newOps = etcdOps(clients[name], pfx, false)
+			}
+			ops, closeFn, err := newOps()
+			if err != nil {
+				cleanup()
+				return err
+			}
+			o.close = closeFn
+			go func() {
+				lctx, cancel := context.WithTimeout(ctx, time.Minute)
+				defer cancel()
+				if ops.take(lctx) == nil {
+					o.locked <- time.Now()
+				}
+				close(o.locked)
+			}()
+			if err := waitCount(ctx, r.cli, pfx, 2); err != nil {
+				cleanup()
+				return err
+			}
+		}
+		t0 := time.Now()
+		for _, o := range ones {
+			o.holder.Process.Signal(syscall.SIGSTOP)
+		}
+		for _, name := range contenders {
+			at, ok := <-ones[name].locked
+			if !ok {
+				cleanup()
+				return fmt.Errorf("faults: %s: the waiter behind a stopped holder did not get the lock within a minute", name)
+			}
+			rows[name].Samples = append(rows[name].Samples, at.Sub(t0))
+		}
+		r.logf("recovery: %s, round %d: baton %v, baton on clientv3.New %v, etcd %v", recHolder, round+1,
+			rows[contBaton].Samples[round].Round(time.Millisecond), rows[contBatonPlain].Samples[round].Round(time.Millisecond), rows[contEtcd].Samples[round].Round(time.Millisecond))
+		cleanup()
+	}
+	for _, name := range contenders {
+		res.Rows = append(res.Rows, *rows[name])
+	}
+	return nil
+}
+
+// waitCount waits until n keys are under pfx.
+func waitCount(ctx context.Context, c *clientv3.Client, pfx string, n int64) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := c.Get(ctx, pfx, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err == nil && resp.Count == n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("faults: %d keys under %s did not appear in 30 s (last error %v)", n, pfx, err)
+		}
+		if err := sleepCtx(ctx, 10*time.Millisecond); err != nil {
+			return err
+		}
+	}
 }
 
 // settle waits until every loop has succeeded lately, so that a fault
