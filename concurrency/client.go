@@ -313,6 +313,7 @@ func (f *failover) probe(ctx context.Context, ep string) {
 	m := pb.NewMaintenanceClient(conn)
 	every := f.limit / 4
 	for {
+		sent := time.Now()
 		pctx, cancel := context.WithTimeout(ctx, f.limit)
 		st, err := m.Status(pctx, &pb.StatusRequest{})
 		cancel()
@@ -324,7 +325,7 @@ func (f *failover) probe(ctx context.Context, ep string) {
 			f.mu.Lock()
 			f.quiet++
 			f.mu.Unlock()
-			if f.othersHeard(ep, now) {
+			if f.othersHeard(ep, sent) {
 				f.cut(addr)
 			}
 		} else {
@@ -346,14 +347,16 @@ func (f *failover) probe(ctx context.Context, ep string) {
 }
 
 // othersHeard reports whether a member other than ep answered a probe
-// lately. When none did, the silence is more likely this process's (starved
-// of CPU, its network down) than the member's, and cutting would only add
-// to it.
-func (f *failover) othersHeard(ep string, now time.Time) bool {
+// after since, while ep was silent. When none did, the silence is not
+// ep's alone: this process is starved of CPU, its network is down, or all
+// members are. Cutting then would only add reconnections to the fault, and
+// a reconnection whose handshake is lost waits for gRPC's connect timeout
+// (20 s) before it tries again.
+func (f *failover) othersHeard(ep string, since time.Time) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for other, at := range f.heard {
-		if other != ep && now.Sub(at) < f.limit+f.limit/2 {
+		if other != ep && at.After(since) {
 			return true
 		}
 	}
