@@ -58,6 +58,7 @@ package concurrency
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -124,16 +125,16 @@ func join(ctx context.Context, c *clientv3.Client, r joinReq) (*joined, error) {
 	then := append([]clientv3.Op{clientv3.OpPut(r.key, r.val, clientv3.WithLease(r.lease))}, r.reads...)
 	els := append([]clientv3.Op{clientv3.OpGet(r.key)}, r.reads...)
 	var resp *clientv3.TxnResponse
-	commit := func() (err error) {
-		resp, err = c.Txn(jctx).If(cmps...).Then(then...).Else(els...).Commit()
+	start := time.Now()
+	err := repeated(jctx, c, func(err error) bool {
+		// A join without repeat (TryLock) is still sent again after an
+		// attempt that got no answer: it is as safe to repeat, and one
+		// slow member must not make it fail.
+		return (r.repeat || errors.Is(err, errNoAnswer)) && ctx.Err() == nil && time.Since(start) < leaderWait
+	}, func(actx context.Context) (err error) {
+		resp, err = c.Txn(actx).If(cmps...).Then(then...).Else(els...).Commit()
 		return err
-	}
-	var err error
-	if r.repeat {
-		err = untilLeader(ctx, c, commit)
-	} else {
-		err = commit()
-	}
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -601,16 +602,15 @@ func getAt(ctx context.Context, c *clientv3.Client, at int64, key string, opts .
 // revision carries the store's current revision in its header, and taking
 // that for the state's revision would skip the changes in between.
 //
-// A transient failure is read again at the same revision, after a pause,
-// until ctx ends or the client closes.
-func readAt(ctx context.Context, c *clientv3.Client, at int64, op func(...clientv3.OpOption) clientv3.Op) (clientv3.OpResponse, int64, error) {
-	for {
-		r, rev, err := readOnce(ctx, c, at, op)
-		if err == nil || !transient(err) || ctx.Err() != nil || c.Ctx().Err() != nil {
-			return r, rev, err
-		}
-		pause(ctx)
-	}
+// A transient failure, or an attempt without an answer in time, is read
+// again at the same revision, after a pause, until ctx ends or the client
+// closes.
+func readAt(ctx context.Context, c *clientv3.Client, at int64, op func(...clientv3.OpOption) clientv3.Op) (r clientv3.OpResponse, rev int64, err error) {
+	err = repeated(ctx, c, func(error) bool { return c.Ctx().Err() == nil }, func(actx context.Context) (err error) {
+		r, rev, err = readOnce(actx, c, at, op)
+		return err
+	})
+	return r, rev, err
 }
 
 func readOnce(ctx context.Context, c *clientv3.Client, at int64, op func(...clientv3.OpOption) clientv3.Op) (clientv3.OpResponse, int64, error) {
@@ -670,6 +670,61 @@ func untilLeader(ctx context.Context, c *clientv3.Client, start func() error) er
 	}
 }
 
+// attemptTimeout is how long the n-th attempt (from 0) of a request that
+// is safe to repeat may take before it is given up and sent again: 1 s
+// for each of the first three. A request that a healthy cluster
+// answers in milliseconds can hang much longer on a fault: on a member
+// that stopped without closing its connections until NewClient's probes
+// cut them, or as a proposal that a follower forwarded to a leader that
+// died, until the server gives up on it (its request timeout, 7 s by
+// default). A second attempt, on another connection or to the new leader,
+// is answered as soon as the cluster is. From the fourth attempt on, the
+// time doubles, up to 16 s, so that a cluster that is merely slow is not
+// asked again and again.
+func attemptTimeout(n int) time.Duration {
+	return time.Second << max(0, min(n-2, 4))
+}
+
+// errNoAnswer is the error of an attempt that got no answer within its
+// time. It matches etcd's "request timed out", which is transient.
+var errNoAnswer = fmt.Errorf("concurrency: no answer in time: %w", rpctypes.ErrTimeout)
+
+// always lets repeated go on for as long as its context lives.
+func always(error) bool { return true }
+
+// repeated runs req, a request that is safe to repeat, under rctx, each
+// attempt with a deadline of its own (attemptTimeout), and given up early
+// when c's probes see a new leader (newTerm; NewClient's clients only). After a transient
+// failure it sends req again, after a pause, while more(err) allows and
+// rctx lives. An attempt cut short by its deadline, or by rctx's, fails
+// with errNoAnswer; one cut short by rctx's end fails as it did.
+func repeated(rctx context.Context, c *clientv3.Client, more func(err error) bool, req func(actx context.Context) error) error {
+	for n := 0; ; n++ {
+		actx, cancel := context.WithTimeout(rctx, attemptTimeout(n))
+		done := make(chan struct{})
+		if term := newTerm(c); term != nil {
+			go func() {
+				select {
+				case <-term:
+					cancel()
+				case <-done:
+				}
+			}()
+		}
+		err := req(actx)
+		close(done)
+		timedOut := actx.Err() != nil && rctx.Err() == nil
+		cancel()
+		if err != nil && timedOut {
+			err = errNoAnswer
+		}
+		if err == nil || !transient(err) || rctx.Err() != nil || !more(err) {
+			return err
+		}
+		pause(rctx)
+	}
+}
+
 // transient reports whether err is worth retrying: the cluster is between
 // leaders, a member is down, or a request timed out inside the server.
 func transient(err error) bool {
@@ -710,11 +765,13 @@ func pause(ctx context.Context) {
 func abandon(ctx context.Context, c *clientv3.Client, lease clientv3.LeaseID, key string) error {
 	ctx, cancel := cleanupCtx(ctx, c)
 	defer cancel()
-	_, err := c.Txn(ctx).
-		If(clientv3.Compare(clientv3.LeaseValue(key), "=", lease)).
-		Then(clientv3.OpDelete(key)).
-		Commit()
-	return err
+	return repeated(ctx, c, always, func(actx context.Context) error {
+		_, err := c.Txn(actx).
+			If(clientv3.Compare(clientv3.LeaseValue(key), "=", lease)).
+			Then(clientv3.OpDelete(key)).
+			Commit()
+		return err
+	})
 }
 
 // leave deletes key if it is still the one created at rev. It runs with its
@@ -722,11 +779,13 @@ func abandon(ctx context.Context, c *clientv3.Client, lease clientv3.LeaseID, ke
 func leave(ctx context.Context, c *clientv3.Client, key string, rev int64) error {
 	ctx, cancel := cleanupCtx(ctx, c)
 	defer cancel()
-	_, err := c.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
-		Then(clientv3.OpDelete(key)).
-		Commit()
-	return err
+	return repeated(ctx, c, always, func(actx context.Context) error {
+		_, err := c.Txn(actx).
+			If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
+			Then(clientv3.OpDelete(key)).
+			Commit()
+		return err
+	})
 }
 
 // cleanupCtx is the context of a delete that cleans up after a call: it

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/batonhq/baton/internal/layout"
@@ -126,7 +127,17 @@ func NewSession(client *clientv3.Client, opts ...SessionOption) (*Session, error
 	id := o.leaseID
 	answered, ttl := time.Now(), time.Duration(o.ttl)*time.Second
 	if id == clientv3.NoLease {
-		resp, err := client.Grant(o.ctx, int64(o.ttl))
+		// A grant whose answer was lost is sent again (repeated): the
+		// lease it may have made is never kept alive and expires after
+		// the TTL.
+		gctx, stop := withClient(o.ctx, client)
+		start := time.Now()
+		var resp *clientv3.LeaseGrantResponse
+		err := repeated(gctx, client, func(error) bool { return time.Since(start) < leaderWait }, func(actx context.Context) (err error) {
+			resp, err = client.Grant(actx, int64(o.ttl))
+			return err
+		})
+		stop()
 		if err != nil {
 			return nil, fmt.Errorf("concurrency: grant lease: %w", err)
 		}
@@ -322,7 +333,17 @@ func (s *Session) Close() error {
 	defer cancel()
 	ctx, stop := withClient(ctx, s.client)
 	defer stop()
-	_, err := s.client.Revoke(ctx, s.id)
+	unknown := false
+	err := repeated(ctx, s.client, func(error) bool {
+		unknown = true
+		return true
+	}, func(actx context.Context) error {
+		_, err := s.client.Revoke(actx, s.id)
+		if unknown && errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			return nil // an attempt whose answer was lost revoked it
+		}
+		return err
+	})
 	if err == nil || s.client.Ctx().Err() != nil {
 		s.ended()
 	}

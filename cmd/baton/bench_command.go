@@ -14,9 +14,10 @@ import (
 // benchOptions are the flags of "baton bench".
 type benchOptions struct {
 	*app
-	quick bool
-	json  bool
-	only  []string
+	quick    bool
+	json     bool
+	only     []string
+	recovery bool
 }
 
 func newBenchCommand(a *app) *cobra.Command {
@@ -42,6 +43,7 @@ the other connection flags are not used: bench brings its own server.`,
 	f := cmd.Flags()
 	f.BoolVar(&o.quick, "quick", false, "short run (under a minute)")
 	f.BoolVar(&o.json, "json", false, "print JSON instead of a table")
+	f.BoolVar(&o.recovery, "recovery", false, "run the recovery scenarios instead: a 3-member cluster of member processes, faults (kill -9, SIGSTOP of the leader member and of a holder, a rolling restart), baton and etcd's package side by side (about 2 minutes; 1 minute with --quick)")
 	f.StringSliceVar(&o.only, "only", nil, "run only these suites, comma-separated (one of: "+strings.Join(suiteNames(), ", ")+")")
 	return cmd
 }
@@ -72,6 +74,18 @@ func (o *benchOptions) run(ctx context.Context) error {
 		case <-ctx.Done():
 		}
 	}()
+	if o.recovery {
+		if len(o.only) > 0 {
+			return usageErrorf("--recovery and --only do not go together")
+		}
+		if err := runRecovery(ctx, o.quick, o.json, o.io.Out, o.io.Err); err != nil {
+			if ctx.Err() != nil {
+				return withCode(exitSignalBase+2, fmt.Errorf("bench interrupted"))
+			}
+			return err
+		}
+		return nil
+	}
 	rows, err := bench.Run(ctx, bench.Options{Quick: o.quick, Only: o.only, Log: o.io.Err})
 	if err != nil {
 		if ctx.Err() != nil {

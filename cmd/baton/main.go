@@ -11,6 +11,9 @@ import (
 )
 
 func main() {
+	if code, ok := runFaultsChild(); ok {
+		os.Exit(code)
+	}
 	if len(os.Args) > 1 && os.Args[1] == superviseArg {
 		os.Exit(runSupervisor(os.Args[2:]))
 	}

@@ -19,6 +19,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/namespace"
 	"go.uber.org/zap"
+
+	"github.com/batonhq/baton/concurrency"
 )
 
 // IO is what a command reads, writes and listens to. main passes the
@@ -306,7 +308,9 @@ func (a *app) connect(ctx context.Context) (*clientv3.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := clientv3.New(clientv3.Config{
+	// NewClient: a member that stops answering (paused, cut off
+	// without a reset) loses its share of requests within a second.
+	c, err := concurrency.NewClient(clientv3.Config{
 		Endpoints:   eps,
 		DialTimeout: a.askTimeout(),
 		TLS:         tlsCfg,

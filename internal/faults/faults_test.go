@@ -23,11 +23,8 @@ var (
 // TestMain runs the member and worker roles of the suite's child processes
 // (this binary, re-executed), and the tests otherwise.
 func TestMain(m *testing.M) {
-	switch os.Getenv(roleEnv) {
-	case "member":
-		os.Exit(runMember())
-	case "worker":
-		os.Exit(runWorker())
+	if code, ok := RunChild(); ok {
+		os.Exit(code)
 	}
 	testutil.VerifyMain(m)
 }

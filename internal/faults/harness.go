@@ -112,6 +112,11 @@ type run struct {
 
 	mu     sync.Mutex
 	faults []Fault
+
+	// The recovery run's fault to heal: members to restart, and when a
+	// paused member is resumed.
+	restartLater []int
+	resumeBy     time.Time
 }
 
 func (r *run) logf(format string, args ...any) {

@@ -83,13 +83,18 @@ func runWorker() int {
 	}
 	defer rec.close()
 	newClient := func() (*clientv3.Client, error) {
-		return clientv3.New(clientv3.Config{
-			Endpoints:            c.Endpoints,
-			DialTimeout:          5 * time.Second,
-			DialKeepAliveTime:    2 * time.Second,
-			DialKeepAliveTimeout: time.Second,
-			Logger:               zap.NewNop(),
-		})
+		cfg := clientv3.Config{
+			Endpoints:   c.Endpoints,
+			DialTimeout: 5 * time.Second,
+			Logger:      zap.NewNop(),
+		}
+		if c.Workload == wlControlEtcd {
+			// etcd's package on the client its users make.
+			cfg.DialKeepAliveTime, cfg.DialKeepAliveTimeout = 10*time.Second, 3*time.Second
+			return clientv3.New(cfg)
+		}
+		// baton's workloads on the client baton recommends.
+		return concurrency.NewClient(cfg)
 	}
 	cli, err := newClient()
 	if err != nil {
