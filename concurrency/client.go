@@ -78,8 +78,8 @@ func WithSilenceLimit(d time.Duration) ClientOption {
 // and watches that the balancer put on it for as long as the fault lasts,
 // as it does etcd's own package.
 //
-// cfg.DialOptions may not set a context dialer of its own: NewClient sets
-// one. A cfg.DialKeepAliveTime of 0 is set to 10 s with a 3 s timeout, so
+// NewClient sets a context dialer of its own, after cfg.DialOptions, so a
+// dialer given there is not used. A cfg.DialKeepAliveTime of 0 is set to 10 s with a 3 s timeout, so
 // that a connection the probes cannot see (a member removed from the
 // endpoints) is still found dead in the end.
 //
@@ -92,7 +92,12 @@ func NewClient(cfg clientv3.Config, opts ...ClientOption) (*clientv3.Client, err
 	if o.err != nil {
 		return nil, o.err
 	}
-	f := &failover{limit: o.limit, conns: make(map[string]map[*trackedConn]struct{}), termc: make(chan struct{})}
+	f := &failover{
+		limit: o.limit,
+		conns: make(map[string]map[*trackedConn]struct{}),
+		heard: make(map[string]time.Time),
+		termc: make(chan struct{}),
+	}
 	cfg.DialOptions = append(append([]grpc.DialOption(nil), cfg.DialOptions...), grpc.WithContextDialer(f.dial))
 	if cfg.DialKeepAliveTime == 0 {
 		cfg.DialKeepAliveTime, cfg.DialKeepAliveTimeout = 10*time.Second, 3*time.Second
@@ -253,9 +258,6 @@ func endpointAddr(ep string) string {
 // of the endpoint list (SetEndpoints, Sync).
 func (f *failover) run(c *clientv3.Client) {
 	ctx := c.Ctx()
-	f.mu.Lock()
-	f.heard = make(map[string]time.Time)
-	f.mu.Unlock()
 	probes := make(map[string]context.CancelFunc)
 	var wg sync.WaitGroup
 	defer func() {
