@@ -159,33 +159,13 @@
 // writes in one transaction guarded by compares on what it read. If another
 // writer got in between, the commit fails, writes nothing, and apply runs
 // again on fresh data. The API is etcd's; the STM also implements RangeSTM
-// (GetPrefix, GetRange). Below, R is the revision of an attempt's snapshot.
-//
-//   - SerializableSnapshot (the default). Reads: one snapshot R, fixed by
-//     the attempt's first (linearizable) read; later reads are at R on any
-//     member, and a member that lacks R is asked again linearizably, so
-//     there are no "future revision" errors (etcd #11963). Commit compares:
-//     every key read is unchanged (an absent key still absent); every range
-//     has no key created or modified after R and none of its keys deleted;
-//     every key written but not read is unwritten since R. Anomalies: none;
-//     committed transactions are strict serializable. A read-only
-//     transaction sends no commit.
-//   - Serializable. The same without the check on keys written but not
-//     read: two blind writes both commit, the later one wins, which is still
-//     a serial order.
-//   - RepeatableReads. Reads: each key once, at the latest revision of the
-//     member serving it. Commit compares: every key read, and every key a
-//     range returned, is unchanged; keys inserted into a range are not
-//     checked. Anomalies: phantoms, and write skew through phantoms.
-//   - ReadCommitted. Reads as RepeatableReads; compares nothing, so it always
-//     commits. Anomalies: lost updates, read skew, write skew, phantoms.
-//
-// etcd caps one transaction at --max-txn-ops compares (default 128). A
-// range costs one compare per key it returned plus one, every other key
-// read costs one, and under SerializableSnapshot so does every key written
-// but not read: a transaction reading one range and writing one other key
-// can read at most 126 keys. Past WithMaxTxnOps the transaction fails with
-// ErrSTMTooManyOps and writes nothing; it never commits with a weaker check.
+// (GetPrefix, GetRange). The isolation levels are etcd's four, and the
+// contract of each (where its reads come from, what its commit compares,
+// which anomalies it allows, what a read-only transaction costs) is written
+// once, on the Isolation constants: see [SerializableSnapshot] (the default,
+// strict serializable), [Serializable], [RepeatableReads] and
+// [ReadCommitted]. A commit holds at most --max-txn-ops compares, which
+// bounds the size of range reads: see RangeSTM and ErrSTMTooManyOps.
 //
 // The first retry after a conflict is immediate; later ones pause with
 // jitter (WithRetryBackoff). WithMaxAttempts bounds the attempts, unlimited
