@@ -238,15 +238,10 @@ func (e *Election) Resign(ctx context.Context) error {
 	present := false
 	if sl != nil {
 		present, hdr, err = sl.release(ctx, rev)
+	} else if resp, gerr := guard(ctx, e.s.Client(), key, rev, nil, []clientv3.Op{clientv3.OpDelete(key)}); gerr != nil {
+		err = gerr
 	} else {
-		var resp *clientv3.TxnResponse
-		resp, err = e.s.Client().Txn(ctx).
-			If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
-			Then(clientv3.OpDelete(key)).
-			Commit()
-		if err == nil {
-			hdr, present = resp.Header, resp.Succeeded
-		}
+		hdr, present = resp.Header, resp.Succeeded
 	}
 	if err != nil {
 		return ctxErr(ctx, err)
@@ -337,31 +332,12 @@ type LeaderEvent struct {
 // without a leader) are repaired by reading the election again, not by
 // closing the channel.
 func (e *Election) Observe(ctx context.Context) <-chan *clientv3.GetResponse {
-	ch := make(chan *clientv3.GetResponse)
-	if e.err != nil {
-		close(ch)
-		return ch
-	}
-	go func() {
-		defer close(ch)
-		e.observe(ctx, func(ev LeaderEvent) bool {
-			if ev.Leader == nil {
-				return true
-			}
-			resp := &clientv3.GetResponse{
-				Header: &pb.ResponseHeader{Revision: ev.Rev},
-				Kvs:    []*mvccpb.KeyValue{ev.Leader},
-				Count:  1,
-			}
-			select {
-			case ch <- resp:
-				return true
-			case <-ctx.Done():
-				return false
-			}
-		})
-	}()
-	return ch
+	return observeChan(ctx, e, func(ev LeaderEvent) (*clientv3.GetResponse, bool) {
+		if ev.Leader == nil {
+			return nil, false
+		}
+		return &clientv3.GetResponse{Header: &pb.ResponseHeader{Revision: ev.Rev}, Kvs: []*mvccpb.KeyValue{ev.Leader}, Count: 1}, true
+	})
 }
 
 // Events returns a channel that receives the state of the election each
@@ -369,7 +345,13 @@ func (e *Election) Observe(ctx context.Context) <-chan *clientv3.GetResponse {
 // (Leader == nil), starting with the current state. It closes only when
 // ctx ends or the client closes.
 func (e *Election) Events(ctx context.Context) <-chan LeaderEvent {
-	ch := make(chan LeaderEvent)
+	return observeChan(ctx, e, func(ev LeaderEvent) (LeaderEvent, bool) { return ev, true })
+}
+
+// observeChan runs observe into a new unbuffered channel, sending what conv
+// makes of each event it keeps, and closes the channel when observe ends.
+func observeChan[T any](ctx context.Context, e *Election, conv func(LeaderEvent) (T, bool)) <-chan T {
+	ch := make(chan T)
 	if e.err != nil {
 		close(ch)
 		return ch
@@ -377,8 +359,12 @@ func (e *Election) Events(ctx context.Context) <-chan LeaderEvent {
 	go func() {
 		defer close(ch)
 		e.observe(ctx, func(ev LeaderEvent) bool {
+			v, ok := conv(ev)
+			if !ok {
+				return true
+			}
 			select {
-			case ch <- ev:
+			case ch <- v:
 				return true
 			case <-ctx.Done():
 				return false

@@ -50,6 +50,25 @@ func newHolder(s *Session, notHeld, lost, guardLost error) holder {
 	return holder{s: s, notHeld: notHeld, lost: lost, guardLost: guardLost, rev: -1}
 }
 
+// takeLocal takes the local token: it waits for it until ctx ends, or
+// fails at once with ErrLocked when wait is false.
+func (h *holder) takeLocal(ctx context.Context, wait bool) error {
+	if !wait {
+		select {
+		case h.local <- struct{}{}:
+			return nil
+		default:
+			return ErrLocked
+		}
+	}
+	select {
+	case h.local <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // current is the acquisition held: key "" when none.
 func (h *holder) current() (key string, rev int64, t *tally) {
 	h.mu.Lock()

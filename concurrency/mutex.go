@@ -118,58 +118,32 @@ func NewMutex(s *Session, pfx string, opts ...MutexOption) *Mutex {
 // ErrSessionExpired is returned as soon as the waiter's own key goes,
 // without waiting for the waiters ahead (#19597). A context that is over
 // before the call returns its error at once and writes nothing.
-func (m *Mutex) Lock(ctx context.Context) error {
-	if m.err != nil {
-		return m.err
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if !m.exclusive {
-		return m.lock(ctx, true)
-	}
-	select {
-	case m.local <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	if err := m.lock(ctx, true); err != nil {
-		<-m.local
-		return err
-	}
-	return nil
-}
+func (m *Mutex) Lock(ctx context.Context) error { return m.lock(ctx, true) }
 
 // TryLock takes the lock if nobody holds or waits for it, in one
 // transaction, and returns ErrLocked otherwise. It writes nothing when the
 // lock is taken (etcd's writes a key and deletes it again). On a session
 // that already holds the lock through another Mutex (or this one) it
 // succeeds, as etcd's does.
-func (m *Mutex) TryLock(ctx context.Context) error {
+func (m *Mutex) TryLock(ctx context.Context) error { return m.lock(ctx, false) }
+
+func (m *Mutex) lock(ctx context.Context, wait bool) error {
 	if m.err != nil {
 		return m.err
 	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if !m.exclusive {
-		return m.lock(ctx, false)
+	if m.exclusive {
+		if err := m.takeLocal(ctx, wait); err != nil {
+			return err
+		}
 	}
-	select {
-	case m.local <- struct{}{}:
-	default:
-		return ErrLocked
-	}
-	if err := m.lock(ctx, false); err != nil {
-		<-m.local
-		return err
-	}
-	return nil
-}
-
-func (m *Mutex) lock(ctx context.Context, wait bool) error {
 	start := time.Now()
 	err := m.lockOnce(ctx, wait)
+	if err != nil && m.exclusive {
+		<-m.local
+	}
 	if errors.Is(err, ErrLocked) {
 		m.s.opts.rec.TryFailed(obs.Mutex, m.name())
 	}

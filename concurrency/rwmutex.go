@@ -126,18 +126,8 @@ func (rw *RWMutex) lockOnce(ctx context.Context, write, wait bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if wait {
-		select {
-		case rw.local <- struct{}{}:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	} else {
-		select {
-		case rw.local <- struct{}{}:
-		default:
-			return ErrLocked
-		}
+	if err := rw.takeLocal(ctx, wait); err != nil {
+		return err
 	}
 	kind := layout.RWRead
 	if write {
@@ -241,11 +231,8 @@ func (rw *RWMutex) unlockOnce(ctx context.Context, write bool) error {
 		return ErrNotRLocked
 	}
 	// Delete only our own acquisition (etcd #22082).
-	resp, err := rw.s.Client().Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
-		Then(clientv3.OpDelete(key)).
-		Commit()
-	if err != nil {
+	resp, err := guard(ctx, rw.s.Client(), key, rev, ErrLockLost, []clientv3.Op{clientv3.OpDelete(key)})
+	if resp == nil {
 		return err
 	}
 	rw.mu.Lock()
@@ -255,14 +242,11 @@ func (rw *RWMutex) unlockOnce(ctx context.Context, write bool) error {
 	rw.mu.Unlock()
 	rw.s.releaseName(key)
 	<-rw.local
-	if !resp.Succeeded {
-		if t != nil {
-			t.lost(lossCause(rw.s), ErrLockLost)
-		}
-		return ErrLockLost
+	if err != nil && t != nil {
+		t.lost(lossCause(rw.s), ErrLockLost)
 	}
 	t.released()
-	return nil
+	return err
 }
 
 // WithRLock takes a read lock on rw, runs f, and releases it, as WithLock

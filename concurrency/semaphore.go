@@ -383,25 +383,19 @@ func (sm *Semaphore) releaseGrant(ctx context.Context, g semGrant) error {
 	if i < 0 {
 		return nil
 	}
-	resp, err := sm.s.Client().Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(g.key), "=", g.rev)).
-		Then(clientv3.OpDelete(g.key)).
-		Commit()
-	if err != nil {
+	resp, err := guard(ctx, sm.s.Client(), g.key, g.rev, ErrPermitsLost, []clientv3.Op{clientv3.OpDelete(g.key)})
+	if resp == nil {
 		return err
 	}
 	g = sm.grants[i]
 	sm.grants = slices.Delete(sm.grants, i, i+1)
 	sm.s.opts.rec.Permits(sm.name(), -g.n)
-	if !resp.Succeeded && g.tally != nil {
+	if err != nil && g.tally != nil {
 		g.tally.lost(lossCause(sm.s), ErrPermitsLost)
 	}
 	g.tally.released()
 	sm.s.releaseName(g.key)
-	if !resp.Succeeded {
-		return ErrPermitsLost
-	}
-	return nil
+	return err
 }
 
 // Held is the number of permits this Semaphore holds.
