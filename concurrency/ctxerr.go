@@ -63,6 +63,16 @@ func joinContext(ctx context.Context, c *clientv3.Client) (context.Context, cont
 	return cleanupCtx(ctx, c)
 }
 
+// errKind is a sentinel with a text of its own that is a kind of a broader
+// one: errors.Is(e, e.of) holds.
+type errKind struct {
+	text string
+	of   error
+}
+
+func (e *errKind) Error() string        { return e.text }
+func (e *errKind) Is(target error) bool { return target == e.of }
+
 // ctxErr is ctxEnded for the waiting calls of Mutex and Election, whose
 // sentinel is ErrSessionExpired.
 func ctxErr(ctx context.Context, err error) error {

@@ -185,6 +185,30 @@
 // expired, a lock or leadership lost and its cause, a leader change seen, a
 // watch re-established, an outcome that stayed unknown. See ExampleWithMetrics.
 //
+// # Not held and lost
+//
+// Each type has one error for a call that needs a hold it does not have
+// ("not held"), and one for a hold that ended under its holder, its
+// session ended or its key deleted ("lost"). Guard and HoldContext return
+// them; the release returns "lost" when the hold had already ended; and
+// WithLock and its kin cancel their context with "lost" as its cause.
+//
+//	type           not held                 lost
+//	Mutex          ErrLockReleased          ErrLockLost
+//	RWMutex        ErrLockReleased (1)      ErrLockLost
+//	Election       ErrElectionNotLeader     ErrLeadershipLost (2)
+//	Semaphore      ErrPermitsNotHeld        ErrPermitsLost
+//	DoubleBarrier  ErrBarrierNotEntered     ErrBarrierLost (3)
+//
+// (1) RUnlock and Unlock return ErrNotRLocked and ErrNotLocked, which
+// match ErrLockReleased. (2) Guard and Proclaim after a loss return an
+// error that matches both ErrLeadershipLost and ErrElectionNotLeader;
+// Resign when not leading is a no-op, as in etcd. (3) It matches
+// ErrSessionExpired, the error of a wait whose own key goes (Lock,
+// Campaign, Acquire, Enter). ErrLocked, ErrSessionExpired,
+// ErrLockReleased, ErrElectionNotLeader and ErrElectionNoLeader have the
+// names and texts of etcd's package.
+//
 // # Differences from etcd's package
 //
 //   - Invalid options and arguments are errors (ErrInvalidTTL,

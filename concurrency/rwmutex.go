@@ -22,18 +22,11 @@ import (
 var (
 	// ErrNotRLocked is returned by RUnlock on an RWMutex that does not hold
 	// a read lock. It matches ErrLockReleased.
-	ErrNotRLocked error = notHeldErr("rwmutex: RUnlock of an RWMutex that is not read-locked")
+	ErrNotRLocked error = &errKind{"rwmutex: RUnlock of an RWMutex that is not read-locked", ErrLockReleased}
 	// ErrNotLocked is returned by Unlock on an RWMutex that does not hold
 	// the write lock. It matches ErrLockReleased.
-	ErrNotLocked error = notHeldErr("rwmutex: Unlock of an RWMutex that is not write-locked")
+	ErrNotLocked error = &errKind{"rwmutex: Unlock of an RWMutex that is not write-locked", ErrLockReleased}
 )
-
-// notHeldErr is an RWMutex's "not held" in one mode: a kind of
-// ErrLockReleased with a text of its own.
-type notHeldErr string
-
-func (e notHeldErr) Error() string        { return string(e) }
-func (e notHeldErr) Is(target error) bool { return target == ErrLockReleased }
 
 // RWMutex is a distributed reader/writer lock: any number of readers, or
 // one writer. Every lock is a key under pfx + "/read/" or pfx + "/write/",

@@ -32,13 +32,20 @@ var (
 	// ErrInvalidWeight is returned when n <= 0, or n > limit for Acquire
 	// and TryAcquire (such a request could never be granted).
 	ErrInvalidWeight = errors.New("semaphore: n must be > 0 and <= the limit")
-	// ErrNotHeld is returned by Release when asked to release more
-	// permits than this Semaphore holds. Nothing is released then.
-	ErrNotHeld = errors.New("semaphore: released more than held")
-	// ErrPermitsLost is returned by Release when some of the permits it
-	// released had already gone with the session (the lease expired or
-	// was revoked) or their key was deleted.
+	// ErrPermitsNotHeld is Semaphore's "not held" error: Release returns
+	// it when asked to release more permits than this Semaphore holds
+	// (nothing is released then).
+	ErrPermitsNotHeld = errors.New("semaphore: permits not held")
+	// ErrPermitsLost is Semaphore's "lost" error: Release returns it when
+	// some of the permits it released had already gone with the session
+	// (the lease expired or was revoked) or their key was deleted, and it
+	// is the cause of WithPermits' context when its grant ends under it.
 	ErrPermitsLost = errors.New("semaphore: permits lost")
+
+	// ErrNotHeld is ErrPermitsNotHeld, under its former name.
+	//
+	// Deprecated: Use ErrPermitsNotHeld.
+	ErrNotHeld = ErrPermitsNotHeld
 )
 
 // Semaphore is a weighted, fair counting semaphore shared by every client
@@ -256,7 +263,7 @@ func (sm *Semaphore) tryAcquire(ctx context.Context, n int64) error {
 // Release gives back n permits held by this Semaphore, youngest grants
 // first (a grant released in part keeps its place and its token).
 //
-// It returns ErrInvalidWeight for n <= 0 and ErrNotHeld, releasing
+// It returns ErrInvalidWeight for n <= 0 and ErrPermitsNotHeld, releasing
 // nothing, when this Semaphore holds fewer than n permits. It returns
 // ErrPermitsLost when some of the released permits had already gone with
 // the session; they count as released. Each key is deleted only if it is
@@ -270,7 +277,7 @@ func (sm *Semaphore) tryAcquire(ctx context.Context, n int64) error {
 // and Rev count only what is still held, and a retried Release of the
 // rest releases it.
 func (sm *Semaphore) Release(ctx context.Context, n int64) error {
-	return ctxEnded(ctx, sm.release(ctx, n), ErrPermitsLost, ErrNotHeld, ErrInvalidWeight)
+	return ctxEnded(ctx, sm.release(ctx, n), ErrPermitsLost, ErrPermitsNotHeld, ErrInvalidWeight)
 }
 
 func (sm *Semaphore) release(ctx context.Context, n int64) error {
@@ -287,7 +294,7 @@ func (sm *Semaphore) release(ctx context.Context, n int64) error {
 		held += g.n
 	}
 	if n > held {
-		return fmt.Errorf("%w (release %d, held %d)", ErrNotHeld, n, held)
+		return fmt.Errorf("%w (release %d, held %d)", ErrPermitsNotHeld, n, held)
 	}
 	// Plan: whole grants from the youngest, and at most one in part.
 	type step struct {

@@ -231,7 +231,7 @@ func TestSemaphorePartialRelease(t *testing.T) {
 	if b.Rev() <= token {
 		t.Fatalf("later grant's token %d not above %d", b.Rev(), token)
 	}
-	if err := a.Release(e.ctx, 3); !errors.Is(err, concurrency.ErrNotHeld) {
+	if err := a.Release(e.ctx, 3); !errors.Is(err, concurrency.ErrPermitsNotHeld) {
 		t.Fatalf("Release of more than held: %v", err)
 	}
 	if a.Held() != 2 {
@@ -312,7 +312,7 @@ func TestSemaphoreBadInput(t *testing.T) {
 	if err := sem.Release(e.ctx, 0); !errors.Is(err, concurrency.ErrInvalidWeight) {
 		t.Errorf("Release(0): %v", err)
 	}
-	if err := sem.Release(e.ctx, 1); !errors.Is(err, concurrency.ErrNotHeld) {
+	if err := sem.Release(e.ctx, 1); !errors.Is(err, concurrency.ErrPermitsNotHeld) {
 		t.Errorf("Release without Acquire: %v", err)
 	}
 	assertEmpty(t, e)
@@ -359,7 +359,7 @@ func TestSemaphoreClusterMemberRestart(t *testing.T) {
 				out.Add(-1)
 				prog.done()
 				err = untilDone(ctx, func(ctx context.Context) error { return sem.Release(ctx, 1) }, func(err error) bool {
-					return errors.Is(err, concurrency.ErrNotHeld) || errors.Is(err, concurrency.ErrPermitsLost)
+					return errors.Is(err, concurrency.ErrPermitsNotHeld) || errors.Is(err, concurrency.ErrPermitsLost)
 				})
 				if err != nil && !errors.Is(err, concurrency.ErrPermitsLost) { // lost: an earlier try landed
 					t.Error(err)
