@@ -56,9 +56,9 @@
 //     the context they pass with cause ErrLockLost, ErrLeadershipLost or
 //     ErrPermitsLost as soon as a watch shows the holder's key gone or the
 //     session ends.
-//   - Guard (of a Mutex, an RWMutex or an Election) commits operations in
-//     one transaction only while the lock or leadership is still held, and
-//     fails with an error otherwise.
+//   - Guard (of a Mutex, an RWMutex, an Election or a Semaphore's youngest
+//     grant) commits operations in one transaction only while the lock,
+//     leadership or grant is still held, and fails with an error otherwise.
 //
 // # What a lock cannot promise
 //

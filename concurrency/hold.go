@@ -14,7 +14,7 @@ import (
 )
 
 // holder is the one holder type: what a Mutex, an RWMutex (in either mode)
-// and an Election hold once acquired. It carries the acquisition's key,
+// and an Election hold once acquired, and a Semaphore's youngest grant. It carries the acquisition's key,
 // the key's create revision (the fencing token), the header of the request
 // that acquired it, the acquisition's metrics, the local one-acquisition
 // token and a serialized release, and it gives each of them Key, Rev,
@@ -115,11 +115,12 @@ func (h *holder) IsOwner() clientv3.Cmp {
 
 // Guard commits ops in one transaction only while the acquisition is held.
 // It returns the type's "not held" error (Mutex and RWMutex:
-// ErrLockReleased; Election: ErrElectionNotLeader) when nothing is held,
-// and its "lost" error (ErrLockLost; Election: an error that matches both
-// ErrElectionNotLeader and ErrLeadershipLost), committing
-// nothing, when the hold ended under it (the session expired or the key
-// was deleted).
+// ErrLockReleased; Election: ErrElectionNotLeader; Semaphore:
+// ErrPermitsNotHeld) when nothing is held, and its "lost" error
+// (ErrLockLost; Election: an error that matches both ErrElectionNotLeader
+// and ErrLeadershipLost; Semaphore: ErrPermitsLost), committing nothing,
+// when the hold ended under it (the session expired or the key was
+// deleted). See the package doc's table.
 func (h *holder) Guard(ctx context.Context, ops ...clientv3.Op) (*clientv3.TxnResponse, error) {
 	if h.err != nil {
 		return nil, h.err
@@ -134,13 +135,13 @@ func (h *holder) Guard(ctx context.Context, ops ...clientv3.Op) (*clientv3.TxnRe
 
 // HoldContext returns a context derived from parent that is cancelled,
 // with context.Cause == the type's "lost" error (ErrLockLost,
-// ErrLeadershipLost), as soon as the hold ends under it: the session ends
+// ErrLeadershipLost, ErrPermitsLost), as soon as the hold ends under it: the session ends
 // or anyone deletes the key, seen through a watch on the key, or when the
 // session's trust window lapses (WithLeaseTrust; the cause then matches
 // ErrLeaseUnconfirmed too). Call cancel when done with it; it stops the
 // watch. When nothing is held it returns a context already cancelled with
-// the type's "not held" error (ErrLockReleased, ErrElectionNotLeader).
-// WithLock, WithRLock, WithWLock and WithLeadership are built on it.
+// the type's "not held" error (ErrLockReleased, ErrElectionNotLeader,
+// ErrPermitsNotHeld). WithLock and its kin are built on it.
 func (h *holder) HoldContext(parent context.Context) (ctx context.Context, cancel context.CancelFunc) {
 	key, rev, t := h.current()
 	if h.err != nil || key == "" {
