@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"time"
 
@@ -662,23 +663,14 @@ func (t *stmTxn) Get(keys ...string) string {
 			t.fail(fmt.Errorf("%w: Get", ErrSTMEmptyKey), false)
 		}
 	}
-	if len(keys) == 1 {
-		if i, ok := t.writes[keys[0]]; ok {
-			return t.wops[i].val
-		}
-		t.readKeys(keys)
-	} else {
-		// Keys the transaction wrote read as written: no need to fetch.
-		toRead := make([]string, 0, len(keys))
-		for _, k := range keys {
-			if _, ok := t.writes[k]; !ok {
-				toRead = append(toRead, k)
-			}
-		}
-		t.readKeys(toRead)
-		if i, ok := t.writes[keys[0]]; ok {
-			return t.wops[i].val
-		}
+	// Keys the transaction wrote read as written: no need to fetch.
+	toRead := keys
+	if len(t.writes) > 0 {
+		toRead = slices.DeleteFunc(slices.Clone(keys), func(k string) bool { _, ok := t.writes[k]; return ok })
+	}
+	t.readKeys(toRead)
+	if i, ok := t.writes[keys[0]]; ok {
+		return t.wops[i].val
 	}
 	if kv := t.reads[keys[0]]; kv != nil {
 		return string(kv.Value)
@@ -814,7 +806,7 @@ func (t *stmTxn) readKeys(keys []string) {
 			t.addRead(k, kv)
 			continue
 		}
-		if !stmContains(missing, k) {
+		if !slices.Contains(missing, k) {
 			missing = append(missing, k)
 		}
 	}
@@ -829,10 +821,7 @@ func (t *stmTxn) readKeys(keys []string) {
 		}
 		resps := t.fetch(gets)
 		for i, k := range missing[:n] {
-			var kv *mvccpb.KeyValue
-			if len(resps[i].Kvs) > 0 {
-				kv = resps[i].Kvs[0]
-			}
+			kv := stmFirst(resps[i])
 			t.addRead(k, kv)
 			t.observe(k, stmModRev(kv))
 		}
@@ -847,19 +836,11 @@ func (t *stmTxn) readKeys(keys []string) {
 // snapshot. The values wait in fresh* until apply asks for them, so keys
 // apply no longer reads do not join the read set.
 func (t *stmTxn) refresh() {
-	gets := make([]stmGet, 0, len(t.fresh)+len(t.freshRanges))
 	keys := make([]string, 0, len(t.fresh))
 	for k := range t.fresh {
 		keys = append(keys, k)
-		gets = append(gets, stmGet{key: k})
 	}
-	for _, r := range t.freshRanges {
-		g := stmGet{key: r.key, end: r.end}
-		if t.o.iso != ReadCommitted {
-			g.limit = int64(t.o.maxTxnOps) + 1
-		}
-		gets = append(gets, g)
-	}
+	gets := t.rereads(keys, t.freshRanges)
 	t.fresh, t.freshRanges = nil, nil
 	if len(gets) == 0 || len(gets) > t.o.maxTxnOps {
 		t.snap = stmSnap{} // the attempt reads its own, current snapshot
@@ -868,21 +849,38 @@ func (t *stmTxn) refresh() {
 	// A serializable read (t.snap is stmAged): it does not wait for a raft
 	// round as a linearizable one does, and what it returns is checked at
 	// commit.
-	resps := t.fetch(gets)
+	t.carry(keys, gets, t.fetch(gets))
+}
+
+// rereads are the reads of keys and then of ranges again; a range read
+// fetches at most one key more than a commit could validate.
+func (t *stmTxn) rereads(keys []string, ranges []*stmRange) []stmGet {
+	gets := make([]stmGet, 0, len(keys)+len(ranges))
+	for _, k := range keys {
+		gets = append(gets, stmGet{key: k})
+	}
+	for _, r := range ranges {
+		g := stmGet{key: r.key, end: r.end}
+		if t.o.iso != ReadCommitted {
+			g.limit = int64(t.o.maxTxnOps) + 1
+		}
+		gets = append(gets, g)
+	}
+	return gets
+}
+
+// carry keeps what rereads of keys (gets) returned for the next attempt:
+// t.fresh and t.freshRanges. A range grown too large is left out:
+// readRange reads it again and fails.
+func (t *stmTxn) carry(keys []string, gets []stmGet, resps []*pb.RangeResponse) {
 	t.fresh = make(map[string]*mvccpb.KeyValue, len(keys))
 	for i, k := range keys {
-		var kv *mvccpb.KeyValue
-		if len(resps[i].Kvs) > 0 {
-			kv = resps[i].Kvs[0]
-		}
-		t.fresh[k] = kv
+		t.fresh[k] = stmFirst(resps[i])
 	}
 	for i, g := range gets[len(keys):] {
-		rr := resps[len(keys)+i]
-		if stmTruncated(rr, g.limit) {
-			continue // too large: readRange reads it again and fails
+		if rr := resps[len(keys)+i]; !stmTruncated(rr, g.limit) {
+			t.freshRanges = append(t.freshRanges, &stmRange{key: g.key, end: g.end, kvs: rr.Kvs})
 		}
-		t.freshRanges = append(t.freshRanges, &stmRange{key: g.key, end: g.end, kvs: rr.Kvs})
 	}
 }
 
@@ -1083,13 +1081,12 @@ func (t *stmTxn) commit() (resp *clientv3.TxnResponse, retry bool, err error) {
 		thens[i] = w.op
 	}
 	var elses []clientv3.Op
+	var gets []stmGet
 	if len(cmps) > 0 && len(t.rkeys)+len(t.ranges) <= t.o.maxTxnOps {
-		elses = make([]clientv3.Op, 0, len(t.rkeys)+len(t.ranges))
-		for _, k := range t.rkeys {
-			elses = append(elses, clientv3.OpGet(k))
-		}
-		for _, r := range t.ranges {
-			elses = append(elses, stmGet{key: r.key, end: r.end, limit: int64(t.o.maxTxnOps) + 1}.op(nil))
+		gets = t.rereads(t.rkeys, t.ranges)
+		elses = make([]clientv3.Op, len(gets))
+		for i, g := range gets {
+			elses[i] = g.op(nil)
 		}
 	}
 	resp, err = t.client.Txn(t.o.ctx).If(cmps...).Then(thens...).Else(elses...).Commit()
@@ -1101,21 +1098,11 @@ func (t *stmTxn) commit() (resp *clientv3.TxnResponse, retry bool, err error) {
 	}
 	t.snap = stmSnap{}
 	if len(elses) > 0 {
-		t.fresh = make(map[string]*mvccpb.KeyValue, len(t.rkeys))
-		for i, k := range t.rkeys {
-			var kv *mvccpb.KeyValue
-			if kvs := resp.Responses[i].GetResponseRange().Kvs; len(kvs) > 0 {
-				kv = kvs[0]
-			}
-			t.fresh[k] = kv
+		resps := make([]*pb.RangeResponse, len(resp.Responses))
+		for i, r := range resp.Responses {
+			resps[i] = r.GetResponseRange()
 		}
-		for i, r := range t.ranges {
-			rr := resp.Responses[len(t.rkeys)+i].GetResponseRange()
-			if stmTruncated(rr, int64(t.o.maxTxnOps)+1) {
-				continue // grew too large: readRange reads it again and fails
-			}
-			t.freshRanges = append(t.freshRanges, &stmRange{key: r.key, end: r.end, kvs: rr.Kvs})
-		}
+		t.carry(t.rkeys, gets, resps)
 		t.snap = stmSnap{hdr: resp.Header, from: stmFromCommit}
 	}
 	return nil, true, nil
@@ -1244,18 +1231,17 @@ func stmTruncated(r *pb.RangeResponse, limit int64) bool {
 	return r.More || (limit > 0 && int64(len(r.Kvs)) >= limit)
 }
 
+// stmFirst is the key-value a read of one key returned, nil when absent.
+func stmFirst(r *pb.RangeResponse) *mvccpb.KeyValue {
+	if len(r.Kvs) == 0 {
+		return nil
+	}
+	return r.Kvs[0]
+}
+
 func stmModRev(kv *mvccpb.KeyValue) int64 {
 	if kv == nil {
 		return 0
 	}
 	return kv.ModRevision
-}
-
-func stmContains(ss []string, s string) bool {
-	for _, x := range ss {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
