@@ -202,10 +202,7 @@ func (m *Mutex) lockOnce(ctx context.Context, wait bool) error {
 		_, at, err = waitTurn(ctx, t, queue, at)
 	}
 	if err != nil {
-		if lerr := sl.giveUp(ctx, j.rev); lerr != nil && !errors.Is(err, ErrSessionExpired) {
-			err = fmt.Errorf("%w (and deleting the waiter key %q failed: %v; it goes with the session)", err, key, lerr)
-		}
-		return ctxErr(ctx, err)
+		return ctxErr(ctx, leftErr(err, key, sl.giveUp(ctx, j.rev)))
 	}
 	hdr := headerAt(j.hdr, at)
 	m.mu.Lock()

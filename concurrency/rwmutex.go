@@ -3,11 +3,10 @@ package concurrency
 import (
 	"context"
 	"errors"
-	"fmt"
-	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"strings"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -184,10 +183,7 @@ func (rw *RWMutex) acquire(ctx context.Context, key string, write, wait bool) (i
 		_, at, err = waitTurn(ctx, t, j.kvs(0), at)
 	}
 	if err != nil {
-		if lerr := leave(ctx, c, key, j.rev); lerr != nil && !errors.Is(err, ErrSessionExpired) {
-			err = fmt.Errorf("%w (and deleting the waiter key %q failed: %v; it goes with the session)", err, key, lerr)
-		}
-		return 0, nil, err
+		return 0, nil, leftErr(err, key, leave(ctx, c, key, j.rev))
 	}
 	return j.rev, headerAt(j.hdr, at), nil
 }

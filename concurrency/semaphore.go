@@ -211,9 +211,7 @@ func (sm *Semaphore) acquireOnce(ctx context.Context, n int64) (semGrant, error)
 		at, err = sm.wait(ctx, key, rev, j.kvs(0), j.hdr.Revision)
 	}
 	if err != nil {
-		if lerr := leave(ctx, c, key, rev); lerr != nil && !errors.Is(err, ErrSessionExpired) {
-			err = fmt.Errorf("%w (and deleting the waiter key %q failed: %v; it goes with the session)", err, key, lerr)
-		}
+		err = leftErr(err, key, leave(ctx, c, key, rev))
 		sm.s.releaseName(key)
 		return semGrant{}, err
 	}
