@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/batonhq/baton/internal/layout"
 	"github.com/batonhq/baton/internal/obs"
 )
 
@@ -21,7 +23,8 @@ import (
 // Header, IsOwner, Guard and HoldContext, all with one meaning.
 type holder struct {
 	s   *Session
-	err error // bad input, reported by every call
+	dir string // the prefix + "/"
+	err error  // bad input, reported by every call
 
 	notHeld   error // Guard's and HoldContext's error when nothing is held
 	lost      error // the cause of a hold that ended under its holder
@@ -45,10 +48,21 @@ type holder struct {
 	tally *tally // the current acquisition's metrics and logs
 }
 
-// newHolder is a holder of nothing on s, with the type's errors.
-func newHolder(s *Session, notHeld, lost, guardLost error) holder {
-	return holder{s: s, notHeld: notHeld, lost: lost, guardLost: guardLost, rev: -1}
+// newHolder is a holder of nothing on s under prefix pfx, with the type's
+// errors. A nil session or an empty prefix is its err.
+func newHolder(s *Session, pfx string, notHeld, lost, guardLost error) holder {
+	var err error
+	switch {
+	case s == nil:
+		err = ErrNilSession
+	case pfx == "":
+		err = ErrEmptyPrefix
+	}
+	return holder{s: s, dir: layout.Dir(pfx), err: err, notHeld: notHeld, lost: lost, guardLost: guardLost, rev: -1}
 }
+
+// name is the prefix as the caller gave it, for metrics and logs.
+func (h *holder) name() string { return strings.TrimSuffix(h.dir, "/") }
 
 // takeLocal takes the local token: it waits for it until ctx ends, or
 // fails at once with ErrLocked when wait is false.

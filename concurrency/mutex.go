@@ -10,7 +10,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/batonhq/baton/internal/layout"
 	"github.com/batonhq/baton/internal/obs"
 )
 
@@ -53,7 +52,6 @@ var (
 // A Mutex is safe for use by several goroutines.
 type Mutex struct {
 	holder           // key, token, header and release of the current acquisition
-	pfx       string // prefix + "/"
 	val       string // value stored in the holder's key
 	exclusive bool
 	slot      *slot // the key of the current acquisition, nil when not held; guarded by mu
@@ -93,16 +91,10 @@ func NewMutex(s *Session, pfx string, opts ...MutexOption) *Mutex {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	m := &Mutex{holder: newHolder(s, ErrLockReleased, ErrLockLost, ErrLockLost), pfx: layout.Dir(pfx), exclusive: o.exclusive}
+	m := &Mutex{holder: newHolder(s, pfx, ErrLockReleased, ErrLockLost, ErrLockLost), exclusive: o.exclusive}
 	m.local = make(chan struct{}, 1)
 	if o.val != nil {
 		m.val = *o.val
-	}
-	switch {
-	case s == nil:
-		m.err = ErrNilSession
-	case pfx == "":
-		m.err = ErrEmptyPrefix
 	}
 	return m
 }
@@ -158,24 +150,21 @@ func (m *Mutex) lock(ctx context.Context, wait bool) error {
 	return err
 }
 
-// name is the prefix as the caller gave it, for metrics and logs.
-func (m *Mutex) name() string { return strings.TrimSuffix(m.pfx, "/") }
-
 func (m *Mutex) lockOnce(ctx context.Context, wait bool) error {
-	sl, err := takeSlot(m.s, m.pfx, m.exclusive)
+	sl, err := takeSlot(m.s, m.dir, m.exclusive)
 	if err != nil {
 		return err
 	}
 	key := sl.key
 	var j *joined
 	err = sl.serialize(func() (err error) {
-		r := joinReq{key: key, val: m.val, lease: m.s.Lease(), reads: []clientv3.Op{keysUnder(m.pfx)}, repeat: wait}
+		r := joinReq{key: key, val: m.val, lease: m.s.Lease(), reads: []clientv3.Op{keysUnder(m.dir)}, repeat: wait}
 		if !wait {
 			// TryLock puts its key only when no key exists under the
 			// prefix. A compare on a range holds when it holds for every
 			// key in it; for an empty range it compares a zero key, whose
 			// create revision is 0.
-			r.guard = []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(m.pfx).WithPrefix(), "=", 0)}
+			r.guard = []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(m.dir).WithPrefix(), "=", 0)}
 		}
 		j, err = join(ctx, m.s.Client(), r)
 		return err
@@ -188,7 +177,7 @@ func (m *Mutex) lockOnce(ctx context.Context, wait bool) error {
 		sl.giveUp(ctx, -1)
 		return ErrLocked
 	}
-	t := &turn{s: m.s, dir: m.pfx, key: key, rev: j.rev}
+	t := &turn{s: m.s, dir: m.dir, key: key, rev: j.rev}
 	t.blocker = t.older
 	queue, at := j.kvs(0), j.hdr.Revision
 	if ctx.Err() != nil {
@@ -241,8 +230,8 @@ func (m *Mutex) Unlock(ctx context.Context) error {
 	if sl == nil || key == "" || rev <= 0 {
 		return ErrLockReleased
 	}
-	if !strings.HasPrefix(key, m.pfx) {
-		return fmt.Errorf("mutex: invalid key %q, it should have prefix %q", key, m.pfx)
+	if !strings.HasPrefix(key, m.dir) {
+		return fmt.Errorf("mutex: invalid key %q, it should have prefix %q", key, m.dir)
 	}
 	present, hdr, err := sl.release(ctx, rev)
 	if err != nil {

@@ -52,23 +52,16 @@ var (
 // nothing is held and ErrLockLost when the lock ended under it. WithRLock
 // and WithWLock are WithLock's counterparts.
 type RWMutex struct {
-	holder        // key, token, header and release of the lock held
-	dir    string // pfx + "/"
-	write  bool   // the lock held is the write lock; guarded by mu
+	holder      // key, token, header and release of the lock held
+	write  bool // the lock held is the write lock; guarded by mu
 }
 
 // NewRWMutex makes an RWMutex on prefix pfx. It talks to the server only
 // when locked. A nil session or an empty prefix is reported by the first
 // call, which then touches nothing.
 func NewRWMutex(s *Session, pfx string) *RWMutex {
-	rw := &RWMutex{holder: newHolder(s, ErrLockReleased, ErrLockLost, ErrLockLost), dir: layout.Dir(pfx)}
+	rw := &RWMutex{holder: newHolder(s, pfx, ErrLockReleased, ErrLockLost, ErrLockLost)}
 	rw.local = make(chan struct{}, 1)
-	switch {
-	case s == nil:
-		rw.err = ErrNilSession
-	case pfx == "":
-		rw.err = ErrEmptyPrefix
-	}
 	return rw
 }
 
@@ -107,9 +100,6 @@ func (rw *RWMutex) lock(ctx context.Context, write, wait bool) error {
 	}
 	return ctxEnded(ctx, err, ErrLocked, ErrSessionExpired)
 }
-
-// name is the prefix as the caller gave it, for metrics and logs.
-func (rw *RWMutex) name() string { return strings.TrimSuffix(rw.dir, "/") }
 
 func (rw *RWMutex) lockOnce(ctx context.Context, write, wait bool) error {
 	if rw.err != nil {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"sort"
-	"strings"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -77,8 +76,7 @@ var (
 // WithPermits is WithLock's counterpart: it runs a function under one
 // grant, with a context that ends when the grant is lost.
 type Semaphore struct {
-	holder        // the youngest grant
-	dir    string // pfx + "/"
+	holder // the youngest grant
 	limit  int64
 
 	grants []semGrant // held, oldest first; guarded by mu
@@ -106,13 +104,8 @@ type semEntry struct {
 // nil session, an empty prefix or a limit <= 0 is reported by the first
 // call, which then touches nothing.
 func NewSemaphore(s *Session, pfx string, limit int64) *Semaphore {
-	sm := &Semaphore{holder: newHolder(s, ErrPermitsNotHeld, ErrPermitsLost, ErrPermitsLost), dir: layout.Dir(pfx), limit: limit}
-	switch {
-	case s == nil:
-		sm.err = ErrNilSession
-	case pfx == "":
-		sm.err = ErrEmptyPrefix
-	case limit <= 0:
+	sm := &Semaphore{holder: newHolder(s, pfx, ErrPermitsNotHeld, ErrPermitsLost, ErrPermitsLost), limit: limit}
+	if sm.err == nil && limit <= 0 {
 		sm.err = fmt.Errorf("%w (got %d)", ErrInvalidLimit, limit)
 	}
 	return sm
@@ -137,9 +130,6 @@ func (sm *Semaphore) Acquire(ctx context.Context, n int64) error {
 	_, err := sm.acquire(ctx, n)
 	return err
 }
-
-// name is the prefix as the caller gave it, for metrics and logs.
-func (sm *Semaphore) name() string { return strings.TrimSuffix(sm.dir, "/") }
 
 // granted records a grant of n permits (key created at rev, granted as of
 // hdr) that took wait.
