@@ -3,6 +3,7 @@ package concurrency
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -62,6 +63,27 @@ func ctxEnded(ctx context.Context, err error, keep ...error) error {
 func joinContext(ctx context.Context, c *clientv3.Client) (context.Context, context.CancelFunc) {
 	return cleanupCtx(ctx, c)
 }
+
+// leftErr is the error of a wait that failed with err and then deleted its
+// waiter key, the delete failing with lerr (nil: it did not): err, saying
+// that the key stays until the session ends unless the session is what
+// ended.
+func leftErr(err error, key string, lerr error) error {
+	if lerr == nil || errors.Is(err, ErrSessionExpired) {
+		return err
+	}
+	return fmt.Errorf("%w (and deleting the waiter key %q failed: %v; it goes with the session)", err, key, lerr)
+}
+
+// errKind is a sentinel with a text of its own that is a kind of a broader
+// one: errors.Is(e, e.of) holds.
+type errKind struct {
+	text string
+	of   error
+}
+
+func (e *errKind) Error() string        { return e.text }
+func (e *errKind) Is(target error) bool { return target == e.of }
 
 // ctxErr is ctxEnded for the waiting calls of Mutex and Election, whose
 // sentinel is ErrSessionExpired.

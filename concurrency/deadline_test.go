@@ -700,7 +700,7 @@ func TestDeadlineSweepDoubleBarrier(t *testing.T) {
 	// parallel (the last ones wait for each other).
 	// A participant whose Leave was cut short after its request was sent
 	// may have left already: Leave again finds its key gone and says
-	// ErrSessionExpired (retried, its first request landed).
+	// ErrBarrierLost (retried, its first request landed).
 	var retried *concurrency.DoubleBarrier
 	leaveAll := func(bs ...*concurrency.DoubleBarrier) {
 		var wg sync.WaitGroup
@@ -709,10 +709,10 @@ func TestDeadlineSweepDoubleBarrier(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				err := b.Leave(sw.bg)
-				if b == retried && errors.Is(err, concurrency.ErrSessionExpired) {
+				if b == retried && errors.Is(err, concurrency.ErrBarrierLost) {
 					err = nil
 				}
-				if err != nil && !errors.Is(err, concurrency.ErrNotEntered) {
+				if err != nil && !errors.Is(err, concurrency.ErrBarrierNotEntered) {
 					sw.t.Errorf("leave: %v", err)
 				}
 			}()

@@ -56,9 +56,9 @@
 //     the context they pass with cause ErrLockLost, ErrLeadershipLost or
 //     ErrPermitsLost as soon as a watch shows the holder's key gone or the
 //     session ends.
-//   - Guard (of a Mutex, an RWMutex or an Election) commits operations in
-//     one transaction only while the lock or leadership is still held, and
-//     fails with an error otherwise.
+//   - Guard (of a Mutex, an RWMutex, an Election or a Semaphore's youngest
+//     grant) commits operations in one transaction only while the lock,
+//     leadership or grant is still held, and fails with an error otherwise.
 //
 // # What a lock cannot promise
 //
@@ -159,33 +159,13 @@
 // writes in one transaction guarded by compares on what it read. If another
 // writer got in between, the commit fails, writes nothing, and apply runs
 // again on fresh data. The API is etcd's; the STM also implements RangeSTM
-// (GetPrefix, GetRange). Below, R is the revision of an attempt's snapshot.
-//
-//   - SerializableSnapshot (the default). Reads: one snapshot R, fixed by
-//     the attempt's first (linearizable) read; later reads are at R on any
-//     member, and a member that lacks R is asked again linearizably, so
-//     there are no "future revision" errors (etcd #11963). Commit compares:
-//     every key read is unchanged (an absent key still absent); every range
-//     has no key created or modified after R and none of its keys deleted;
-//     every key written but not read is unwritten since R. Anomalies: none;
-//     committed transactions are strict serializable. A read-only
-//     transaction sends no commit.
-//   - Serializable. The same without the check on keys written but not
-//     read: two blind writes both commit, the later one wins, which is still
-//     a serial order.
-//   - RepeatableReads. Reads: each key once, at the latest revision of the
-//     member serving it. Commit compares: every key read, and every key a
-//     range returned, is unchanged; keys inserted into a range are not
-//     checked. Anomalies: phantoms, and write skew through phantoms.
-//   - ReadCommitted. Reads as RepeatableReads; compares nothing, so it always
-//     commits. Anomalies: lost updates, read skew, write skew, phantoms.
-//
-// etcd caps one transaction at --max-txn-ops compares (default 128). A
-// range costs one compare per key it returned plus one, every other key
-// read costs one, and under SerializableSnapshot so does every key written
-// but not read: a transaction reading one range and writing one other key
-// can read at most 126 keys. Past WithMaxTxnOps the transaction fails with
-// ErrSTMTooManyOps and writes nothing; it never commits with a weaker check.
+// (GetPrefix, GetRange). The isolation levels are etcd's four, and the
+// contract of each (where its reads come from, what its commit compares,
+// which anomalies it allows, what a read-only transaction costs) is written
+// once, on the Isolation constants: see [SerializableSnapshot] (the default,
+// strict serializable), [Serializable], [RepeatableReads] and
+// [ReadCommitted]. A commit holds at most --max-txn-ops compares, which
+// bounds the size of range reads: see RangeSTM and ErrSTMTooManyOps.
 //
 // The first retry after a conflict is immediate; later ones pause with
 // jitter (WithRetryBackoff). WithMaxAttempts bounds the attempts, unlimited
@@ -233,6 +213,30 @@
 // are changes of state only: keep-alives unanswered and back, a session
 // expired, a lock or leadership lost and its cause, a leader change seen, a
 // watch re-established, an outcome that stayed unknown. See ExampleWithMetrics.
+//
+// # Not held and lost
+//
+// Each type has one error for a call that needs a hold it does not have
+// ("not held"), and one for a hold that ended under its holder, its
+// session ended or its key deleted ("lost"). Guard and HoldContext return
+// them; the release returns "lost" when the hold had already ended; and
+// WithLock and its kin cancel their context with "lost" as its cause.
+//
+//	type           not held                 lost
+//	Mutex          ErrLockReleased          ErrLockLost
+//	RWMutex        ErrLockReleased (1)      ErrLockLost
+//	Election       ErrElectionNotLeader     ErrLeadershipLost (2)
+//	Semaphore      ErrPermitsNotHeld        ErrPermitsLost
+//	DoubleBarrier  ErrBarrierNotEntered     ErrBarrierLost (3)
+//
+// (1) RUnlock and Unlock return ErrNotRLocked and ErrNotLocked, which
+// match ErrLockReleased. (2) Guard and Proclaim after a loss return an
+// error that matches both ErrLeadershipLost and ErrElectionNotLeader;
+// Resign when not leading is a no-op, as in etcd. (3) It matches
+// ErrSessionExpired, the error of a wait whose own key goes (Lock,
+// Campaign, Acquire, Enter). ErrLocked, ErrSessionExpired,
+// ErrLockReleased, ErrElectionNotLeader and ErrElectionNoLeader have the
+// names and texts of etcd's package.
 //
 // # Differences from etcd's package
 //

@@ -30,9 +30,14 @@ var (
 	// ErrInvalidCount is returned by every call on a DoubleBarrier made
 	// with a count <= 0.
 	ErrInvalidCount = errors.New("doublebarrier: count must be > 0")
-	// ErrNotEntered is returned by Leave and TryLeave when this
-	// DoubleBarrier has not entered.
-	ErrNotEntered = errors.New("doublebarrier: not entered")
+	// ErrBarrierNotEntered is DoubleBarrier's "not held" error: Leave and
+	// TryLeave return it when this DoubleBarrier has not entered.
+	ErrBarrierNotEntered = errors.New("doublebarrier: not entered")
+	// ErrBarrierLost is DoubleBarrier's "lost" error: Leave and TryLeave
+	// return it when this participant's key had gone (its session ended)
+	// before it left. It matches ErrSessionExpired, as Enter's error does
+	// when the key goes while Enter waits.
+	ErrBarrierLost error = &errKind{"doublebarrier: participant lost", ErrSessionExpired}
 	// ErrAlreadyEntered is returned by Enter and TryEnter when this
 	// DoubleBarrier has entered (or is entering) and not left.
 	ErrAlreadyEntered = errors.New("doublebarrier: already entered")
@@ -60,7 +65,7 @@ var (
 //     gone, the dead participant still occupies its place.
 //   - after the barrier filled: its key going counts as leaving, so the
 //     others' Leave completes without it. Its own Leave returns
-//     ErrSessionExpired.
+//     ErrBarrierLost.
 //
 // A DoubleBarrier value is one participant; use one per participant (they
 // may share a Session). It is safe for use by several goroutines, but only
@@ -128,7 +133,7 @@ func (b *DoubleBarrier) TryEnter(ctx context.Context) error {
 
 // dbSentinels are the errors of DoubleBarrier that its calls return as
 // they are even when ctx ended: they say more than ctx.Err().
-var dbSentinels = []error{ErrTooManyParticipants, ErrBarrierNotFull, ErrBarrierNotEmpty, ErrNotEntered, ErrAlreadyEntered, ErrSessionExpired}
+var dbSentinels = []error{ErrTooManyParticipants, ErrBarrierNotFull, ErrBarrierNotEmpty, ErrBarrierNotEntered, ErrAlreadyEntered, ErrSessionExpired}
 
 func (b *DoubleBarrier) enter(ctx context.Context, wait bool) error {
 	if b.err != nil {
@@ -359,7 +364,7 @@ func (b *DoubleBarrier) withdraw(ctx context.Context, key string, rev int64) (in
 // The oldest participant still in waits for the others to leave, and the
 // others wait only for it, so each departure wakes one waiter.
 //
-// It returns ErrNotEntered without Enter, and ErrSessionExpired when this
+// It returns ErrBarrierNotEntered without Enter, and ErrBarrierLost when this
 // participant's key had gone (its session ended); the participant is out
 // of the barrier either way. When ctx ends while Leave waits, this
 // participant has already left; only the waiting is cut short.
@@ -384,7 +389,7 @@ func (b *DoubleBarrier) leave(ctx context.Context, wait bool) error {
 	key, rev, readyRev, entered := b.myKey, b.myRev, b.readyRev, b.entered
 	b.mu.Unlock()
 	if !entered {
-		return ErrNotEntered
+		return ErrBarrierNotEntered
 	}
 	out, err := b.depart(ctx, key, rev, readyRev, wait)
 	if out {
@@ -417,7 +422,7 @@ func (b *DoubleBarrier) depart(ctx context.Context, key string, rev, readyRev in
 		case r.Succeeded:
 			return true, nil
 		case len(r.Responses[0].GetResponseRange().Kvs) == 0:
-			return true, ErrSessionExpired
+			return true, ErrBarrierLost
 		default:
 			return false, ErrBarrierNotEmpty
 		}
@@ -436,7 +441,7 @@ func (b *DoubleBarrier) depart(ctx context.Context, key string, rev, readyRev in
 		return false, err
 	}
 	if !r.Succeeded {
-		return true, ErrSessionExpired
+		return true, ErrBarrierLost
 	}
 	inner := r.Responses[0].GetResponseTxn()
 	if inner.Succeeded {
@@ -486,8 +491,10 @@ func (b *DoubleBarrier) closeLast(ctx context.Context, key string, rev int64, wa
 		return youngest(queue, key, rev, func(*mvccpb.KeyValue) bool { return true })
 	}
 	for {
-		if _, _, err := waitTurn(ctx, t, waiters, at); err != nil {
-			return errors.Is(err, ErrSessionExpired), err
+		if _, _, err := waitTurn(ctx, t, waiters, at); errors.Is(err, ErrSessionExpired) {
+			return true, ErrBarrierLost
+		} else if err != nil {
+			return false, err
 		}
 		r, err := c.Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev),

@@ -5,14 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/batonhq/baton/internal/layout"
 	"github.com/batonhq/baton/internal/obs"
 )
 
@@ -51,8 +49,7 @@ var errLeaderLost = fmt.Errorf("%w: %w", ErrElectionNotLeader, ErrLeadershipLost
 //
 // An Election is safe for use by several goroutines.
 type Election struct {
-	holder           // key, token, header and release of this leadership
-	pfx       string // prefix + "/"
+	holder    // key, token, header and release of this leadership
 	exclusive bool
 	slot      *slot // the key of this leadership; nil when resumed; guarded by mu
 }
@@ -65,13 +62,8 @@ func NewElection(s *Session, pfx string, opts ...HandleOption) *Election {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	e := &Election{holder: newHolder(s, ErrElectionNotLeader, ErrLeadershipLost, errLeaderLost), pfx: layout.Dir(pfx), exclusive: o.exclusive}
-	switch {
-	case s == nil:
-		e.err = ErrNilSession
-	case pfx == "":
-		e.err = ErrEmptyPrefix
-	case o.val != nil:
+	e := &Election{holder: newHolder(s, pfx, ErrElectionNotLeader, ErrLeadershipLost, errLeaderLost), exclusive: o.exclusive}
+	if e.err == nil && o.val != nil {
 		e.err = errors.New("election: WithMutexValue is an option of NewMutex; Campaign takes the value")
 	}
 	return e
@@ -80,7 +72,7 @@ func NewElection(s *Session, pfx string, opts ...HandleOption) *Election {
 // observer is an Election that only follows the election on pfx (observe
 // needs a client, and the metrics and logger of o, not a lease).
 func observer(c *clientv3.Client, pfx string, o sessionOptions) *Election {
-	return &Election{holder: newHolder(&Session{client: c, opts: o}, ErrElectionNotLeader, ErrLeadershipLost, errLeaderLost), pfx: pfx + "/"}
+	return &Election{holder: newHolder(&Session{client: c, opts: o}, pfx, ErrElectionNotLeader, ErrLeadershipLost, errLeaderLost)}
 }
 
 // ResumeElection makes an Election that already leads with leaderKey,
@@ -120,17 +112,17 @@ func (e *Election) Campaign(ctx context.Context, val string) error {
 	e.mu.Unlock()
 	start := time.Now()
 	c := e.s.Client()
-	sl, err := takeSlot(e.s, e.pfx, e.exclusive)
+	sl, err := takeSlot(e.s, e.dir, e.exclusive)
 	if err != nil {
 		return err
 	}
 	key := sl.key
 	var j *joined
 	var queue []*mvccpb.KeyValue
-	t := &turn{s: e.s, dir: e.pfx, key: key}
+	t := &turn{s: e.s, dir: e.dir, key: key}
 	t.blocker = t.older
 	err = sl.serialize(func() (err error) {
-		j, err = join(ctx, c, joinReq{key: key, val: val, lease: e.s.Lease(), reads: []clientv3.Op{keysUnder(e.pfx)}, repeat: true})
+		j, err = join(ctx, c, joinReq{key: key, val: val, lease: e.s.Lease(), reads: []clientv3.Op{keysUnder(e.dir)}, repeat: true})
 		if err == nil && ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -238,15 +230,10 @@ func (e *Election) Resign(ctx context.Context) error {
 	present := false
 	if sl != nil {
 		present, hdr, err = sl.release(ctx, rev)
+	} else if resp, gerr := guard(ctx, e.s.Client(), key, rev, nil, []clientv3.Op{clientv3.OpDelete(key)}); gerr != nil {
+		err = gerr
 	} else {
-		var resp *clientv3.TxnResponse
-		resp, err = e.s.Client().Txn(ctx).
-			If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
-			Then(clientv3.OpDelete(key)).
-			Commit()
-		if err == nil {
-			hdr, present = resp.Header, resp.Succeeded
-		}
+		hdr, present = resp.Header, resp.Succeeded
 	}
 	if err != nil {
 		return ctxErr(ctx, err)
@@ -265,9 +252,6 @@ func (e *Election) Resign(ctx context.Context) error {
 	t.released()
 	return nil
 }
-
-// name is the prefix as the caller gave it, for metrics and logs.
-func (e *Election) name() string { return strings.TrimSuffix(e.pfx, "/") }
 
 // forget drops the leadership of key created at rev, if it is still the
 // current one. released tells that the slot was already ended by a
@@ -296,7 +280,7 @@ func (e *Election) Leader(ctx context.Context) (*clientv3.GetResponse, error) {
 	if e.err != nil {
 		return nil, e.err
 	}
-	resp, err := e.s.Client().Get(ctx, e.pfx, clientv3.WithFirstCreate()...)
+	resp, err := e.s.Client().Get(ctx, e.dir, clientv3.WithFirstCreate()...)
 	if err != nil {
 		return nil, ctxErr(ctx, err)
 	}
@@ -337,31 +321,12 @@ type LeaderEvent struct {
 // without a leader) are repaired by reading the election again, not by
 // closing the channel.
 func (e *Election) Observe(ctx context.Context) <-chan *clientv3.GetResponse {
-	ch := make(chan *clientv3.GetResponse)
-	if e.err != nil {
-		close(ch)
-		return ch
-	}
-	go func() {
-		defer close(ch)
-		e.observe(ctx, func(ev LeaderEvent) bool {
-			if ev.Leader == nil {
-				return true
-			}
-			resp := &clientv3.GetResponse{
-				Header: &pb.ResponseHeader{Revision: ev.Rev},
-				Kvs:    []*mvccpb.KeyValue{ev.Leader},
-				Count:  1,
-			}
-			select {
-			case ch <- resp:
-				return true
-			case <-ctx.Done():
-				return false
-			}
-		})
-	}()
-	return ch
+	return observeChan(ctx, e, func(ev LeaderEvent) (*clientv3.GetResponse, bool) {
+		if ev.Leader == nil {
+			return nil, false
+		}
+		return &clientv3.GetResponse{Header: &pb.ResponseHeader{Revision: ev.Rev}, Kvs: []*mvccpb.KeyValue{ev.Leader}, Count: 1}, true
+	})
 }
 
 // Events returns a channel that receives the state of the election each
@@ -369,7 +334,13 @@ func (e *Election) Observe(ctx context.Context) <-chan *clientv3.GetResponse {
 // (Leader == nil), starting with the current state. It closes only when
 // ctx ends or the client closes.
 func (e *Election) Events(ctx context.Context) <-chan LeaderEvent {
-	ch := make(chan LeaderEvent)
+	return observeChan(ctx, e, func(ev LeaderEvent) (LeaderEvent, bool) { return ev, true })
+}
+
+// observeChan runs observe into a new unbuffered channel, sending what conv
+// makes of each event it keeps, and closes the channel when observe ends.
+func observeChan[T any](ctx context.Context, e *Election, conv func(LeaderEvent) (T, bool)) <-chan T {
+	ch := make(chan T)
 	if e.err != nil {
 		close(ch)
 		return ch
@@ -377,8 +348,12 @@ func (e *Election) Events(ctx context.Context) <-chan LeaderEvent {
 	go func() {
 		defer close(ch)
 		e.observe(ctx, func(ev LeaderEvent) bool {
+			v, ok := conv(ev)
+			if !ok {
+				return true
+			}
 			select {
-			case ch <- ev:
+			case ch <- v:
 				return true
 			case <-ctx.Done():
 				return false
@@ -417,7 +392,7 @@ func (e *Election) observe(ctx context.Context, emit func(LeaderEvent) bool) {
 	}
 	stop := errors.New("observer done")
 	for ctx.Err() == nil && c.Ctx().Err() == nil {
-		err := mirror(ctx, c, e.pfx, 0, nil, func(kvs map[string]*mvccpb.KeyValue, rev int64) (bool, error) {
+		err := mirror(ctx, c, e.dir, 0, nil, func(kvs map[string]*mvccpb.KeyValue, rev int64) (bool, error) {
 			if !report(kvs, rev) {
 				return true, stop
 			}

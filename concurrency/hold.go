@@ -4,24 +4,27 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/batonhq/baton/internal/layout"
 	"github.com/batonhq/baton/internal/obs"
 )
 
 // holder is the one holder type: what a Mutex, an RWMutex (in either mode)
-// and an Election hold once acquired. It carries the acquisition's key,
+// and an Election hold once acquired, and a Semaphore's youngest grant. It carries the acquisition's key,
 // the key's create revision (the fencing token), the header of the request
 // that acquired it, the acquisition's metrics, the local one-acquisition
 // token and a serialized release, and it gives each of them Key, Rev,
 // Header, IsOwner, Guard and HoldContext, all with one meaning.
 type holder struct {
 	s   *Session
-	err error // bad input, reported by every call
+	dir string // the prefix + "/"
+	err error  // bad input, reported by every call
 
 	notHeld   error // Guard's and HoldContext's error when nothing is held
 	lost      error // the cause of a hold that ended under its holder
@@ -45,9 +48,39 @@ type holder struct {
 	tally *tally // the current acquisition's metrics and logs
 }
 
-// newHolder is a holder of nothing on s, with the type's errors.
-func newHolder(s *Session, notHeld, lost, guardLost error) holder {
-	return holder{s: s, notHeld: notHeld, lost: lost, guardLost: guardLost, rev: -1}
+// newHolder is a holder of nothing on s under prefix pfx, with the type's
+// errors. A nil session or an empty prefix is its err.
+func newHolder(s *Session, pfx string, notHeld, lost, guardLost error) holder {
+	var err error
+	switch {
+	case s == nil:
+		err = ErrNilSession
+	case pfx == "":
+		err = ErrEmptyPrefix
+	}
+	return holder{s: s, dir: layout.Dir(pfx), err: err, notHeld: notHeld, lost: lost, guardLost: guardLost, rev: -1}
+}
+
+// name is the prefix as the caller gave it, for metrics and logs.
+func (h *holder) name() string { return strings.TrimSuffix(h.dir, "/") }
+
+// takeLocal takes the local token: it waits for it until ctx ends, or
+// fails at once with ErrLocked when wait is false.
+func (h *holder) takeLocal(ctx context.Context, wait bool) error {
+	if !wait {
+		select {
+		case h.local <- struct{}{}:
+			return nil
+		default:
+			return ErrLocked
+		}
+	}
+	select {
+	case h.local <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // current is the acquisition held: key "" when none.
@@ -96,11 +129,12 @@ func (h *holder) IsOwner() clientv3.Cmp {
 
 // Guard commits ops in one transaction only while the acquisition is held.
 // It returns the type's "not held" error (Mutex and RWMutex:
-// ErrLockReleased; Election: ErrElectionNotLeader) when nothing is held,
-// and its "lost" error (ErrLockLost; Election: an error that matches both
-// ErrElectionNotLeader and ErrLeadershipLost), committing
-// nothing, when the hold ended under it (the session expired or the key
-// was deleted).
+// ErrLockReleased; Election: ErrElectionNotLeader; Semaphore:
+// ErrPermitsNotHeld) when nothing is held, and its "lost" error
+// (ErrLockLost; Election: an error that matches both ErrElectionNotLeader
+// and ErrLeadershipLost; Semaphore: ErrPermitsLost), committing nothing,
+// when the hold ended under it (the session expired or the key was
+// deleted). See the package doc's table.
 func (h *holder) Guard(ctx context.Context, ops ...clientv3.Op) (*clientv3.TxnResponse, error) {
 	if h.err != nil {
 		return nil, h.err
@@ -115,13 +149,13 @@ func (h *holder) Guard(ctx context.Context, ops ...clientv3.Op) (*clientv3.TxnRe
 
 // HoldContext returns a context derived from parent that is cancelled,
 // with context.Cause == the type's "lost" error (ErrLockLost,
-// ErrLeadershipLost), as soon as the hold ends under it: the session ends
+// ErrLeadershipLost, ErrPermitsLost), as soon as the hold ends under it: the session ends
 // or anyone deletes the key, seen through a watch on the key, or when the
 // session's trust window lapses (WithLeaseTrust; the cause then matches
 // ErrLeaseUnconfirmed too). Call cancel when done with it; it stops the
 // watch. When nothing is held it returns a context already cancelled with
-// the type's "not held" error (ErrLockReleased, ErrElectionNotLeader).
-// WithLock, WithRLock, WithWLock and WithLeadership are built on it.
+// the type's "not held" error (ErrLockReleased, ErrElectionNotLeader,
+// ErrPermitsNotHeld). WithLock and its kin are built on it.
 func (h *holder) HoldContext(parent context.Context) (ctx context.Context, cancel context.CancelFunc) {
 	key, rev, t := h.current()
 	if h.err != nil || key == "" {

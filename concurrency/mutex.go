@@ -10,7 +10,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/batonhq/baton/internal/layout"
 	"github.com/batonhq/baton/internal/obs"
 )
 
@@ -53,7 +52,6 @@ var (
 // A Mutex is safe for use by several goroutines.
 type Mutex struct {
 	holder           // key, token, header and release of the current acquisition
-	pfx       string // prefix + "/"
 	val       string // value stored in the holder's key
 	exclusive bool
 	slot      *slot // the key of the current acquisition, nil when not held; guarded by mu
@@ -93,16 +91,10 @@ func NewMutex(s *Session, pfx string, opts ...MutexOption) *Mutex {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	m := &Mutex{holder: newHolder(s, ErrLockReleased, ErrLockLost, ErrLockLost), pfx: layout.Dir(pfx), exclusive: o.exclusive}
+	m := &Mutex{holder: newHolder(s, pfx, ErrLockReleased, ErrLockLost, ErrLockLost), exclusive: o.exclusive}
 	m.local = make(chan struct{}, 1)
 	if o.val != nil {
 		m.val = *o.val
-	}
-	switch {
-	case s == nil:
-		m.err = ErrNilSession
-	case pfx == "":
-		m.err = ErrEmptyPrefix
 	}
 	return m
 }
@@ -118,58 +110,32 @@ func NewMutex(s *Session, pfx string, opts ...MutexOption) *Mutex {
 // ErrSessionExpired is returned as soon as the waiter's own key goes,
 // without waiting for the waiters ahead (#19597). A context that is over
 // before the call returns its error at once and writes nothing.
-func (m *Mutex) Lock(ctx context.Context) error {
-	if m.err != nil {
-		return m.err
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if !m.exclusive {
-		return m.lock(ctx, true)
-	}
-	select {
-	case m.local <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	if err := m.lock(ctx, true); err != nil {
-		<-m.local
-		return err
-	}
-	return nil
-}
+func (m *Mutex) Lock(ctx context.Context) error { return m.lock(ctx, true) }
 
 // TryLock takes the lock if nobody holds or waits for it, in one
 // transaction, and returns ErrLocked otherwise. It writes nothing when the
 // lock is taken (etcd's writes a key and deletes it again). On a session
 // that already holds the lock through another Mutex (or this one) it
 // succeeds, as etcd's does.
-func (m *Mutex) TryLock(ctx context.Context) error {
+func (m *Mutex) TryLock(ctx context.Context) error { return m.lock(ctx, false) }
+
+func (m *Mutex) lock(ctx context.Context, wait bool) error {
 	if m.err != nil {
 		return m.err
 	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if !m.exclusive {
-		return m.lock(ctx, false)
+	if m.exclusive {
+		if err := m.takeLocal(ctx, wait); err != nil {
+			return err
+		}
 	}
-	select {
-	case m.local <- struct{}{}:
-	default:
-		return ErrLocked
-	}
-	if err := m.lock(ctx, false); err != nil {
-		<-m.local
-		return err
-	}
-	return nil
-}
-
-func (m *Mutex) lock(ctx context.Context, wait bool) error {
 	start := time.Now()
 	err := m.lockOnce(ctx, wait)
+	if err != nil && m.exclusive {
+		<-m.local
+	}
 	if errors.Is(err, ErrLocked) {
 		m.s.opts.rec.TryFailed(obs.Mutex, m.name())
 	}
@@ -184,24 +150,21 @@ func (m *Mutex) lock(ctx context.Context, wait bool) error {
 	return err
 }
 
-// name is the prefix as the caller gave it, for metrics and logs.
-func (m *Mutex) name() string { return strings.TrimSuffix(m.pfx, "/") }
-
 func (m *Mutex) lockOnce(ctx context.Context, wait bool) error {
-	sl, err := takeSlot(m.s, m.pfx, m.exclusive)
+	sl, err := takeSlot(m.s, m.dir, m.exclusive)
 	if err != nil {
 		return err
 	}
 	key := sl.key
 	var j *joined
 	err = sl.serialize(func() (err error) {
-		r := joinReq{key: key, val: m.val, lease: m.s.Lease(), reads: []clientv3.Op{keysUnder(m.pfx)}, repeat: wait}
+		r := joinReq{key: key, val: m.val, lease: m.s.Lease(), reads: []clientv3.Op{keysUnder(m.dir)}, repeat: wait}
 		if !wait {
 			// TryLock puts its key only when no key exists under the
 			// prefix. A compare on a range holds when it holds for every
 			// key in it; for an empty range it compares a zero key, whose
 			// create revision is 0.
-			r.guard = []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(m.pfx).WithPrefix(), "=", 0)}
+			r.guard = []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(m.dir).WithPrefix(), "=", 0)}
 		}
 		j, err = join(ctx, m.s.Client(), r)
 		return err
@@ -214,7 +177,7 @@ func (m *Mutex) lockOnce(ctx context.Context, wait bool) error {
 		sl.giveUp(ctx, -1)
 		return ErrLocked
 	}
-	t := &turn{s: m.s, dir: m.pfx, key: key, rev: j.rev}
+	t := &turn{s: m.s, dir: m.dir, key: key, rev: j.rev}
 	t.blocker = t.older
 	queue, at := j.kvs(0), j.hdr.Revision
 	if ctx.Err() != nil {
@@ -228,10 +191,7 @@ func (m *Mutex) lockOnce(ctx context.Context, wait bool) error {
 		_, at, err = waitTurn(ctx, t, queue, at)
 	}
 	if err != nil {
-		if lerr := sl.giveUp(ctx, j.rev); lerr != nil && !errors.Is(err, ErrSessionExpired) {
-			err = fmt.Errorf("%w (and deleting the waiter key %q failed: %v; it goes with the session)", err, key, lerr)
-		}
-		return ctxErr(ctx, err)
+		return ctxErr(ctx, leftErr(err, key, sl.giveUp(ctx, j.rev)))
 	}
 	hdr := headerAt(j.hdr, at)
 	m.mu.Lock()
@@ -270,8 +230,8 @@ func (m *Mutex) Unlock(ctx context.Context) error {
 	if sl == nil || key == "" || rev <= 0 {
 		return ErrLockReleased
 	}
-	if !strings.HasPrefix(key, m.pfx) {
-		return fmt.Errorf("mutex: invalid key %q, it should have prefix %q", key, m.pfx)
+	if !strings.HasPrefix(key, m.dir) {
+		return fmt.Errorf("mutex: invalid key %q, it should have prefix %q", key, m.dir)
 	}
 	present, hdr, err := sl.release(ctx, rev)
 	if err != nil {

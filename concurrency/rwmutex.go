@@ -3,11 +3,10 @@ package concurrency
 import (
 	"context"
 	"errors"
-	"fmt"
-	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"strings"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -22,18 +21,11 @@ import (
 var (
 	// ErrNotRLocked is returned by RUnlock on an RWMutex that does not hold
 	// a read lock. It matches ErrLockReleased.
-	ErrNotRLocked error = notHeldErr("rwmutex: RUnlock of an RWMutex that is not read-locked")
+	ErrNotRLocked error = &errKind{"rwmutex: RUnlock of an RWMutex that is not read-locked", ErrLockReleased}
 	// ErrNotLocked is returned by Unlock on an RWMutex that does not hold
 	// the write lock. It matches ErrLockReleased.
-	ErrNotLocked error = notHeldErr("rwmutex: Unlock of an RWMutex that is not write-locked")
+	ErrNotLocked error = &errKind{"rwmutex: Unlock of an RWMutex that is not write-locked", ErrLockReleased}
 )
-
-// notHeldErr is an RWMutex's "not held" in one mode: a kind of
-// ErrLockReleased with a text of its own.
-type notHeldErr string
-
-func (e notHeldErr) Error() string        { return string(e) }
-func (e notHeldErr) Is(target error) bool { return target == ErrLockReleased }
 
 // RWMutex is a distributed reader/writer lock: any number of readers, or
 // one writer. Every lock is a key under pfx + "/read/" or pfx + "/write/",
@@ -60,23 +52,16 @@ func (e notHeldErr) Is(target error) bool { return target == ErrLockReleased }
 // nothing is held and ErrLockLost when the lock ended under it. WithRLock
 // and WithWLock are WithLock's counterparts.
 type RWMutex struct {
-	holder        // key, token, header and release of the lock held
-	dir    string // pfx + "/"
-	write  bool   // the lock held is the write lock; guarded by mu
+	holder      // key, token, header and release of the lock held
+	write  bool // the lock held is the write lock; guarded by mu
 }
 
 // NewRWMutex makes an RWMutex on prefix pfx. It talks to the server only
 // when locked. A nil session or an empty prefix is reported by the first
 // call, which then touches nothing.
 func NewRWMutex(s *Session, pfx string) *RWMutex {
-	rw := &RWMutex{holder: newHolder(s, ErrLockReleased, ErrLockLost, ErrLockLost), dir: layout.Dir(pfx)}
+	rw := &RWMutex{holder: newHolder(s, pfx, ErrLockReleased, ErrLockLost, ErrLockLost)}
 	rw.local = make(chan struct{}, 1)
-	switch {
-	case s == nil:
-		rw.err = ErrNilSession
-	case pfx == "":
-		rw.err = ErrEmptyPrefix
-	}
 	return rw
 }
 
@@ -116,9 +101,6 @@ func (rw *RWMutex) lock(ctx context.Context, write, wait bool) error {
 	return ctxEnded(ctx, err, ErrLocked, ErrSessionExpired)
 }
 
-// name is the prefix as the caller gave it, for metrics and logs.
-func (rw *RWMutex) name() string { return strings.TrimSuffix(rw.dir, "/") }
-
 func (rw *RWMutex) lockOnce(ctx context.Context, write, wait bool) error {
 	if rw.err != nil {
 		return rw.err
@@ -126,18 +108,8 @@ func (rw *RWMutex) lockOnce(ctx context.Context, write, wait bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if wait {
-		select {
-		case rw.local <- struct{}{}:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	} else {
-		select {
-		case rw.local <- struct{}{}:
-		default:
-			return ErrLocked
-		}
+	if err := rw.takeLocal(ctx, wait); err != nil {
+		return err
 	}
 	kind := layout.RWRead
 	if write {
@@ -201,10 +173,7 @@ func (rw *RWMutex) acquire(ctx context.Context, key string, write, wait bool) (i
 		_, at, err = waitTurn(ctx, t, j.kvs(0), at)
 	}
 	if err != nil {
-		if lerr := leave(ctx, c, key, j.rev); lerr != nil && !errors.Is(err, ErrSessionExpired) {
-			err = fmt.Errorf("%w (and deleting the waiter key %q failed: %v; it goes with the session)", err, key, lerr)
-		}
-		return 0, nil, err
+		return 0, nil, leftErr(err, key, leave(ctx, c, key, j.rev))
 	}
 	return j.rev, headerAt(j.hdr, at), nil
 }
@@ -241,11 +210,8 @@ func (rw *RWMutex) unlockOnce(ctx context.Context, write bool) error {
 		return ErrNotRLocked
 	}
 	// Delete only our own acquisition (etcd #22082).
-	resp, err := rw.s.Client().Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
-		Then(clientv3.OpDelete(key)).
-		Commit()
-	if err != nil {
+	resp, err := guard(ctx, rw.s.Client(), key, rev, ErrLockLost, []clientv3.Op{clientv3.OpDelete(key)})
+	if resp == nil {
 		return err
 	}
 	rw.mu.Lock()
@@ -255,14 +221,11 @@ func (rw *RWMutex) unlockOnce(ctx context.Context, write bool) error {
 	rw.mu.Unlock()
 	rw.s.releaseName(key)
 	<-rw.local
-	if !resp.Succeeded {
-		if t != nil {
-			t.lost(lossCause(rw.s), ErrLockLost)
-		}
-		return ErrLockLost
+	if err != nil && t != nil {
+		t.lost(lossCause(rw.s), ErrLockLost)
 	}
 	t.released()
-	return nil
+	return err
 }
 
 // WithRLock takes a read lock on rw, runs f, and releases it, as WithLock

@@ -6,10 +6,9 @@ import (
 	"fmt"
 	"slices"
 	"sort"
-	"strings"
-	"sync"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -32,13 +31,20 @@ var (
 	// ErrInvalidWeight is returned when n <= 0, or n > limit for Acquire
 	// and TryAcquire (such a request could never be granted).
 	ErrInvalidWeight = errors.New("semaphore: n must be > 0 and <= the limit")
-	// ErrNotHeld is returned by Release when asked to release more
-	// permits than this Semaphore holds. Nothing is released then.
-	ErrNotHeld = errors.New("semaphore: released more than held")
-	// ErrPermitsLost is returned by Release when some of the permits it
-	// released had already gone with the session (the lease expired or
-	// was revoked) or their key was deleted.
+	// ErrPermitsNotHeld is Semaphore's "not held" error: Release returns
+	// it when asked to release more permits than this Semaphore holds
+	// (nothing is released then).
+	ErrPermitsNotHeld = errors.New("semaphore: permits not held")
+	// ErrPermitsLost is Semaphore's "lost" error: Release returns it when
+	// some of the permits it released had already gone with the session
+	// (the lease expired or was revoked) or their key was deleted, and it
+	// is the cause of WithPermits' context when its grant ends under it.
 	ErrPermitsLost = errors.New("semaphore: permits lost")
+
+	// ErrNotHeld is ErrPermitsNotHeld, under its former name.
+	//
+	// Deprecated: Use ErrPermitsNotHeld.
+	ErrNotHeld = ErrPermitsNotHeld
 )
 
 // Semaphore is a weighted, fair counting semaphore shared by every client
@@ -63,17 +69,17 @@ var (
 // arrival wakes every waiter.
 //
 // A Semaphore value is safe for use by several goroutines; each Acquire is
-// a separate grant with its own key. WithPermits is WithLock's counterpart:
-// it runs a function under one grant, with a context that ends when the
-// grant is lost.
+// a separate grant with its own key. Key, Rev, Header, IsOwner, Guard and
+// HoldContext are those of the youngest grant held (the one with the
+// highest token), as for a Mutex: Guard returns ErrPermitsNotHeld when
+// nothing is held and ErrPermitsLost when the grant ended under it.
+// WithPermits is WithLock's counterpart: it runs a function under one
+// grant, with a context that ends when the grant is lost.
 type Semaphore struct {
-	s     *Session
-	dir   string // pfx + "/"
-	limit int64
-	err   error
+	holder // the youngest grant
+	limit  int64
 
-	mu     sync.Mutex
-	grants []semGrant // held, oldest first
+	grants []semGrant // held, oldest first; guarded by mu
 }
 
 // semGrant is one granted acquisition.
@@ -98,13 +104,8 @@ type semEntry struct {
 // nil session, an empty prefix or a limit <= 0 is reported by the first
 // call, which then touches nothing.
 func NewSemaphore(s *Session, pfx string, limit int64) *Semaphore {
-	sm := &Semaphore{s: s, dir: layout.Dir(pfx), limit: limit}
-	switch {
-	case s == nil:
-		sm.err = ErrNilSession
-	case pfx == "":
-		sm.err = ErrEmptyPrefix
-	case limit <= 0:
+	sm := &Semaphore{holder: newHolder(s, pfx, ErrPermitsNotHeld, ErrPermitsLost, ErrPermitsLost), limit: limit}
+	if sm.err == nil && limit <= 0 {
 		sm.err = fmt.Errorf("%w (got %d)", ErrInvalidLimit, limit)
 	}
 	return sm
@@ -130,17 +131,28 @@ func (sm *Semaphore) Acquire(ctx context.Context, n int64) error {
 	return err
 }
 
-// name is the prefix as the caller gave it, for metrics and logs.
-func (sm *Semaphore) name() string { return strings.TrimSuffix(sm.dir, "/") }
-
-// granted records a grant of n permits (key created at rev) that took wait.
-func (sm *Semaphore) granted(key string, rev, n int64, wait time.Duration) semGrant {
+// granted records a grant of n permits (key created at rev, granted as of
+// hdr) that took wait.
+func (sm *Semaphore) granted(key string, rev, n int64, hdr *pb.ResponseHeader, wait time.Duration) semGrant {
 	g := semGrant{key: key, rev: rev, n: n, tally: acquired(sm.s, obs.Semaphore, sm.name(), key, rev, wait)}
 	sm.s.opts.rec.Permits(sm.name(), n)
 	sm.mu.Lock()
 	sm.grants = append(sm.grants, g)
+	sm.hdr = hdr
+	sm.youngest()
 	sm.mu.Unlock()
 	return g
+}
+
+// youngest makes the holder's acquisition the youngest grant, or none;
+// sm.mu is held.
+func (sm *Semaphore) youngest() {
+	sm.key, sm.rev, sm.tally = "", -1, nil
+	for _, g := range sm.grants {
+		if g.rev > sm.rev {
+			sm.key, sm.rev, sm.tally = g.key, g.rev, g.tally
+		}
+	}
 }
 
 // acquire is Acquire; it returns the grant.
@@ -165,7 +177,7 @@ func (sm *Semaphore) acquireOnce(ctx context.Context, n int64) (semGrant, error)
 	start := time.Now()
 	c := sm.s.Client()
 	key := sm.s.claimName(sm.dir)
-	val := semValue(n, sm.limit)
+	val := layout.SemaphoreValue(n, sm.limit)
 	// Put our key and read the queue in one transaction (step 1 of
 	// key.go's algorithm).
 	j, err := join(ctx, c, joinReq{key: key, val: val, lease: sm.s.Lease(), reads: []clientv3.Op{clientv3.OpGet(sm.dir, clientv3.WithPrefix())}, repeat: true})
@@ -183,19 +195,17 @@ func (sm *Semaphore) acquireOnce(ctx context.Context, n int64) (semGrant, error)
 		sm.s.releaseName(key)
 		return semGrant{}, fmt.Errorf("semaphore: key %q exists from an earlier acquisition of this lease", key)
 	}
-	rev := j.rev
+	rev, at := j.rev, int64(0)
 	err = sm.checkLimits(semEntries(j.kvs(0)))
 	if err == nil {
-		err = sm.wait(ctx, key, rev, j.kvs(0), j.hdr.Revision)
+		at, err = sm.wait(ctx, key, rev, j.kvs(0), j.hdr.Revision)
 	}
 	if err != nil {
-		if lerr := leave(ctx, c, key, rev); lerr != nil && !errors.Is(err, ErrSessionExpired) {
-			err = fmt.Errorf("%w (and deleting the waiter key %q failed: %v; it goes with the session)", err, key, lerr)
-		}
+		err = leftErr(err, key, leave(ctx, c, key, rev))
 		sm.s.releaseName(key)
 		return semGrant{}, err
 	}
-	return sm.granted(key, rev, n, time.Since(start)), nil
+	return sm.granted(key, rev, n, headerAt(j.hdr, at), time.Since(start)), nil
 }
 
 // TryAcquire takes n permits if they are free now and nobody waits for
@@ -234,7 +244,7 @@ func (sm *Semaphore) tryAcquire(ctx context.Context, n int64) error {
 		// under the prefix changed since (a compare on a range holds when
 		// it holds for every key in it).
 		key := sm.s.claimName(sm.dir)
-		j, err := join(ctx, c, joinReq{key: key, val: semValue(n, sm.limit), lease: sm.s.Lease(),
+		j, err := join(ctx, c, joinReq{key: key, val: layout.SemaphoreValue(n, sm.limit), lease: sm.s.Lease(),
 			guard: []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(sm.dir).WithPrefix(), "<", r.Header.Revision+1)}})
 		if err != nil {
 			abandon(ctx, c, sm.s.Lease(), key) // it may have taken the permits
@@ -242,7 +252,7 @@ func (sm *Semaphore) tryAcquire(ctx context.Context, n int64) error {
 			return ctxErr(ctx, err)
 		}
 		if j.put {
-			sm.granted(key, j.rev, n, 0)
+			sm.granted(key, j.rev, n, j.hdr, 0)
 			return nil
 		}
 		sm.s.releaseName(key)
@@ -256,7 +266,7 @@ func (sm *Semaphore) tryAcquire(ctx context.Context, n int64) error {
 // Release gives back n permits held by this Semaphore, youngest grants
 // first (a grant released in part keeps its place and its token).
 //
-// It returns ErrInvalidWeight for n <= 0 and ErrNotHeld, releasing
+// It returns ErrInvalidWeight for n <= 0 and ErrPermitsNotHeld, releasing
 // nothing, when this Semaphore holds fewer than n permits. It returns
 // ErrPermitsLost when some of the released permits had already gone with
 // the session; they count as released. Each key is deleted only if it is
@@ -270,7 +280,7 @@ func (sm *Semaphore) tryAcquire(ctx context.Context, n int64) error {
 // and Rev count only what is still held, and a retried Release of the
 // rest releases it.
 func (sm *Semaphore) Release(ctx context.Context, n int64) error {
-	return ctxEnded(ctx, sm.release(ctx, n), ErrPermitsLost, ErrNotHeld, ErrInvalidWeight)
+	return ctxEnded(ctx, sm.release(ctx, n), ErrPermitsLost, ErrPermitsNotHeld, ErrInvalidWeight)
 }
 
 func (sm *Semaphore) release(ctx context.Context, n int64) error {
@@ -282,12 +292,8 @@ func (sm *Semaphore) release(ctx context.Context, n int64) error {
 	}
 	sm.mu.Lock()
 	defer sm.mu.Unlock()
-	var held int64
-	for _, g := range sm.grants {
-		held += g.n
-	}
-	if n > held {
-		return fmt.Errorf("%w (release %d, held %d)", ErrNotHeld, n, held)
+	if held := sm.held(); n > held {
+		return fmt.Errorf("%w (release %d, held %d)", ErrPermitsNotHeld, n, held)
 	}
 	// Plan: whole grants from the youngest, and at most one in part.
 	type step struct {
@@ -312,6 +318,7 @@ func (sm *Semaphore) release(ctx context.Context, n int64) error {
 		}
 		clear(sm.grants[len(kept):])
 		sm.grants = kept
+		sm.youngest()
 	}()
 	const chunk = 100 // well under etcd's default --max-txn-ops of 128
 	for len(plan) > 0 {
@@ -321,7 +328,7 @@ func (sm *Semaphore) release(ctx context.Context, n int64) error {
 			g := sm.grants[st.i]
 			op := clientv3.OpDelete(g.key)
 			if st.left > 0 {
-				op = clientv3.OpPut(g.key, semValue(st.left, sm.limit), clientv3.WithLease(sm.s.Lease()))
+				op = clientv3.OpPut(g.key, layout.SemaphoreValue(st.left, sm.limit), clientv3.WithLease(sm.s.Lease()))
 			}
 			ops[j] = clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(g.key), "=", g.rev)}, []clientv3.Op{op}, nil)
 		}
@@ -329,6 +336,7 @@ func (sm *Semaphore) release(ctx context.Context, n int64) error {
 		if err != nil {
 			return err
 		}
+		sm.hdr = resp.Header
 		for j, st := range part {
 			g := &sm.grants[st.i]
 			gone := !resp.Responses[j].GetResponseTxn().Succeeded
@@ -383,68 +391,43 @@ func (sm *Semaphore) releaseGrant(ctx context.Context, g semGrant) error {
 	if i < 0 {
 		return nil
 	}
-	resp, err := sm.s.Client().Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(g.key), "=", g.rev)).
-		Then(clientv3.OpDelete(g.key)).
-		Commit()
-	if err != nil {
+	resp, err := guard(ctx, sm.s.Client(), g.key, g.rev, ErrPermitsLost, []clientv3.Op{clientv3.OpDelete(g.key)})
+	if resp == nil {
 		return err
 	}
 	g = sm.grants[i]
 	sm.grants = slices.Delete(sm.grants, i, i+1)
+	sm.hdr = resp.Header
+	sm.youngest()
 	sm.s.opts.rec.Permits(sm.name(), -g.n)
-	if !resp.Succeeded && g.tally != nil {
+	if err != nil && g.tally != nil {
 		g.tally.lost(lossCause(sm.s), ErrPermitsLost)
 	}
 	g.tally.released()
 	sm.s.releaseName(g.key)
-	if !resp.Succeeded {
-		return ErrPermitsLost
-	}
-	return nil
+	return err
 }
 
 // Held is the number of permits this Semaphore holds.
 func (sm *Semaphore) Held() int64 {
 	sm.mu.Lock()
 	defer sm.mu.Unlock()
-	var held int64
-	for _, g := range sm.grants {
-		held += g.n
-	}
-	return held
+	return sm.held()
 }
 
-// Rev is the fencing token of the youngest grant this Semaphore holds: the
-// create revision of its key, unique per grant and greater than the token
-// of every grant made before it on this prefix. It is -1 when nothing is
-// held. With one Acquire at a time per Semaphore, it is the token of that
-// grant.
-func (sm *Semaphore) Rev() int64 {
-	sm.mu.Lock()
-	defer sm.mu.Unlock()
-	if len(sm.grants) == 0 {
-		return -1
-	}
-	rev := int64(-1)
+// held is Held with sm.mu held.
+func (sm *Semaphore) held() (n int64) {
 	for _, g := range sm.grants {
-		rev = max(rev, g.rev)
+		n += g.n
 	}
-	return rev
+	return n
 }
 
 // Limit is the number of permits of the semaphore.
 func (sm *Semaphore) Limit() int64 { return sm.limit }
 
-func semValue(n, limit int64) string { return layout.SemaphoreValue(n, limit) }
-
-func semParse(v []byte) (n, limit int64) {
-	n, limit, _ = layout.ParseSemaphoreValue(v)
-	return n, limit
-}
-
 func semEntry1(kv *mvccpb.KeyValue) semEntry {
-	n, limit := semParse(kv.Value)
+	n, limit, _ := layout.ParseSemaphoreValue(kv.Value)
 	return semEntry{key: string(kv.Key), value: string(kv.Value), rev: kv.CreateRevision, n: n, limit: limit}
 }
 
@@ -510,7 +493,7 @@ func (q semQueue) window() []semEntry {
 
 // wait blocks until the key created at rev is granted: the permits of the
 // keys ahead of it plus its own fit within the limit. queue is the queue at
-// at.
+// at. It returns the revision as of which the key was granted.
 //
 // The steps:
 //  1. From the queue at a known revision, find our place. If our key is
@@ -531,7 +514,7 @@ func (q semQueue) window() []semEntry {
 //
 // So a release wakes at most the semWindow waiters in front, and each
 // grant wakes the waiter that moves into the window.
-func (sm *Semaphore) wait(ctx context.Context, key string, rev int64, queue []*mvccpb.KeyValue, at int64) error {
+func (sm *Semaphore) wait(ctx context.Context, key string, rev int64, queue []*mvccpb.KeyValue, at int64) (int64, error) {
 	t := &turn{s: sm.s, dir: sm.dir, key: key, rev: rev, values: true, all: true}
 	t.blocker = func(queue []*mvccpb.KeyValue) *mvccpb.KeyValue {
 		q := semOrder(semEntries(queue), sm.limit)
@@ -542,61 +525,53 @@ func (sm *Semaphore) wait(ctx context.Context, key string, rev int64, queue []*m
 		p := q.entries[i-1]
 		return &mvccpb.KeyValue{Key: []byte(p.key), CreateRevision: p.rev}
 	}
-	queue, _, err := waitTurn(ctx, t, queue, at)
+	queue, at, err := waitTurn(ctx, t, queue, at)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if q := semOrder(semEntries(queue), sm.limit); q.find(key, rev) < q.granted {
-		return sm.callForward(ctx, key, rev, q)
+		sm.callForward(ctx, q)
+		return at, nil
 	}
 	return sm.follow(ctx, key, rev)
 }
 
 // follow is step 4 of wait: it returns once the key created at rev fits,
-// having called the next waiters forward. It follows the queue with
-// mirror, from rev at the earliest: a watch made on a member that lags
-// can start before our key exists.
-func (sm *Semaphore) follow(ctx context.Context, key string, rev int64) error {
+// having called the next waiters forward, and the revision at which it
+// did. It follows the queue with mirror, from rev at the earliest: a watch
+// made on a member that lags can start before our key exists.
+func (sm *Semaphore) follow(ctx context.Context, key string, rev int64) (int64, error) {
 	var q semQueue
-	err := mirror(ctx, sm.s.Client(), sm.dir, rev, sm.s.expired(), func(kvs map[string]*mvccpb.KeyValue, _ int64) (bool, error) {
-		mine, ok := kvs[key]
-		if !ok || mine.CreateRevision != rev {
+	var at int64
+	err := mirror(ctx, sm.s.Client(), sm.dir, rev, sm.s.expired(), func(kvs map[string]*mvccpb.KeyValue, now int64) (bool, error) {
+		if mine, ok := kvs[key]; !ok || mine.CreateRevision != rev {
 			return false, ErrSessionExpired
-		}
-		n, _ := semParse(mine.Value)
-		for _, kv := range kvs {
-			if kv.CreateRevision < rev {
-				ahead, _ := semParse(kv.Value)
-				n += ahead
-			}
-		}
-		if n > sm.limit {
-			return false, nil
 		}
 		es := make([]semEntry, 0, len(kvs))
 		for _, kv := range kvs {
 			es = append(es, semEntry1(kv))
 		}
-		q = semOrder(es, sm.limit)
-		return true, nil
+		q, at = semOrder(es, sm.limit), now
+		return q.find(key, rev) < q.granted, nil
 	})
 	if err != nil {
-		return err
+		return 0, err
 	}
-	return sm.callForward(ctx, key, rev, q)
+	sm.callForward(ctx, q)
+	return at, nil
 }
 
-// callForward is step 5 of wait, for our key (created at rev) granted in
-// queue q: it rewrites the keys of the waiters in the window, each guarded
+// callForward is step 5 of wait, for our key granted in queue q: it
+// rewrites the keys of the waiters in the window, each guarded
 // on its create revision, in one transaction. The request runs in the
 // background, with its own timeout, and Acquire does not wait for it: the
 // grant does not depend on it, and it is not on the critical path of the
 // next grant. A lost request only delays those waiters until the next
 // grant, or until their predecessor's key goes.
-func (sm *Semaphore) callForward(ctx context.Context, key string, rev int64, q semQueue) error {
+func (sm *Semaphore) callForward(ctx context.Context, q semQueue) {
 	window := q.window()
 	if len(window) == 0 {
-		return nil
+		return
 	}
 	ops := make([]clientv3.Op, len(window))
 	for i, e := range window {
@@ -611,5 +586,4 @@ func (sm *Semaphore) callForward(ctx context.Context, key string, rev int64, q s
 		defer cancel()
 		c.Txn(ctx).Then(ops...).Commit()
 	}()
-	return nil
 }

@@ -80,7 +80,7 @@ func TestSemaphoreReleaseOfManyGrantsFailingHalfway(t *testing.T) {
 	if keys.Count != 0 {
 		t.Fatalf("%d keys left on the server", keys.Count)
 	}
-	if !errors.Is(sem.Release(e.ctx, 1), concurrency.ErrNotHeld) {
-		t.Fatal("a Release with nothing held is not ErrNotHeld")
+	if !errors.Is(sem.Release(e.ctx, 1), concurrency.ErrPermitsNotHeld) {
+		t.Fatal("a Release with nothing held is not ErrPermitsNotHeld")
 	}
 }

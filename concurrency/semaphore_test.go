@@ -231,7 +231,7 @@ func TestSemaphorePartialRelease(t *testing.T) {
 	if b.Rev() <= token {
 		t.Fatalf("later grant's token %d not above %d", b.Rev(), token)
 	}
-	if err := a.Release(e.ctx, 3); !errors.Is(err, concurrency.ErrNotHeld) {
+	if err := a.Release(e.ctx, 3); !errors.Is(err, concurrency.ErrPermitsNotHeld) {
 		t.Fatalf("Release of more than held: %v", err)
 	}
 	if a.Held() != 2 {
@@ -312,7 +312,7 @@ func TestSemaphoreBadInput(t *testing.T) {
 	if err := sem.Release(e.ctx, 0); !errors.Is(err, concurrency.ErrInvalidWeight) {
 		t.Errorf("Release(0): %v", err)
 	}
-	if err := sem.Release(e.ctx, 1); !errors.Is(err, concurrency.ErrNotHeld) {
+	if err := sem.Release(e.ctx, 1); !errors.Is(err, concurrency.ErrPermitsNotHeld) {
 		t.Errorf("Release without Acquire: %v", err)
 	}
 	assertEmpty(t, e)
@@ -359,7 +359,7 @@ func TestSemaphoreClusterMemberRestart(t *testing.T) {
 				out.Add(-1)
 				prog.done()
 				err = untilDone(ctx, func(ctx context.Context) error { return sem.Release(ctx, 1) }, func(err error) bool {
-					return errors.Is(err, concurrency.ErrNotHeld) || errors.Is(err, concurrency.ErrPermitsLost)
+					return errors.Is(err, concurrency.ErrPermitsNotHeld) || errors.Is(err, concurrency.ErrPermitsLost)
 				})
 				if err != nil && !errors.Is(err, concurrency.ErrPermitsLost) { // lost: an earlier try landed
 					t.Error(err)
@@ -431,5 +431,95 @@ func TestSemaphoreWithPermits(t *testing.T) {
 	}
 	if sm.Held() != 0 || sm.Rev() != -1 {
 		t.Fatalf("after a lost grant: held %d rev %d", sm.Held(), sm.Rev())
+	}
+}
+
+// A Semaphore's grants speak the holder's vocabulary: Key, Rev, IsOwner,
+// Guard and HoldContext are those of the youngest grant; Guard refuses
+// with ErrPermitsNotHeld when nothing is held (before the first Acquire and
+// after the release) and with ErrPermitsLost, committing nothing, once the
+// grant went with its session; a session that expires ends HoldContext
+// with cause ErrPermitsLost.
+func TestSemaphoreGuardHoldContext(t *testing.T) {
+	e := newEnv(t)
+	admin := e.client()
+	put := func(v string) clientv3.Op { return clientv3.OpPut("semguard-resource", v) }
+	s := e.session(concurrency.WithTTL(2))
+	sem := concurrency.NewSemaphore(s, "semguard", 3)
+	if _, err := sem.Guard(e.ctx, put("early")); !errors.Is(err, concurrency.ErrPermitsNotHeld) {
+		t.Fatalf("Guard before Acquire: %v, want ErrPermitsNotHeld", err)
+	}
+	if hctx, cancel := sem.HoldContext(e.ctx); !errors.Is(context.Cause(hctx), concurrency.ErrPermitsNotHeld) {
+		t.Fatalf("HoldContext before Acquire: cause %v, want ErrPermitsNotHeld", context.Cause(hctx))
+	} else {
+		cancel()
+	}
+	if sem.Rev() != -1 || sem.Key() != "" {
+		t.Fatalf("before Acquire: Rev %d Key %q, want -1 and none", sem.Rev(), sem.Key())
+	}
+
+	if err := sem.Acquire(e.ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	first, firstKey := sem.Rev(), sem.Key()
+	if first <= 0 || firstKey == "" || sem.Header() == nil || sem.Header().Revision < first {
+		t.Fatalf("after Acquire: Rev %d Key %q Header %v", first, firstKey, sem.Header())
+	}
+	if err := sem.Acquire(e.ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if sem.Rev() <= first || sem.Key() == firstKey {
+		t.Fatalf("second grant: Rev %d Key %q, want the younger grant's (first %d %q)", sem.Rev(), sem.Key(), first, firstKey)
+	}
+	if err := sem.Release(e.ctx, 1); err != nil { // the youngest goes
+		t.Fatal(err)
+	}
+	if sem.Rev() != first || sem.Key() != firstKey {
+		t.Fatalf("after releasing the younger grant: Rev %d Key %q, want %d %q", sem.Rev(), sem.Key(), first, firstKey)
+	}
+	if _, err := sem.Guard(e.ctx, put("held")); err != nil {
+		t.Fatalf("Guard while held: %v", err)
+	}
+	if r, err := admin.Txn(e.ctx).If(sem.IsOwner()).Commit(); err != nil || !r.Succeeded {
+		t.Fatalf("IsOwner while held: %v %v", r, err)
+	}
+
+	hctx, cancel := sem.HoldContext(e.ctx)
+	defer cancel()
+	s.Orphan() // the lease expires within its TTL
+	select {
+	case <-hctx.Done():
+	case <-e.ctx.Done():
+		t.Fatal("HoldContext still open after the session's lease expired")
+	}
+	if !errors.Is(context.Cause(hctx), concurrency.ErrPermitsLost) {
+		t.Fatalf("cause %v, want ErrPermitsLost", context.Cause(hctx))
+	}
+	// The context may end as the trust window lapses, before the server
+	// expires the lease: Guard is refused once the grant's key is gone.
+	waitKeys(t, e.ctx, admin, "semguard", 0)
+	if _, err := sem.Guard(e.ctx, put("lost")); !errors.Is(err, concurrency.ErrPermitsLost) {
+		t.Fatalf("Guard after the grant expired: %v, want ErrPermitsLost", err)
+	}
+	if r, err := admin.Get(e.ctx, "semguard-resource"); err != nil || len(r.Kvs) != 1 || string(r.Kvs[0].Value) != "held" {
+		t.Fatalf("resource after a refused Guard: %v %v, want \"held\"", r, err)
+	}
+	if err := sem.Release(e.ctx, 1); !errors.Is(err, concurrency.ErrPermitsLost) {
+		t.Fatalf("Release of the expired grant: %v, want ErrPermitsLost", err)
+	}
+
+	// Guard refuses after a release, with the "not held" error.
+	sem2 := concurrency.NewSemaphore(e.session(), "semguard", 3)
+	if err := sem2.Acquire(e.ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := sem2.Release(e.ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sem2.Guard(e.ctx, put("released")); !errors.Is(err, concurrency.ErrPermitsNotHeld) {
+		t.Fatalf("Guard after Release: %v, want ErrPermitsNotHeld", err)
+	}
+	if sem2.Rev() != -1 || sem2.Key() != "" {
+		t.Fatalf("after Release: Rev %d Key %q, want -1 and none", sem2.Rev(), sem2.Key())
 	}
 }

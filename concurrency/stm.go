@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"time"
 
@@ -55,12 +56,8 @@ type STM interface {
 //	r := stm.(concurrency.RangeSTM)
 //	for _, kv := range r.GetPrefix("accounts/") { ... }
 //
-// A range read is validated as a whole at commit under SerializableSnapshot
-// and Serializable: a commit fails, and apply is run again, if another
-// writer inserted a key into the range, modified a key in it, or deleted a
-// key from it since the read. Under RepeatableReads only the keys the read
-// returned are validated (inserted keys are phantoms), and under
-// ReadCommitted nothing is.
+// What a commit checks of a range read (the range as a whole, only the keys
+// it returned, or nothing) is the isolation level's: see Isolation.
 //
 // Range size is bounded. etcd caps the compares of one Txn at --max-txn-ops
 // (default 128). Validating a range takes one compare per key it holds
@@ -504,8 +501,7 @@ type stmTxn struct {
 	applyFailed bool // the last attempt's apply ended the transaction with an error
 
 	// Per attempt.
-	rev    int64                       // snapshot revision (snapshot levels), 0 before the first read
-	hdr    *pb.ResponseHeader          // header of the attempt's first read
+	snap   stmSnap                     // where the attempt's reads come from
 	reads  map[string]*mvccpb.KeyValue // keys read with Get/Rev, nil when absent
 	rkeys  []string                    // keys of reads in read order (for the refresh reads)
 	ranges []*stmRange                 // range reads in read order
@@ -516,24 +512,52 @@ type stmTxn struct {
 	abort  *stmAbort                   // set when apply was unwound
 
 	// From the last failed commit's failure branch, consumed by the next
-	// attempt.
+	// attempt (whose snap is then stmFromCommit or stmAged).
 	fresh       map[string]*mvccpb.KeyValue
 	freshRanges []*stmRange
-	freshHdr    *pb.ResponseHeader
-
-	stale bool // fresh* aged during a backoff: refresh them first
-	// linear is set when the attempt's snapshot was current when it was
-	// read (a linearizable read or a commit's response); serialFirst makes
-	// the first read of the attempt serializable instead.
-	linear, serialFirst bool
 
 	attempts  int
 	conflicts int // consecutive failed attempts
 	done      bool
 }
 
+// stmSnap is an attempt's snapshot: the header of what it read first, and
+// where that came from, which decides its first read and whether a
+// read-only commit must be validated (see the Isolation constants).
+type stmSnap struct {
+	hdr  *pb.ResponseHeader // nil before the attempt's first read
+	from stmSource
+}
+
+type stmSource uint8
+
+const (
+	// stmRead: the attempt reads its own snapshot. Under the snapshot
+	// levels its first read is linearizable, so the snapshot is current.
+	stmRead stmSource = iota
+	// stmFromCommit: the attempt starts from the values the failed commit
+	// returned, at hdr: as current as a linearizable read.
+	stmFromCommit
+	// stmAged: those values aged during a backoff pause; the first read
+	// of the attempt reads them again serializably (refresh), a snapshot
+	// that may be stale and that the commit checks.
+	stmAged
+)
+
+// current reports whether the snapshot was current when it was read.
+func (s stmSnap) current() bool { return s.from != stmAged }
+
+// rev is the snapshot revision R under the snapshot levels; 0 before the
+// first read, and under the other levels.
+func (t *stmTxn) rev() int64 {
+	if t.snap.hdr == nil || !t.o.iso.snapshot() {
+		return 0
+	}
+	return t.snap.hdr.Revision
+}
+
+// reset starts an attempt on t.snap, which the previous one left.
 func (t *stmTxn) reset() {
-	t.rev, t.hdr = 0, nil
 	t.reads = map[string]*mvccpb.KeyValue{}
 	t.rkeys = t.rkeys[:0]
 	t.ranges = nil
@@ -542,15 +566,6 @@ func (t *stmTxn) reset() {
 	t.wops = nil
 	t.doomed = false
 	t.abort = nil
-	t.linear, t.serialFirst = false, false
-	if t.freshHdr != nil && !t.stale {
-		// A commit's response is as current as a linearizable read.
-		t.linear = true
-		t.hdr = t.freshHdr
-		if t.o.iso.snapshot() {
-			t.rev = t.freshHdr.Revision
-		}
-	}
 }
 
 // run is the retry loop of NewSTM.
@@ -562,12 +577,14 @@ func (t *stmTxn) run(apply func(STM) error) (*clientv3.TxnResponse, error) {
 		t.attempts++
 		t.reset()
 		retry, err := t.apply(apply)
-		t.fresh, t.freshRanges, t.freshHdr = nil, nil, nil
+		t.fresh, t.freshRanges = nil, nil
 		if err != nil && !retry {
 			t.applyFailed = true
 			return nil, err
 		}
-		if !retry {
+		if retry {
+			t.snap = stmSnap{}
+		} else {
 			var resp *clientv3.TxnResponse
 			resp, retry, err = t.commit()
 			if err != nil {
@@ -587,7 +604,9 @@ func (t *stmTxn) run(apply func(STM) error) (*clientv3.TxnResponse, error) {
 			}
 			// The values the failed commit returned have aged by d: the
 			// next attempt reads them again, all in one round trip.
-			t.stale = true
+			if t.snap.from == stmFromCommit {
+				t.snap = stmSnap{from: stmAged}
+			}
 		}
 	}
 }
@@ -604,8 +623,7 @@ func (t *stmTxn) apply(apply func(STM) error) (retry bool, err error) {
 			retry, err = a.retry, a.err
 		}
 	}()
-	if t.stale {
-		t.stale = false
+	if t.snap.from == stmAged {
 		t.refresh()
 	}
 	if len(t.o.prefetch) > 0 {
@@ -645,23 +663,14 @@ func (t *stmTxn) Get(keys ...string) string {
 			t.fail(fmt.Errorf("%w: Get", ErrSTMEmptyKey), false)
 		}
 	}
-	if len(keys) == 1 {
-		if i, ok := t.writes[keys[0]]; ok {
-			return t.wops[i].val
-		}
-		t.readKeys(keys)
-	} else {
-		// Keys the transaction wrote read as written: no need to fetch.
-		toRead := make([]string, 0, len(keys))
-		for _, k := range keys {
-			if _, ok := t.writes[k]; !ok {
-				toRead = append(toRead, k)
-			}
-		}
-		t.readKeys(toRead)
-		if i, ok := t.writes[keys[0]]; ok {
-			return t.wops[i].val
-		}
+	// Keys the transaction wrote read as written: no need to fetch.
+	toRead := keys
+	if len(t.writes) > 0 {
+		toRead = slices.DeleteFunc(slices.Clone(keys), func(k string) bool { _, ok := t.writes[k]; return ok })
+	}
+	t.readKeys(toRead)
+	if i, ok := t.writes[keys[0]]; ok {
+		return t.wops[i].val
 	}
 	if kv := t.reads[keys[0]]; kv != nil {
 		return string(kv.Value)
@@ -797,7 +806,7 @@ func (t *stmTxn) readKeys(keys []string) {
 			t.addRead(k, kv)
 			continue
 		}
-		if !stmContains(missing, k) {
+		if !slices.Contains(missing, k) {
 			missing = append(missing, k)
 		}
 	}
@@ -812,10 +821,7 @@ func (t *stmTxn) readKeys(keys []string) {
 		}
 		resps := t.fetch(gets)
 		for i, k := range missing[:n] {
-			var kv *mvccpb.KeyValue
-			if len(resps[i].Kvs) > 0 {
-				kv = resps[i].Kvs[0]
-			}
+			kv := stmFirst(resps[i])
 			t.addRead(k, kv)
 			t.observe(k, stmModRev(kv))
 		}
@@ -830,41 +836,51 @@ func (t *stmTxn) readKeys(keys []string) {
 // snapshot. The values wait in fresh* until apply asks for them, so keys
 // apply no longer reads do not join the read set.
 func (t *stmTxn) refresh() {
-	gets := make([]stmGet, 0, len(t.fresh)+len(t.freshRanges))
 	keys := make([]string, 0, len(t.fresh))
 	for k := range t.fresh {
 		keys = append(keys, k)
+	}
+	gets := t.rereads(keys, t.freshRanges)
+	t.fresh, t.freshRanges = nil, nil
+	if len(gets) == 0 || len(gets) > t.o.maxTxnOps {
+		t.snap = stmSnap{} // the attempt reads its own, current snapshot
+		return
+	}
+	// A serializable read (t.snap is stmAged): it does not wait for a raft
+	// round as a linearizable one does, and what it returns is checked at
+	// commit.
+	t.carry(keys, gets, t.fetch(gets))
+}
+
+// rereads are the reads of keys and then of ranges again; a range read
+// fetches at most one key more than a commit could validate.
+func (t *stmTxn) rereads(keys []string, ranges []*stmRange) []stmGet {
+	gets := make([]stmGet, 0, len(keys)+len(ranges))
+	for _, k := range keys {
 		gets = append(gets, stmGet{key: k})
 	}
-	for _, r := range t.freshRanges {
+	for _, r := range ranges {
 		g := stmGet{key: r.key, end: r.end}
 		if t.o.iso != ReadCommitted {
 			g.limit = int64(t.o.maxTxnOps) + 1
 		}
 		gets = append(gets, g)
 	}
-	t.fresh, t.freshRanges, t.freshHdr = nil, nil, nil
-	if len(gets) == 0 || len(gets) > t.o.maxTxnOps {
-		return
-	}
-	// A serializable read: it does not wait for a raft round as a
-	// linearizable one does, and what it returns is checked at commit.
-	t.serialFirst = true
-	resps := t.fetch(gets)
+	return gets
+}
+
+// carry keeps what rereads of keys (gets) returned for the next attempt:
+// t.fresh and t.freshRanges. A range grown too large is left out:
+// readRange reads it again and fails.
+func (t *stmTxn) carry(keys []string, gets []stmGet, resps []*pb.RangeResponse) {
 	t.fresh = make(map[string]*mvccpb.KeyValue, len(keys))
 	for i, k := range keys {
-		var kv *mvccpb.KeyValue
-		if len(resps[i].Kvs) > 0 {
-			kv = resps[i].Kvs[0]
-		}
-		t.fresh[k] = kv
+		t.fresh[k] = stmFirst(resps[i])
 	}
 	for i, g := range gets[len(keys):] {
-		rr := resps[len(keys)+i]
-		if stmTruncated(rr, g.limit) {
-			continue // too large: readRange reads it again and fails
+		if rr := resps[len(keys)+i]; !stmTruncated(rr, g.limit) {
+			t.freshRanges = append(t.freshRanges, &stmRange{key: g.key, end: g.end, kvs: rr.Kvs})
 		}
-		t.freshRanges = append(t.freshRanges, &stmRange{key: g.key, end: g.end, kvs: rr.Kvs})
 	}
 }
 
@@ -934,7 +950,7 @@ func (t *stmTxn) cmpCount() int {
 		return len(t.seen)
 	}
 	n := len(t.seen) + len(t.ranges)
-	if t.o.iso == SerializableSnapshot && t.rev > 0 {
+	if t.o.iso == SerializableSnapshot && t.rev() > 0 {
 		for _, w := range t.wops {
 			if _, ok := t.seen[w.key]; !ok {
 				n++
@@ -977,36 +993,33 @@ func (g stmGet) op(opts []clientv3.OpOption) clientv3.Op {
 // revision by whichever member the client reaches.
 func (t *stmTxn) fetch(gets []stmGet) []*pb.RangeResponse {
 	var opts []clientv3.OpOption
+	rev := t.rev()
 	switch {
-	case t.o.iso.snapshot() && t.rev > 0:
-		opts = []clientv3.OpOption{clientv3.WithRev(t.rev), clientv3.WithSerializable()}
-	case t.o.iso.snapshot() && !t.serialFirst:
+	case rev > 0:
+		opts = []clientv3.OpOption{clientv3.WithRev(rev), clientv3.WithSerializable()}
+	case t.o.iso.snapshot() && t.snap.from == stmRead:
 		// The snapshot is read linearizably: a read-only transaction
 		// then needs no commit.
-		t.linear = true
 	default:
 		opts = []clientv3.OpOption{clientv3.WithSerializable()}
 	}
 	hdr, resps, err := t.send(gets, opts)
-	if err != nil && errors.Is(err, rpctypes.ErrFutureRev) && t.rev > 0 {
+	if err != nil && errors.Is(err, rpctypes.ErrFutureRev) && rev > 0 {
 		// The member serving the read has not applied the snapshot
 		// revision yet (etcd #11963). A linearizable read at that revision
 		// waits until the member has caught up with the leader, which
 		// has applied it, so it cannot fail this way.
-		hdr, resps, err = t.send(gets, []clientv3.OpOption{clientv3.WithRev(t.rev)})
+		hdr, resps, err = t.send(gets, []clientv3.OpOption{clientv3.WithRev(rev)})
 	}
 	if err != nil {
 		// A compacted snapshot is gone: the attempt is void, but a new one
 		// reads a fresh snapshot. A read cut short by the abort context
 		// fails with the context's error, not etcd's gRPC status.
-		retry := errors.Is(err, rpctypes.ErrCompacted) && t.rev > 0
+		retry := errors.Is(err, rpctypes.ErrCompacted) && rev > 0
 		t.fail(ctxEnded(t.o.ctx, err, rpctypes.ErrCompacted), retry)
 	}
-	if t.hdr == nil {
-		t.hdr = hdr
-	}
-	if t.o.iso.snapshot() && t.rev == 0 {
-		t.rev = hdr.Revision
+	if t.snap.hdr == nil {
+		t.snap.hdr = hdr // under the snapshot levels, this fixes R
 	}
 	return resps
 }
@@ -1037,13 +1050,15 @@ func (t *stmTxn) send(gets []stmGet, opts []clientv3.OpOption) (*pb.ResponseHead
 
 // commit sends the attempt's writes guarded by its compares. retry is set
 // when the compares failed; the failure branch then carries fresh values
-// of everything read, which the next attempt starts from.
+// of everything read, which the next attempt starts from (t.snap then
+// says so).
 func (t *stmTxn) commit() (resp *clientv3.TxnResponse, retry bool, err error) {
 	if t.doomed {
+		t.snap = stmSnap{}
 		return nil, true, nil
 	}
 	cmps := t.cmps()
-	validate := t.o.iso == RepeatableReads || (t.o.iso.snapshot() && !t.linear)
+	validate := t.o.iso == RepeatableReads || (t.o.iso.snapshot() && !t.snap.current())
 	if len(t.wops) == 0 && (len(cmps) == 0 || !validate) {
 		// Nothing to write, and nothing to check: the attempt read one
 		// snapshot that was current when it was read (a linearizable
@@ -1052,7 +1067,7 @@ func (t *stmTxn) commit() (resp *clientv3.TxnResponse, retry bool, err error) {
 		// nothing. A snapshot read serializably may be stale, and reads
 		// under RepeatableReads may come from different revisions: those
 		// are validated with a compare-only Txn, which writes nothing.
-		hdr := t.hdr
+		hdr := t.snap.hdr
 		if hdr == nil {
 			hdr = &pb.ResponseHeader{}
 		}
@@ -1066,13 +1081,12 @@ func (t *stmTxn) commit() (resp *clientv3.TxnResponse, retry bool, err error) {
 		thens[i] = w.op
 	}
 	var elses []clientv3.Op
+	var gets []stmGet
 	if len(cmps) > 0 && len(t.rkeys)+len(t.ranges) <= t.o.maxTxnOps {
-		elses = make([]clientv3.Op, 0, len(t.rkeys)+len(t.ranges))
-		for _, k := range t.rkeys {
-			elses = append(elses, clientv3.OpGet(k))
-		}
-		for _, r := range t.ranges {
-			elses = append(elses, stmGet{key: r.key, end: r.end, limit: int64(t.o.maxTxnOps) + 1}.op(nil))
+		gets = t.rereads(t.rkeys, t.ranges)
+		elses = make([]clientv3.Op, len(gets))
+		for i, g := range gets {
+			elses[i] = g.op(nil)
 		}
 	}
 	resp, err = t.client.Txn(t.o.ctx).If(cmps...).Then(thens...).Else(elses...).Commit()
@@ -1082,23 +1096,14 @@ func (t *stmTxn) commit() (resp *clientv3.TxnResponse, retry bool, err error) {
 	if resp.Succeeded {
 		return resp, false, nil
 	}
+	t.snap = stmSnap{}
 	if len(elses) > 0 {
-		t.fresh = make(map[string]*mvccpb.KeyValue, len(t.rkeys))
-		for i, k := range t.rkeys {
-			var kv *mvccpb.KeyValue
-			if kvs := resp.Responses[i].GetResponseRange().Kvs; len(kvs) > 0 {
-				kv = kvs[0]
-			}
-			t.fresh[k] = kv
+		resps := make([]*pb.RangeResponse, len(resp.Responses))
+		for i, r := range resp.Responses {
+			resps[i] = r.GetResponseRange()
 		}
-		for i, r := range t.ranges {
-			rr := resp.Responses[len(t.rkeys)+i].GetResponseRange()
-			if stmTruncated(rr, int64(t.o.maxTxnOps)+1) {
-				continue // grew too large: readRange reads it again and fails
-			}
-			t.freshRanges = append(t.freshRanges, &stmRange{key: r.key, end: r.end, kvs: rr.Kvs})
-		}
-		t.freshHdr = resp.Header
+		t.carry(t.rkeys, gets, resps)
+		t.snap = stmSnap{hdr: resp.Header, from: stmFromCommit}
 	}
 	return nil, true, nil
 }
@@ -1122,17 +1127,18 @@ func (t *stmTxn) cmps() []clientv3.Cmp {
 	if t.o.iso == RepeatableReads {
 		return stmDedupCmps(cmps)
 	}
+	rev := t.rev()
 	// Keys inserted into or modified in a range after the snapshot carry
 	// a mod revision above it. Deleted keys leave no trace in a range
 	// compare (it only sees live keys); the per-key compares above catch
 	// them.
 	for _, r := range t.ranges {
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(r.key), "<", t.rev+1).WithRange(r.end))
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(r.key), "<", rev+1).WithRange(r.end))
 	}
-	if t.o.iso == SerializableSnapshot && t.rev > 0 {
+	if t.o.iso == SerializableSnapshot && rev > 0 {
 		for _, w := range t.wops {
 			if _, ok := t.seen[w.key]; !ok {
-				cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(w.key), "<", t.rev+1))
+				cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(w.key), "<", rev+1))
 			}
 		}
 	}
@@ -1225,18 +1231,17 @@ func stmTruncated(r *pb.RangeResponse, limit int64) bool {
 	return r.More || (limit > 0 && int64(len(r.Kvs)) >= limit)
 }
 
+// stmFirst is the key-value a read of one key returned, nil when absent.
+func stmFirst(r *pb.RangeResponse) *mvccpb.KeyValue {
+	if len(r.Kvs) == 0 {
+		return nil
+	}
+	return r.Kvs[0]
+}
+
 func stmModRev(kv *mvccpb.KeyValue) int64 {
 	if kv == nil {
 		return 0
 	}
 	return kv.ModRevision
-}
-
-func stmContains(ss []string, s string) bool {
-	for _, x := range ss {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

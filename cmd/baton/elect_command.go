@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -118,45 +117,37 @@ PROPOSAL exactly, as other etcd clients expect.
 }
 
 func (o *electOptions) run(ctx context.Context) error {
-	ttl, err := validateHold(o.name, o.ttl, o.timeout, o.killGrace)
-	if err != nil {
-		return err
-	}
-	switch {
-	case o.listen && (o.proposal != "" || len(o.argv) > 0):
-		return usageErrorf("--listen takes only NAME")
-	case o.json && !o.listen:
-		return usageErrorf("--json goes with --listen")
-	case o.recampaign && o.listen:
-		return usageErrorf("--recampaign goes with campaigning, not with --listen")
-	}
-	ttl = max(ttl, int(concurrency.MinElectorTTL/time.Second)) // as the server would raise it
 	var renew time.Duration
-	if !o.listen {
-		if renew, err = renewDeadline(ttl, float64(o.trust)); err != nil {
-			return err
+	p, end, err := o.begin(ctx, o.name, o.ttl, o.timeout, o.killGrace, func(ttl int) (int, error) {
+		switch {
+		case o.listen && (o.proposal != "" || len(o.argv) > 0):
+			return 0, usageErrorf("--listen takes only NAME")
+		case o.json && !o.listen:
+			return 0, usageErrorf("--json goes with --listen")
+		case o.recampaign && o.listen:
+			return 0, usageErrorf("--recampaign goes with campaigning, not with --listen")
 		}
-	}
-	sigs, stopSignals := o.signals()
-	defer stopSignals()
-	c, err := o.connect(ctx)
+		ttl = max(ttl, int(concurrency.MinElectorTTL/time.Second)) // as the server would raise it
+		if o.listen {
+			return ttl, nil
+		}
+		var err error
+		renew, err = renewDeadline(ttl, float64(o.trust))
+		return ttl, err
+	})
 	if err != nil {
 		return err
 	}
-	// Closed once: a campaign that must end promptly closes it early.
-	closeClient := sync.OnceValue(c.Close)
-	defer closeClient()
+	defer end()
 	if o.listen {
-		s, err := concurrency.NewSession(c, concurrency.WithTTL(ttl), concurrency.WithLogger(o.log))
+		s, err := concurrency.NewSession(p.c, concurrency.WithTTL(p.ttl), concurrency.WithLogger(o.log))
 		if err != nil {
 			return fmt.Errorf("elect %s: %w", o.name, err)
 		}
 		defer s.Close()
-		o.warnNested(c, o.name)
-		return o.runListen(concurrency.NewElection(s, o.name), sigs)
+		return o.runListen(concurrency.NewElection(s, o.name), p.sigs)
 	}
-	o.warnNested(c, o.name)
-	return o.campaign(c, closeClient, ttl, renew, sigs)
+	return o.campaign(p.c, p.closeClient, p.ttl, renew, p.sigs)
 }
 
 // renewDeadline is the elector's RenewDeadline for --lease-trust: the

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"strconv"
 	"time"
 
@@ -97,36 +96,18 @@ holds the lock until interrupted.`,
 	return cmd
 }
 
-// validateHold checks what lock and elect share.
-func validateHold(name string, ttl, timeout, killGrace time.Duration) (ttlSeconds int, err error) {
-	switch {
-	case name == "":
-		return 0, usageErrorf("NAME must not be empty")
-	case ttl < time.Second:
-		return 0, usageErrorf("--ttl must be at least 1s, got %v", ttl)
-	case timeout < 0:
-		return 0, usageErrorf("--timeout must be >= 0, got %v", timeout)
-	case killGrace < 0:
-		return 0, usageErrorf("--kill-grace must be >= 0, got %v", killGrace)
-	}
-	return int(math.Ceil(ttl.Seconds())), nil
-}
-
 func (o *lockOptions) run(ctx context.Context) error {
-	ttl, err := validateHold(o.name, o.ttl, o.timeout, o.killGrace)
+	p, end, err := o.begin(ctx, o.name, o.ttl, o.timeout, o.killGrace, func(ttl int) (int, error) {
+		if o.try && o.timeout > 0 {
+			return 0, usageErrorf("--try and --timeout exclude each other")
+		}
+		return ttl, nil
+	})
 	if err != nil {
 		return err
 	}
-	if o.try && o.timeout > 0 {
-		return usageErrorf("--try and --timeout exclude each other")
-	}
-	sigs, stopSignals := o.signals()
-	defer stopSignals()
-	c, err := o.connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
+	defer end()
+	c, sigs, ttl := p.c, p.sigs, p.ttl
 	s, err := concurrency.NewSession(c, concurrency.WithTTL(ttl), concurrency.WithLeaseTrust(float64(o.trust)), concurrency.WithLogger(o.log))
 	if err != nil {
 		return fmt.Errorf("lock %s: %w", o.name, err)
@@ -137,7 +118,6 @@ func (o *lockOptions) run(ctx context.Context) error {
 	defer func() { endSession(s, lostHold) }()
 
 	what := "lock " + o.name
-	o.warnNested(c, o.name)
 	id := newIdentity(kindLock, o.note)
 	m := concurrency.NewMutex(s, o.name, concurrency.WithMutexValue(id.encode()))
 	if o.try {
