@@ -1154,7 +1154,7 @@ func TestSTMFutureRevisionFallsBack(t *testing.T) {
 func TestSTMClusterSnapshotReads(t *testing.T) {
 	cl := testutil.Cluster(t)
 	eps := cl.Endpoints()
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	setup := stmDial(t, eps)
 	const accounts, workers, transfers = 4, 8, 30

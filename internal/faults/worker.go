@@ -260,7 +260,7 @@ func (w *worker) release(ctx context.Context, done <-chan struct{}, unlock func(
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
 		err := unlock(uctx)
 		cancel()
-		if err == nil || errors.Is(err, concurrency.ErrLockLost) || errors.Is(err, concurrency.ErrLockReleased) || errors.Is(err, concurrency.ErrNotHeld) || errors.Is(err, concurrency.ErrPermitsLost) {
+		if err == nil || errors.Is(err, concurrency.ErrLockLost) || errors.Is(err, concurrency.ErrLockReleased) || errors.Is(err, concurrency.ErrPermitsNotHeld) || errors.Is(err, concurrency.ErrPermitsLost) {
 			return true
 		}
 		w.rec.event(Record{F: "unlock-error", Err: err.Error()})
