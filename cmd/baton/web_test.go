@@ -82,13 +82,37 @@ func waitDOM(t *testing.T, ctx context.Context, d time.Duration, what, cond stri
 	wctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	begin := time.Now()
-	if _, err := chromedp.Run(wctx, chromedp.Poll[bool](cond)); err != nil {
+	for {
+		_, err := chromedp.Run(wctx, chromedp.Poll[bool](cond))
+		if err == nil {
+			break
+		}
+		if wctx.Err() == nil && staleJSContext(err) {
+			// chromedp learns of a new page's JavaScript context from an
+			// event that may arrive after Navigate has returned; until it
+			// does, Poll runs in the old page's context, which is gone.
+			// Poll again once the event has had a moment to arrive.
+			select {
+			case <-wctx.Done():
+			case <-time.After(10 * time.Millisecond):
+			}
+			continue
+		}
 		tctx, tcancel := context.WithTimeout(ctx, 5*time.Second)
 		defer tcancel()
 		page, _ := chromedp.Run(tctx, chromedp.Text("main"))
 		t.Fatalf("the page did not show %s within %v: %v\npage:\n%s", what, d, err, page)
 	}
 	t.Logf("the page showed %s after %v", what, time.Since(begin).Round(time.Millisecond))
+}
+
+// staleJSContext reports whether err is the browser refusing a script
+// because the JavaScript context it was sent to no longer exists: the page
+// was replaced (by a navigation) under chromedp's feet.
+func staleJSContext(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "Cannot find context with specified id") ||
+		strings.Contains(msg, "Execution context was destroyed")
 }
 
 // card is a JavaScript expression for the card of primitive id.
