@@ -19,6 +19,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"sort"
@@ -477,6 +478,7 @@ func TestDeadlineSweepSTM(t *testing.T) {
 	// counter once, every indeterminate one at most once, others never.
 	base := read()
 	var nils, unknown int
+	logs := &warnCounter{msg: "stm commit outcome unknown"}
 	var cases []*swCase
 	for _, iso := range []concurrency.Isolation{concurrency.SerializableSnapshot, concurrency.Serializable, concurrency.RepeatableReads, concurrency.ReadCommitted} {
 		cases = append(cases, &swCase{
@@ -485,7 +487,7 @@ func TestDeadlineSweepSTM(t *testing.T) {
 			iter: func(r *rand.Rand) swIter {
 				return swIter{
 					call: func(ctx context.Context) error {
-						_, err := concurrency.NewSTM(c, incr, concurrency.WithAbortContext(ctx), concurrency.WithIsolation(iso))
+						_, err := concurrency.NewSTM(c, incr, concurrency.WithAbortContext(ctx), concurrency.WithIsolation(iso), concurrency.WithSTMLogger(slog.New(logs)))
 						return err
 					},
 					after: func(err error) string {
@@ -497,6 +499,9 @@ func TestDeadlineSweepSTM(t *testing.T) {
 						}
 						if got := read() - base; got < nils || got > nils+unknown {
 							return fmt.Sprintf("the counter moved by %d after %d commits and %d indeterminate ones (err %v)", got, nils, unknown, err)
+						}
+						if n := logs.count(); n != unknown {
+							return fmt.Sprintf("%d indeterminate commits, %d logged (WithSTMLogger)", unknown, n)
 						}
 						return ""
 					},
@@ -884,8 +889,10 @@ func TestDeadlineSweepQueue(t *testing.T) {
 	}
 	// dequeue checks that an item is returned or left, never lost: the
 	// queue holds the items in have (sorted) before the call.
+	logs := &warnCounter{msg: "queue claim outcome unknown"}
+	var unknown int
 	dequeue := func(key string, try bool, have []string, enqueueLater bool) func(*rand.Rand) swIter {
-		q := concurrency.NewQueue(c, key)
+		q := concurrency.NewQueue(c, key, concurrency.WithQueueLogger(slog.New(logs)))
 		p := concurrency.NewQueue(sw.adm, key)
 		return func(r *rand.Rand) swIter {
 			for _, v := range have {
@@ -917,6 +924,12 @@ func TestDeadlineSweepQueue(t *testing.T) {
 					if err == nil {
 						left = append(left, got)
 						sort.Strings(left)
+					}
+					if errors.Is(err, concurrency.ErrClaimUnknown) {
+						unknown++
+					}
+					if n := logs.count(); n != unknown {
+						return fmt.Sprintf("%d claims of unknown outcome, %d logged (WithQueueLogger)", unknown, n)
 					}
 					if errors.Is(err, concurrency.ErrClaimUnknown) {
 						return ""
@@ -967,4 +980,30 @@ func TestDeadlineSweepQueue(t *testing.T) {
 			iter: dequeue("sw-tdqe", true, nil, false)},
 	}
 	sw.run(cases)
+}
+
+// warnCounter is a slog handler that counts the warnings with message msg.
+type warnCounter struct {
+	msg string
+	mu  sync.Mutex
+	n   int
+}
+
+func (w *warnCounter) Enabled(context.Context, slog.Level) bool { return true }
+func (w *warnCounter) WithAttrs([]slog.Attr) slog.Handler       { return w }
+func (w *warnCounter) WithGroup(string) slog.Handler            { return w }
+
+func (w *warnCounter) Handle(_ context.Context, r slog.Record) error {
+	if r.Level == slog.LevelWarn && r.Message == w.msg {
+		w.mu.Lock()
+		w.n++
+		w.mu.Unlock()
+	}
+	return nil
+}
+
+func (w *warnCounter) count() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.n
 }

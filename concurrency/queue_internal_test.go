@@ -1,9 +1,11 @@
 package concurrency
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -310,6 +312,7 @@ type claimFault struct {
 	fired  atomic.Bool
 	revoke func()
 	held   func() (*clientv3.TxnResponse, error)
+	logs   bytes.Buffer // the queue's WithQueueLogger
 }
 
 func (f *claimFault) Txn(ctx context.Context) clientv3.Txn {
@@ -383,7 +386,7 @@ func claimFaultQueue(t *testing.T, ctx context.Context, mode string) (*Queue, *c
 	c := testutil.Client(t, srv.Endpoints())
 	f := &claimFault{KV: c.KV, mode: mode}
 	c.KV = f
-	q := NewQueue(c, "lost")
+	q := NewQueue(c, "lost", WithQueueLogger(slog.New(slog.NewTextHandler(&f.logs, nil))))
 	f.revoke = func() {
 		q.q.lmu.Lock()
 		lease := q.q.lease
@@ -442,8 +445,11 @@ func TestQueueClaimDelayedCannotTakeEffectLater(t *testing.T) {
 func TestQueueClaimOutcomeUnknownWithoutRecord(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	q, _, _ := claimFaultQueue(t, ctx, "revoke")
+	q, f, _ := claimFaultQueue(t, ctx, "revoke")
 	if v, err := q.TryDequeue(ctx); !errors.Is(err, ErrClaimUnknown) {
 		t.Fatalf("TryDequeue: %q, %v; want ErrClaimUnknown", v, err)
+	}
+	if logs := f.logs.String(); !strings.Contains(logs, `level=WARN msg="queue claim outcome unknown" name=lost`) {
+		t.Fatalf("WithQueueLogger's logger got %q; want the unknown claim", logs)
 	}
 }

@@ -26,6 +26,9 @@ func TestSemaphoreFIFOWeighted(t *testing.T) {
 	e := newEnv(t)
 	admin := e.client()
 	a := concurrency.NewSemaphore(e.session(), "sem", 4)
+	if a.Limit() != 4 {
+		t.Fatalf("Limit() = %d, want 4", a.Limit())
+	}
 	if err := a.Acquire(e.ctx, 3); err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -1020,14 +1021,18 @@ func TestSTMIndeterminateCommitIsNotRetried(t *testing.T) {
 	var drops atomic.Int64
 	c := e.client(stmDropAfterSend(&drops))
 	attempts := 0
+	logs := &warnCounter{msg: "stm commit outcome unknown"}
 	_, err := concurrency.NewSTM(c, func(s concurrency.STM) error {
 		attempts++
 		n := stmAtoi(t, s.Get("ind/n"))
 		s.Put("ind/n", strconv.Itoa(n+1))
 		return nil
-	})
+	}, concurrency.WithSTMLogger(slog.New(logs)))
 	if !errors.Is(err, concurrency.ErrSTMIndeterminate) {
 		t.Fatalf("err = %v, want ErrSTMIndeterminate", err)
+	}
+	if n := logs.count(); n != 1 {
+		t.Errorf("WithSTMLogger's logger got %d warnings of the indeterminate commit, want 1", n)
 	}
 	if !strings.Contains(err.Error(), "connection lost") {
 		t.Errorf("error %q hides its cause", err)

@@ -2,6 +2,8 @@ package embedded
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -43,6 +45,12 @@ func TestSingleStartsFastAndKeepsDataAcrossRestart(t *testing.T) {
 		t.Fatalf("start took %v", d)
 	}
 	t.Logf("single node ready in %v", time.Since(t0))
+	if !s.Running() || s.Name() == "" {
+		t.Fatalf("started: Running %v, Name %q", s.Running(), s.Name())
+	}
+	if fi, err := os.Stat(filepath.Join(s.Dir(), "member")); err != nil || !fi.IsDir() {
+		t.Fatalf("Dir %q holds no member directory: %v", s.Dir(), err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	c := newClient(t, s.Endpoints())
@@ -54,6 +62,9 @@ func TestSingleStartsFastAndKeepsDataAcrossRestart(t *testing.T) {
 	}
 	if err := s.Stop(); err != ErrStopped {
 		t.Fatalf("second Stop: %v, want ErrStopped", err)
+	}
+	if s.Running() {
+		t.Fatal("Running after Stop")
 	}
 	if err := s.Restart(); err != nil {
 		t.Fatal(err)

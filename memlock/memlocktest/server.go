@@ -151,16 +151,6 @@ func (s *Server) launch() error {
 // Addr is the server's host:port.
 func (s *Server) Addr() string { return s.addr }
 
-// Pid is the process id of the running server, or 0 when it is not running.
-func (s *Server) Pid() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd == nil {
-		return 0
-	}
-	return s.cmd.Process.Pid
-}
-
 // Pause stops the process with SIGSTOP: it keeps its port and its data,
 // the kernel still completes TCP handshakes, but nothing is answered.
 func (s *Server) Pause() error { return s.signal(syscall.SIGSTOP) }
