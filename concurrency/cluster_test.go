@@ -191,7 +191,6 @@ func TestClusterLeaderKilledWhileLockHeld(t *testing.T) {
 func TestClusterElectionFailover(t *testing.T) {
 	cl := testutil.Cluster(t)
 	ctx := testCtx(t)
-	var sessions []*concurrency.Session
 	var cands []*concurrency.Election
 	for i := range 3 {
 		c := testutil.Client(t, cl.Members[i].Endpoints())
@@ -200,7 +199,6 @@ func TestClusterElectionFailover(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { s.Close() })
-		sessions = append(sessions, s)
 		cands = append(cands, concurrency.NewElection(s, "cluster-el"))
 	}
 	if err := cands[0].Campaign(ctx, "m0"); err != nil {

@@ -25,10 +25,8 @@ func TestMutexFIFOHandoffOfFiveWaiters(t *testing.T) {
 	var order []int
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	var waiters []*concurrency.Mutex
 	for i := range 5 {
 		m := concurrency.NewMutex(e.session(), "fifo")
-		waiters = append(waiters, m)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -94,11 +94,9 @@ const (
 )
 
 type workerProc struct {
-	cfg     workerConfig
-	cmd     *exec.Cmd
-	exitc   chan error
-	stopped bool // SIGSTOPped now
-	mu      sync.Mutex
+	cfg   workerConfig
+	cmd   *exec.Cmd
+	exitc chan error
 }
 
 type run struct {

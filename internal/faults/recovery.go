@@ -260,9 +260,8 @@ func (l *contLoop) cycles(from, to time.Time) int {
 // lockOps is one contender's way to take and give back a lock or a
 // leadership on a session.
 type lockOps struct {
-	session func(ctx context.Context) (done <-chan struct{}, closeFn func(), err error)
-	take    func(ctx context.Context) error
-	give    func(ctx context.Context) error
+	take func(ctx context.Context) error
+	give func(ctx context.Context) error
 }
 
 // slowCall is a call of a loop that took over a second.
