@@ -188,14 +188,15 @@
 // elsewhere (WithSilenceLimit). baton's command and fault suite use it.
 //
 // On any client, the requests that the package can safely send twice
-// (joining a queue, leaving it, Unlock, Resign, Close's revoke, a
-// session's grant, every read at a revision) are sent again when an
+// (joining a queue, leaving it, the releases of Mutex, RWMutex, Election
+// and Semaphore, Close's revoke, a session's grant, every read at a
+// revision) are sent again when an
 // attempt gets no answer within its time (1 s at first, then longer) or
 // fails on a member that went away: reads until the caller's context ends,
 // the others for up to 5 s. So a call does not wait out a request that a
 // dead leader lost, which etcd's server reports only after its request
-// timeout (7 s by default). A key found gone after an Unlock
-// attempt whose answer was lost counts as released, not lost. Guard and
+// timeout (7 s by default). A key found gone after a release attempt whose
+// answer was lost counts as released, not lost. Guard and
 // the STM send user operations once: their outcome after such a failure
 // is unknown, and reported so.
 //

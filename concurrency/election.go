@@ -225,16 +225,13 @@ func (e *Election) Resign(ctx context.Context) error {
 	if key == "" {
 		return nil
 	}
-	var hdr *pb.ResponseHeader
-	var err error
-	present := false
-	if sl != nil {
-		present, hdr, err = sl.release(ctx, rev)
-	} else if resp, gerr := guard(ctx, e.s.Client(), key, rev, nil, []clientv3.Op{clientv3.OpDelete(key)}); gerr != nil {
-		err = gerr
-	} else {
-		hdr, present = resp.Header, resp.Succeeded
+	release := func(ctx context.Context, rev int64) (bool, *pb.ResponseHeader, error) {
+		return releaseKey(ctx, e.s.Client(), key, rev)
 	}
+	if sl != nil {
+		release = sl.release
+	}
+	present, hdr, err := release(ctx, rev)
 	if err != nil {
 		return ctxErr(ctx, err)
 	}

@@ -788,6 +788,41 @@ func leave(ctx context.Context, c *clientv3.Client, key string, rev int64) error
 	})
 }
 
+// releaseTxn sends the transaction that send makes: a release whose every
+// write is guarded by the create revision of the key it deletes or
+// rewrites, so that it is safe to send again. It is repeated as a join is,
+// for leaderWait of failures in a row. unknown reports that an attempt
+// failed: that attempt may have taken effect, so a key that the answer
+// finds gone may have been released by it rather than lost.
+func releaseTxn(ctx context.Context, c *clientv3.Client, send func(actx context.Context) (*clientv3.TxnResponse, error)) (resp *clientv3.TxnResponse, unknown bool, err error) {
+	start := time.Now()
+	err = repeated(ctx, c, func(error) bool {
+		unknown = true
+		return time.Since(start) < leaderWait
+	}, func(actx context.Context) (err error) {
+		resp, err = send(actx)
+		return err
+	})
+	return resp, unknown, err
+}
+
+// releaseKey is the release of one held key: it deletes key if it is still
+// the one created at rev (etcd #22082), and reports whether it was there,
+// counting a key gone after an attempt that failed as there (releaseTxn).
+// When it fails, nothing is known to be released.
+func releaseKey(ctx context.Context, c *clientv3.Client, key string, rev int64) (present bool, hdr *pb.ResponseHeader, err error) {
+	resp, unknown, err := releaseTxn(ctx, c, func(actx context.Context) (*clientv3.TxnResponse, error) {
+		return c.Txn(actx).
+			If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
+			Then(clientv3.OpDelete(key)).
+			Commit()
+	})
+	if err != nil {
+		return false, nil, err
+	}
+	return resp.Succeeded || unknown, resp.Header, nil
+}
+
 // cleanupCtx is the context of a delete that cleans up after a call: it
 // keeps ctx's values but not its end, lasts cleanupTimeout, and ends at once
 // when the client closes. etcd's client retries a request that a closing

@@ -2,6 +2,7 @@ package concurrency
 
 import (
 	"context"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -10,51 +11,84 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/batonhq/baton/embedded"
 	"github.com/batonhq/baton/internal/testutil"
 )
 
-// lostJoin is a KV whose first transaction that puts a key takes effect on
-// the server but answers as if the connection dropped, as when the member
-// that served it stops after applying it.
-type lostJoin struct {
+// lostAnswer is a KV whose next transaction, while armed, that lose picks
+// (by its Then operations) takes effect on the server but answers as if the
+// connection dropped, as when the member that served it stops after
+// applying it.
+type lostAnswer struct {
 	clientv3.KV
+	lose  func(ops []clientv3.Op) bool
+	armed atomic.Bool
 	fired atomic.Bool
 }
 
-func (k *lostJoin) Txn(ctx context.Context) clientv3.Txn {
-	return &lostJoinTxn{Txn: k.KV.Txn(ctx), k: k}
+func (k *lostAnswer) Txn(ctx context.Context) clientv3.Txn {
+	return &lostAnswerTxn{Txn: k.KV.Txn(ctx), k: k}
 }
 
-type lostJoinTxn struct {
+type lostAnswerTxn struct {
 	clientv3.Txn
-	k    *lostJoin
-	puts bool
+	k    *lostAnswer
+	pick bool
 }
 
-func (t *lostJoinTxn) If(cs ...clientv3.Cmp) clientv3.Txn {
+func (t *lostAnswerTxn) If(cs ...clientv3.Cmp) clientv3.Txn {
 	t.Txn = t.Txn.If(cs...)
 	return t
 }
 
-func (t *lostJoinTxn) Then(ops ...clientv3.Op) clientv3.Txn {
-	for _, op := range ops {
-		t.puts = t.puts || op.IsPut()
-	}
+func (t *lostAnswerTxn) Then(ops ...clientv3.Op) clientv3.Txn {
+	t.pick = t.pick || t.k.lose(ops)
 	t.Txn = t.Txn.Then(ops...)
 	return t
 }
 
-func (t *lostJoinTxn) Else(ops ...clientv3.Op) clientv3.Txn {
+func (t *lostAnswerTxn) Else(ops ...clientv3.Op) clientv3.Txn {
 	t.Txn = t.Txn.Else(ops...)
 	return t
 }
 
-func (t *lostJoinTxn) Commit() (*clientv3.TxnResponse, error) {
+func (t *lostAnswerTxn) Commit() (*clientv3.TxnResponse, error) {
 	r, err := t.Txn.Commit()
-	if err == nil && t.puts && t.k.fired.CompareAndSwap(false, true) {
+	if err == nil && t.pick && t.k.armed.CompareAndSwap(true, false) {
+		t.k.fired.Store(true)
 		return nil, status.Error(codes.Unavailable, "error reading from server: EOF (the test lost this answer)")
 	}
 	return r, err
+}
+
+// faultySession is a session on a client of srv whose transactions go
+// through a lostAnswer that picks what lose says. The test fails unless an
+// answer was lost by its end.
+func faultySession(t *testing.T, srv *embedded.Server, lose func(ops []clientv3.Op) bool) (*Session, *lostAnswer) {
+	c := testutil.Client(t, srv.Endpoints())
+	k := &lostAnswer{KV: c.KV, lose: lose}
+	c.KV = k
+	s, err := NewSession(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		s.Close()
+		if !k.fired.Load() {
+			t.Error("no request lost its answer")
+		}
+	})
+	return s, k
+}
+
+// countKeys is the number of keys under pfx.
+func countKeys(t *testing.T, ctx context.Context, c *clientv3.Client, pfx string) int64 {
+	t.Helper()
+	r, err := c.Get(ctx, pfx, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.Count
 }
 
 // A joining request that took effect but whose answer was lost (the member
@@ -69,29 +103,13 @@ func TestJoinAnswerLostIsRepeated(t *testing.T) {
 	srv := testutil.Server(t)
 	admin := testutil.Client(t, srv.Endpoints())
 	faulty := func(t *testing.T) *Session {
-		c := testutil.Client(t, srv.Endpoints())
-		k := &lostJoin{KV: c.KV}
-		c.KV = k
-		s, err := NewSession(c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			s.Close()
-			if !k.fired.Load() {
-				t.Error("no joining request lost its answer")
-			}
+		s, k := faultySession(t, srv, func(ops []clientv3.Op) bool {
+			return slices.ContainsFunc(ops, clientv3.Op.IsPut)
 		})
+		k.armed.Store(true) // the first join
 		return s
 	}
-	count := func(t *testing.T, pfx string) int64 {
-		t.Helper()
-		r, err := admin.Get(ctx, pfx, clientv3.WithPrefix(), clientv3.WithCountOnly())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r.Count
-	}
+	count := func(t *testing.T, pfx string) int64 { return countKeys(t, ctx, admin, pfx) }
 	t.Run("Mutex", func(t *testing.T) {
 		m := NewMutex(faulty(t), "lost-mutex")
 		if err := m.Lock(ctx); err != nil {
@@ -128,4 +146,75 @@ func TestJoinAnswerLostIsRepeated(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// A release that took effect but whose answer was lost is repeated, and
+// the repeat, finding the key gone, reports the release done: not the lost
+// answer's error, and not a lost hold. RWMutex and Semaphore used to send
+// their release once and return gRPC's Unavailable.
+func TestReleaseAnswerLostIsRepeated(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv := testutil.Server(t)
+	admin := testutil.Client(t, srv.Endpoints())
+	// A release deletes a key, or (Semaphore) runs a transaction per grant.
+	releases := func(ops []clientv3.Op) bool {
+		return slices.ContainsFunc(ops, func(op clientv3.Op) bool { return op.IsDelete() || op.IsTxn() })
+	}
+	type held struct {
+		name    string
+		pfx     string
+		acquire func(s *Session) (release func(context.Context) error, err error)
+	}
+	for _, h := range []held{
+		{"Mutex", "lost-rel-mutex", func(s *Session) (func(context.Context) error, error) {
+			m := NewMutex(s, "lost-rel-mutex")
+			return m.Unlock, m.Lock(ctx)
+		}},
+		{"RWMutex/read", "lost-rel-rw", func(s *Session) (func(context.Context) error, error) {
+			rw := NewRWMutex(s, "lost-rel-rw")
+			return rw.RUnlock, rw.RLock(ctx)
+		}},
+		{"RWMutex/write", "lost-rel-rw", func(s *Session) (func(context.Context) error, error) {
+			rw := NewRWMutex(s, "lost-rel-rw")
+			return rw.Unlock, rw.Lock(ctx)
+		}},
+		{"Election", "lost-rel-el", func(s *Session) (func(context.Context) error, error) {
+			e := NewElection(s, "lost-rel-el")
+			return e.Resign, e.Campaign(ctx, "v")
+		}},
+		{"Semaphore", "lost-rel-sem", func(s *Session) (func(context.Context) error, error) {
+			sm := NewSemaphore(s, "lost-rel-sem", 3)
+			if err := sm.Acquire(ctx, 1); err != nil {
+				return nil, err
+			}
+			return func(ctx context.Context) error { return sm.Release(ctx, 3) }, sm.Acquire(ctx, 2)
+		}},
+		// WithPermits releases on its own: its error is the release's.
+		{"WithPermits", "lost-rel-wp", func(s *Session) (func(context.Context) error, error) {
+			sm := NewSemaphore(s, "lost-rel-wp", 1)
+			k := s.Client().KV.(*lostAnswer)
+			return nil, WithPermits(ctx, sm, 1, func(context.Context) error {
+				k.armed.Store(true)
+				return nil
+			})
+		}},
+	} {
+		t.Run(h.name, func(t *testing.T) {
+			s, k := faultySession(t, srv, releases)
+			release, err := h.acquire(s)
+			if err != nil {
+				t.Fatalf("acquire: %v", err)
+			}
+			if release != nil {
+				k.armed.Store(true)
+				if err := release(ctx); err != nil {
+					t.Fatalf("release: %v; want nil", err)
+				}
+			}
+			if n := countKeys(t, ctx, admin, h.pfx+"/"); n != 0 {
+				t.Fatalf("%d keys left under %s", n, h.pfx)
+			}
+		})
+	}
 }

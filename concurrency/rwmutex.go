@@ -182,12 +182,13 @@ func (rw *RWMutex) acquire(ctx context.Context, key string, write, wait bool) (i
 // ErrNotRLocked when this RWMutex holds no read lock, and ErrLockLost when
 // the lock had already ended (the session expired or the key was deleted).
 // When the request fails, the lock is still held and RUnlock can be
-// retried.
+// retried; a retry after a request whose outcome was unknown may find the
+// key already deleted by that request, and report ErrLockLost.
 func (rw *RWMutex) RUnlock(ctx context.Context) error { return rw.unlock(ctx, false) }
 
 // Unlock releases the write lock taken with Lock or TryLock. It returns
 // ErrNotLocked when this RWMutex does not hold the write lock, and
-// ErrLockLost when the lock had already ended.
+// ErrLockLost when the lock had already ended. Failures are as RUnlock's.
 func (rw *RWMutex) Unlock(ctx context.Context) error { return rw.unlock(ctx, true) }
 
 func (rw *RWMutex) unlock(ctx context.Context, write bool) error {
@@ -209,23 +210,25 @@ func (rw *RWMutex) unlockOnce(ctx context.Context, write bool) error {
 		}
 		return ErrNotRLocked
 	}
-	// Delete only our own acquisition (etcd #22082).
-	resp, err := guard(ctx, rw.s.Client(), key, rev, ErrLockLost, []clientv3.Op{clientv3.OpDelete(key)})
-	if resp == nil {
+	present, hdr, err := releaseKey(ctx, rw.s.Client(), key, rev)
+	if err != nil {
 		return err
 	}
 	rw.mu.Lock()
-	rw.key, rw.rev, rw.hdr, rw.write = "", -1, resp.Header, false
+	rw.key, rw.rev, rw.hdr, rw.write = "", -1, hdr, false
 	t := rw.tally
 	rw.tally = nil
 	rw.mu.Unlock()
 	rw.s.releaseName(key)
 	<-rw.local
-	if err != nil && t != nil {
-		t.lost(lossCause(rw.s), ErrLockLost)
+	if !present {
+		if t != nil {
+			t.lost(lossCause(rw.s), ErrLockLost)
+		}
+		return ErrLockLost
 	}
 	t.released()
-	return err
+	return nil
 }
 
 // WithRLock takes a read lock on rw, runs f, and releases it, as WithLock

@@ -272,7 +272,9 @@ func (sm *Semaphore) tryAcquire(ctx context.Context, n int64) error {
 // the session; they count as released. Each key is deleted only if it is
 // still the one of its grant, so a late or retried Release never removes a
 // newer grant's key. When the request fails, nothing is released and
-// Release can be retried.
+// Release can be retried; a retry after a request whose outcome was
+// unknown may find grants already deleted by that request, and report
+// ErrPermitsLost.
 //
 // Releasing more than 100 grants at once takes one transaction per 100
 // (etcd refuses transactions of more than 128 operations by default). When
@@ -332,14 +334,17 @@ func (sm *Semaphore) release(ctx context.Context, n int64) error {
 			}
 			ops[j] = clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(g.key), "=", g.rev)}, []clientv3.Op{op}, nil)
 		}
-		resp, err := sm.s.Client().Txn(ctx).Then(ops...).Commit()
+		c := sm.s.Client()
+		resp, unknown, err := releaseTxn(ctx, c, func(actx context.Context) (*clientv3.TxnResponse, error) {
+			return c.Txn(actx).Then(ops...).Commit()
+		})
 		if err != nil {
 			return err
 		}
 		sm.hdr = resp.Header
 		for j, st := range part {
 			g := &sm.grants[st.i]
-			gone := !resp.Responses[j].GetResponseTxn().Succeeded
+			gone := !resp.Responses[j].GetResponseTxn().Succeeded && !unknown
 			lost = lost || gone
 			sm.s.opts.rec.Permits(sm.name(), st.left-g.n)
 			if st.left > 0 && !gone {
@@ -391,21 +396,24 @@ func (sm *Semaphore) releaseGrant(ctx context.Context, g semGrant) error {
 	if i < 0 {
 		return nil
 	}
-	resp, err := guard(ctx, sm.s.Client(), g.key, g.rev, ErrPermitsLost, []clientv3.Op{clientv3.OpDelete(g.key)})
-	if resp == nil {
+	present, hdr, err := releaseKey(ctx, sm.s.Client(), g.key, g.rev)
+	if err != nil {
 		return err
 	}
 	g = sm.grants[i]
 	sm.grants = slices.Delete(sm.grants, i, i+1)
-	sm.hdr = resp.Header
+	sm.hdr = hdr
 	sm.youngest()
 	sm.s.opts.rec.Permits(sm.name(), -g.n)
-	if err != nil && g.tally != nil {
-		g.tally.lost(lossCause(sm.s), ErrPermitsLost)
+	sm.s.releaseName(g.key)
+	if !present {
+		if g.tally != nil {
+			g.tally.lost(lossCause(sm.s), ErrPermitsLost)
+		}
+		return ErrPermitsLost
 	}
 	g.tally.released()
-	sm.s.releaseName(g.key)
-	return err
+	return nil
 }
 
 // Held is the number of permits this Semaphore holds.

@@ -3,10 +3,8 @@ package concurrency
 import (
 	"context"
 	"sync/atomic"
-	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // slot is the key a Mutex or Election handle queues with. By default every
@@ -87,29 +85,12 @@ func (sl *slot) giveUp(ctx context.Context, rev int64) error {
 // released already counts as there: the session released it on purpose.
 func (sl *slot) release(ctx context.Context, rev int64) (present bool, hdr *pb.ResponseHeader, err error) {
 	err = sl.serialize(func() error {
-		c := sl.s.Client()
-		var resp *clientv3.TxnResponse
-		start, unknown := time.Now(), false
-		err := repeated(ctx, c, func(error) bool {
-			unknown = true
-			return time.Since(start) < leaderWait
-		}, func(actx context.Context) (err error) {
-			resp, err = c.Txn(actx).
-				If(clientv3.Compare(clientv3.CreateRevision(sl.key), "=", rev)).
-				Then(clientv3.OpDelete(sl.key)).
-				Commit()
-			return err
-		})
+		released, h, err := releaseKey(ctx, sl.s.Client(), sl.key, rev)
 		if err != nil {
 			return err
 		}
-		// A key gone after an attempt whose answer was lost was most
-		// likely deleted by that attempt: released, not lost.
-		hdr, present = resp.Header, resp.Succeeded || unknown
-		if !present && !sl.exclusive && sl.s.releasedShared(sl.dir, rev) {
-			present = true
-		}
-		sl.done(rev, resp.Succeeded || unknown)
+		hdr, present = h, released || !sl.exclusive && sl.s.releasedShared(sl.dir, rev)
+		sl.done(rev, released)
 		return nil
 	})
 	return present, hdr, err
