@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 )
 
@@ -36,6 +38,16 @@ import (
 // were, and the lease keep-alives move too. gRPC then dials the member
 // again; the new connection stays "connecting", so it gets no requests,
 // until the member answers its handshake.
+//
+// A connection can also break without going quiet. When a fault loses
+// bytes inside the stream (etcd's test proxy does, on a blackhole), the two
+// ends' HTTP/2 header compression tables stop agreeing: the member then
+// refuses every new request on that connection with RST_STREAM
+// PROTOCOL_ERROR, while the connection and its pings stay up, so gRPC
+// never replaces it. NewClient closes such a connection as soon as a
+// request on it fails that way, and reports the failure as Unavailable:
+// the member refused the request before running it, so it can be sent
+// again, and etcd's client and this package do.
 
 // Defaults of NewClient.
 const (
@@ -98,7 +110,10 @@ func NewClient(cfg clientv3.Config, opts ...ClientOption) (*clientv3.Client, err
 		heard: make(map[string]time.Time),
 		termc: make(chan struct{}),
 	}
-	cfg.DialOptions = append(append([]grpc.DialOption(nil), cfg.DialOptions...), grpc.WithContextDialer(f.dial))
+	cfg.DialOptions = append(append([]grpc.DialOption(nil), cfg.DialOptions...),
+		grpc.WithContextDialer(f.dial),
+		grpc.WithChainUnaryInterceptor(f.unary),
+		grpc.WithChainStreamInterceptor(f.stream))
 	if cfg.DialKeepAliveTime == 0 {
 		cfg.DialKeepAliveTime, cfg.DialKeepAliveTimeout = 10*time.Second, 3*time.Second
 	}
@@ -124,6 +139,7 @@ type failover struct {
 	conns map[string]map[*trackedConn]struct{}
 	heard map[string]time.Time // endpoint → when its probe was last answered
 	cuts  int                  // connections closed, for tests
+	broke int                  // requests refused on a broken connection, for tests
 	quiet int                  // probes that got no answer, for tests
 	term  uint64               // the highest raft term a probe saw with a leader
 	termc chan struct{}        // closed when a probe sees a leader of a newer term
@@ -237,6 +253,76 @@ func (f *failover) cut(addr string) int {
 		c.Close()
 	}
 	return len(cs)
+}
+
+// refusedConn reports whether err is a member refusing a request because
+// the connection's header compression is out of step (see the top of this
+// file).
+func refusedConn(err error) bool {
+	st, ok := status.FromError(err)
+	return ok && st.Code() == codes.Internal &&
+		(strings.Contains(st.Message(), "RST_STREAM with error code: PROTOCOL_ERROR") ||
+			strings.Contains(st.Message(), "RST_STREAM with error code: COMPRESSION_ERROR"))
+}
+
+// broken closes the connection that p names when err says the member
+// refused the request on it (refusedConn), and returns the error to
+// report: Unavailable then, err otherwise.
+func (f *failover) broken(err error, p *peer.Peer) error {
+	if !refusedConn(err) || p.Addr == nil || p.LocalAddr == nil {
+		return err
+	}
+	remote, local := p.Addr.String(), p.LocalAddr.String()
+	f.mu.Lock()
+	var cs []*trackedConn
+	for _, conns := range f.conns {
+		for c := range conns {
+			if c.RemoteAddr().String() == remote && c.LocalAddr().String() == local {
+				cs = append(cs, c)
+			}
+		}
+	}
+	f.cuts += len(cs)
+	f.broke++
+	f.mu.Unlock()
+	for _, c := range cs {
+		c.Close()
+	}
+	return status.Errorf(codes.Unavailable, "concurrency: connection to %s closed, the member refused a request on it: %v", remote, status.Convert(err).Message())
+}
+
+// unary is NewClient's interceptor of unary requests (broken).
+func (f *failover) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	var p peer.Peer
+	err := invoker(ctx, method, req, reply, cc, append(opts, grpc.Peer(&p))...)
+	return f.broken(err, &p)
+}
+
+// stream is NewClient's interceptor of streams (watches, keep-alives):
+// a refusal comes with the stream's first answer.
+func (f *failover) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	p := new(peer.Peer)
+	s, err := streamer(ctx, desc, cc, method, append(opts, grpc.Peer(p))...)
+	if err != nil {
+		return nil, f.broken(err, p)
+	}
+	return &checkedStream{ClientStream: s, f: f, p: p}, nil
+}
+
+// checkedStream is a stream whose failures go through broken. The peer is
+// known once the stream has ended, which a failed RecvMsg means.
+type checkedStream struct {
+	grpc.ClientStream
+	f *failover
+	p *peer.Peer
+}
+
+func (s *checkedStream) RecvMsg(m any) error {
+	err := s.ClientStream.RecvMsg(m)
+	if err == nil || err == io.EOF {
+		return err
+	}
+	return s.f.broken(err, s.p)
 }
 
 // endpointAddr is the address etcd's client dials for endpoint ep.

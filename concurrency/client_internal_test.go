@@ -3,11 +3,17 @@ package concurrency
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 
 	"github.com/batonhq/baton/internal/testutil"
 )
@@ -204,5 +210,73 @@ func waitKeys(t *testing.T, c *clientv3.Client, pfx string, n int) {
 			t.Fatalf("%d keys under %s did not appear in 30 s (err %v)", n, pfx, err)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A member that refuses requests on a connection whose header compression
+// went out of step (RST_STREAM PROTOCOL_ERROR) gets that connection closed
+// and the failure reported as Unavailable; the next request dials anew.
+// Other errors pass as they are and close nothing.
+func TestNewClientClosesRefusingConnection(t *testing.T) {
+	srv := testutil.Server(t)
+	c, err := NewClient(clientv3.Config{Endpoints: srv.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	f := failoverOf(t, c)
+	// The peer of a real request on the client's connection.
+	var real peer.Peer
+	if _, err := pb.NewKVClient(c.ActiveConnection()).Range(ctx, &pb.RangeRequest{Key: []byte("x")}, grpc.Peer(&real)); err != nil {
+		t.Fatal(err)
+	}
+	conns := func() (n int) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		for _, cs := range f.conns {
+			n += len(cs)
+		}
+		return n
+	}
+	if conns() != 1 {
+		t.Fatalf("%d tracked connections, want 1", conns())
+	}
+	// invoker fails with err, as a request on the real connection would.
+	invoker := func(err error) grpc.UnaryInvoker {
+		return func(_ context.Context, _ string, _, _ any, _ *grpc.ClientConn, opts ...grpc.CallOption) error {
+			for _, o := range opts {
+				if po, ok := o.(grpc.PeerCallOption); ok {
+					*po.PeerAddr = real
+				}
+			}
+			return err
+		}
+	}
+	other := status.Error(codes.Internal, "some other internal error")
+	if err := f.unary(ctx, "/etcdserverpb.KV/Range", nil, nil, nil, invoker(other)); err != other {
+		t.Fatalf("another error came back as %v", err)
+	}
+	if conns() != 1 {
+		t.Fatal("another error closed the connection")
+	}
+	refused := status.Error(codes.Internal, "stream terminated by RST_STREAM with error code: PROTOCOL_ERROR")
+	err = f.unary(ctx, "/etcdserverpb.KV/Range", nil, nil, nil, invoker(refused))
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "PROTOCOL_ERROR") {
+		t.Fatalf("refused request: %v; want Unavailable, with the cause", err)
+	}
+	f.mu.Lock()
+	cuts, broke := f.cuts, f.broke
+	f.mu.Unlock()
+	if cuts != 1 || broke != 1 {
+		t.Fatalf("%d connections closed for %d refusals; want 1 and 1", cuts, broke)
+	}
+	// The client dials again and goes on.
+	if _, err := c.Get(ctx, "x"); err != nil {
+		t.Fatalf("Get after the close: %v", err)
+	}
+	if conns() != 1 {
+		t.Fatalf("%d tracked connections after the redial, want 1", conns())
 	}
 }
