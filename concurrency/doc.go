@@ -185,7 +185,11 @@
 // probes every member on a connection of its own and, when one stays
 // silent for a second while another answers, closes the client's
 // connections to it, so that its requests fail over and its watches resume
-// elsewhere (WithSilenceLimit). baton's command and fault suite use it.
+// elsewhere (WithSilenceLimit). It also closes a connection on which the
+// member refuses every request (RST_STREAM PROTOCOL_ERROR, after bytes
+// lost inside the stream put the two ends' header compression out of
+// step), which gRPC would otherwise keep. baton's command and fault suite
+// use it.
 //
 // On any client, the requests that the package can safely send twice
 // (joining a queue, leaving it, the releases of Mutex, RWMutex, Election
