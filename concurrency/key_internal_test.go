@@ -2,6 +2,8 @@ package concurrency
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -22,6 +24,7 @@ import (
 type lostAnswer struct {
 	clientv3.KV
 	lose  func(ops []clientv3.Op) bool
+	after func() // run when an answer is lost, before the error returns
 	armed atomic.Bool
 	fired atomic.Bool
 }
@@ -56,6 +59,9 @@ func (t *lostAnswerTxn) Commit() (*clientv3.TxnResponse, error) {
 	r, err := t.Txn.Commit()
 	if err == nil && t.pick && t.k.armed.CompareAndSwap(true, false) {
 		t.k.fired.Store(true)
+		if t.k.after != nil {
+			t.k.after()
+		}
 		return nil, status.Error(codes.Unavailable, "error reading from server: EOF (the test lost this answer)")
 	}
 	return r, err
@@ -165,31 +171,46 @@ func TestReleaseAnswerLostIsRepeated(t *testing.T) {
 		name    string
 		pfx     string
 		acquire func(s *Session) (release func(context.Context) error, err error)
+		left    int64 // keys left under pfx after the release
 	}
 	for _, h := range []held{
 		{"Mutex", "lost-rel-mutex", func(s *Session) (func(context.Context) error, error) {
 			m := NewMutex(s, "lost-rel-mutex")
 			return m.Unlock, m.Lock(ctx)
-		}},
+		}, 0},
 		{"RWMutex/read", "lost-rel-rw", func(s *Session) (func(context.Context) error, error) {
 			rw := NewRWMutex(s, "lost-rel-rw")
 			return rw.RUnlock, rw.RLock(ctx)
-		}},
+		}, 0},
 		{"RWMutex/write", "lost-rel-rw", func(s *Session) (func(context.Context) error, error) {
 			rw := NewRWMutex(s, "lost-rel-rw")
 			return rw.Unlock, rw.Lock(ctx)
-		}},
+		}, 0},
 		{"Election", "lost-rel-el", func(s *Session) (func(context.Context) error, error) {
 			e := NewElection(s, "lost-rel-el")
 			return e.Resign, e.Campaign(ctx, "v")
-		}},
+		}, 0},
 		{"Semaphore", "lost-rel-sem", func(s *Session) (func(context.Context) error, error) {
 			sm := NewSemaphore(s, "lost-rel-sem", 3)
 			if err := sm.Acquire(ctx, 1); err != nil {
 				return nil, err
 			}
 			return func(ctx context.Context) error { return sm.Release(ctx, 3) }, sm.Acquire(ctx, 2)
-		}},
+		}, 0},
+		// A release in part rewrites the grant's key: its repeat succeeds
+		// again, and the grant keeps the rest.
+		{"Semaphore/part", "lost-rel-part", func(s *Session) (func(context.Context) error, error) {
+			sm := NewSemaphore(s, "lost-rel-part", 3)
+			return func(ctx context.Context) error {
+				if err := sm.Release(ctx, 1); err != nil {
+					return err
+				}
+				if h := sm.Held(); h != 1 {
+					return fmt.Errorf("Held() = %d after releasing 1 of 2, want 1", h)
+				}
+				return nil
+			}, sm.Acquire(ctx, 2)
+		}, 1},
 		// WithPermits releases on its own: its error is the release's.
 		{"WithPermits", "lost-rel-wp", func(s *Session) (func(context.Context) error, error) {
 			sm := NewSemaphore(s, "lost-rel-wp", 1)
@@ -198,7 +219,7 @@ func TestReleaseAnswerLostIsRepeated(t *testing.T) {
 				k.armed.Store(true)
 				return nil
 			})
-		}},
+		}, 0},
 	} {
 		t.Run(h.name, func(t *testing.T) {
 			s, k := faultySession(t, srv, releases)
@@ -212,9 +233,39 @@ func TestReleaseAnswerLostIsRepeated(t *testing.T) {
 					t.Fatalf("release: %v; want nil", err)
 				}
 			}
-			if n := countKeys(t, ctx, admin, h.pfx+"/"); n != 0 {
-				t.Fatalf("%d keys left under %s", n, h.pfx)
+			if n := countKeys(t, ctx, admin, h.pfx+"/"); n != h.left {
+				t.Fatalf("%d keys left under %s, want %d", n, h.pfx, h.left)
 			}
 		})
+	}
+}
+
+// A release in part whose answer is lost while the grant's session ends
+// is not taken for done: the repeat's rewrite finds the grant gone, and
+// Release reports the permits lost instead of keeping a grant that is not
+// there.
+func TestReleaseInPartAnswerLostGrantGone(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv := testutil.Server(t)
+	admin := testutil.Client(t, srv.Endpoints())
+	s, k := faultySession(t, srv, func(ops []clientv3.Op) bool {
+		return slices.ContainsFunc(ops, clientv3.Op.IsTxn)
+	})
+	sm := NewSemaphore(s, "lost-part-gone", 3)
+	if err := sm.Acquire(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	k.after = func() {
+		if _, err := admin.Revoke(ctx, s.Lease()); err != nil {
+			t.Error(err)
+		}
+	}
+	k.armed.Store(true)
+	if err := sm.Release(ctx, 1); !errors.Is(err, ErrPermitsLost) {
+		t.Fatalf("Release: %v; want ErrPermitsLost", err)
+	}
+	if h := sm.Held(); h != 0 {
+		t.Fatalf("Held() = %d after the grant went, want 0", h)
 	}
 }

@@ -344,7 +344,10 @@ func (sm *Semaphore) release(ctx context.Context, n int64) error {
 		sm.hdr = resp.Header
 		for j, st := range part {
 			g := &sm.grants[st.i]
-			gone := !resp.Responses[j].GetResponseTxn().Succeeded && !unknown
+			// A delete that finds its key gone after a failed attempt
+			// may have been that attempt's; a rewrite that fails found
+			// the grant gone (a repeat of a rewrite succeeds again).
+			gone := !resp.Responses[j].GetResponseTxn().Succeeded && (st.left > 0 || !unknown)
 			lost = lost || gone
 			sm.s.opts.rec.Permits(sm.name(), st.left-g.n)
 			if st.left > 0 && !gone {
