@@ -45,9 +45,11 @@ import (
 // refuses every new request on that connection with RST_STREAM
 // PROTOCOL_ERROR, while the connection and its pings stay up, so gRPC
 // never replaces it. NewClient closes such a connection as soon as a
-// request on it fails that way, and reports the failure as Unavailable:
-// the member refused the request before running it, so it can be sent
-// again, and etcd's client and this package do.
+// request on it fails that way, and reports the failure as Unavailable.
+// The member resets a stream whose headers it cannot decode before it runs
+// the request, so the request can be sent again, as etcd's client does
+// for reads and this package for its own requests; a user's write is left
+// to the user, as any Unavailable is.
 
 // Defaults of NewClient.
 const (
@@ -91,9 +93,10 @@ func WithSilenceLimit(d time.Duration) ClientOption {
 // as it does etcd's own package.
 //
 // NewClient sets a context dialer of its own, after cfg.DialOptions, so a
-// dialer given there is not used. A cfg.DialKeepAliveTime of 0 is set to 10 s with a 3 s timeout, so
-// that a connection the probes cannot see (a member removed from the
-// endpoints) is still found dead in the end.
+// dialer given there is not used; it adds a unary and a stream interceptor
+// after any given there. A cfg.DialKeepAliveTime of 0 is set to 10 s with
+// a 3 s timeout, so that a connection the probes cannot see (a member
+// removed from the endpoints) is still found dead in the end.
 //
 // The probes stop when the client closes.
 func NewClient(cfg clientv3.Config, opts ...ClientOption) (*clientv3.Client, error) {
